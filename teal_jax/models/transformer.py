@@ -1,0 +1,305 @@
+"""Decoder-only Llama-family language model (pure Flax linen, no I/O).
+
+Blocks: pre-RMSNorm -> grouped-query attention with RoPE (optional QK-norm) -> residual -> pre-RMSNorm -> SwiGLU MLP
+-> residual. Layers are stacked with ``nn.scan`` (parameters get a leading 'layers' axis), optionally rematerialised
+with a policy chosen by name. Parameters are fp32 and carry logical axis names; compute runs in ``config.dtype``.
+
+Packed sequences: ``segment_ids`` (0 = padding) keep documents from attending to each other and ``positions`` restart
+per document. The same mask mechanism drives incremental decoding: the KV cache stores each key's segment id, so
+left-padded prompts in a batch never attend to their padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import linen as nn
+
+Array = jax.Array
+
+REMAT_POLICIES = {
+    "none": None,  # no remat: keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute everything in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs, recompute elementwise ops
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight matmuls only
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    vocab_size: int
+    embed_dim: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    qk_norm: bool = False  # Chameleon-style RMSNorm on queries and keys (per head)
+    tie_embeddings: bool = False
+    use_bias: bool = False  # a zero-initialised bias on every linear layer (TEAL stage-2 bias tuning)
+    init_std: float = 0.02
+    dtype: str = "bfloat16"  # compute dtype
+    param_dtype: str = "float32"
+    attention_impl: str | None = "xla"  # 'xla' | 'cudnn' | None (let JAX choose)
+    remat_policy: str = "none"
+    max_decode_len: int = 2048  # KV-cache length in decode mode
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"model.num_heads={self.num_heads} must be a multiple of model.num_kv_heads={self.num_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"model.head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"model.remat_policy={self.remat_policy!r}: choose one of {sorted(REMAT_POLICIES)}")
+        if self.attention_impl not in ("xla", "cudnn", None):
+            raise ValueError(f"model.attention_impl={self.attention_impl!r}: choose 'xla', 'cudnn' or None")
+
+    @classmethod
+    def from_config(cls, cfg: ml_collections.ConfigDict | Mapping[str, Any], **overrides) -> TransformerConfig:
+        """Builds from a ConfigDict, ignoring keys that are not model fields (e.g. a config's `kind`)."""
+        d = dict(cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else cfg)
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw.update(overrides)
+        return cls(**kw)
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count (embeddings included)."""
+        d, h, kv, hd, m, v, L = (self.embed_dim, self.num_heads, self.num_kv_heads, self.head_dim, self.mlp_dim,
+                                 self.vocab_size, self.num_layers)
+        attn = d * hd * (h + 2 * kv) + h * hd * d
+        mlp = 3 * d * m
+        norms = 2 * d + (2 * hd if self.qk_norm else 0)
+        bias = (hd * (h + 2 * kv) + d + 2 * m + d) if self.use_bias else 0
+        head = 0 if self.tie_embeddings else d * v
+        return v * d + L * (attn + mlp + norms + bias) + d + head
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 * (non-embedding matmul params) + attention scores.
+
+        6N counts forward (2N) and backward (4N) multiply-adds of every weight matmul (the output head included,
+        the input embedding lookup excluded). Attention adds 12 * layers * seq_len * heads * head_dim
+        (QK^T and AV, forward + backward), counted over the full causal square as is customary (PaLM appendix B).
+        """
+        n = self.num_params - self.vocab_size * self.embed_dim
+        if self.tie_embeddings:  # the tied table still does the output matmul
+            n += self.vocab_size * self.embed_dim
+        return 6.0 * n + 12.0 * self.num_layers * seq_len * self.num_heads * self.head_dim
+
+
+def _dense_init(std: float, names: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(std), names)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * scale, computed in float32 (as Llama does) then cast back."""
+
+    eps: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    axis_name: str = "embed"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)), (x.shape[-1],),
+            self.param_dtype,
+        )
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def rotary_embedding(x: Array, positions: Array, theta: float) -> Array:
+    """Applies RoPE in the 'rotate half' layout used by HF Llama.
+
+    x: [batch, length, heads, head_dim]; positions: [batch, length]. Pairs (i, i + head_dim/2) rotate by
+    angle position * theta^(-2i/head_dim); computed in float32.
+    """
+    hd = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., : hd // 2], x32[..., hd // 2 :]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class Attention(nn.Module):
+    config: TransformerConfig
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, segment_ids: Array) -> Array:
+        """x: [B, T, D]; positions, segment_ids: [B, T] -> [B, T, D]."""
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+
+        def proj(name, heads, axes):
+            return nn.DenseGeneral(
+                (heads, cfg.head_dim), axis=-1, use_bias=cfg.use_bias, dtype=dtype, param_dtype=cfg.param_dtype,
+                kernel_init=_dense_init(cfg.init_std, ("embed", axes, "head_dim")),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes, "head_dim")), name=name,
+            )(x)
+
+        q = proj("q_proj", cfg.num_heads, "heads")
+        k = proj("k_proj", cfg.num_kv_heads, "kv_heads")
+        v = proj("v_proj", cfg.num_kv_heads, "kv_heads")
+        if cfg.qk_norm:
+            q = RMSNorm(cfg.norm_eps, dtype, cfg.param_dtype, "head_dim", name="q_norm")(q)
+            k = RMSNorm(cfg.norm_eps, dtype, cfg.param_dtype, "head_dim", name="k_norm")(k)
+        q = rotary_embedding(q, positions, cfg.rope_theta)
+        k = rotary_embedding(k, positions, cfg.rope_theta)
+
+        b, t = x.shape[:2]
+        if self.decode:
+            # Write this chunk's keys/values (and their segment ids) at cache_index, attend to everything written.
+            shape = (b, cfg.max_decode_len, cfg.num_kv_heads, cfg.head_dim)
+            ck = self.variable("cache", "cached_key", jnp.zeros, shape, dtype)
+            cv = self.variable("cache", "cached_value", jnp.zeros, shape, dtype)
+            cs = self.variable("cache", "cached_segment", jnp.zeros, (b, cfg.max_decode_len), jnp.int32)
+            ci = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            idx = ci.value
+            ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(dtype), (0, idx, 0, 0))
+            cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(dtype), (0, idx, 0, 0))
+            cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids.astype(jnp.int32), (0, idx))
+            ci.value = idx + t
+            k, v, key_seg = ck.value, cv.value, cs.value
+            q_index = idx + jnp.arange(t)
+            k_index = jnp.arange(cfg.max_decode_len)
+        else:
+            key_seg = segment_ids
+            q_index = k_index = jnp.arange(t)
+        # mask[b, 1, i, j]: key j is at or before query i, and both belong to the same document.
+        causal = q_index[:, None] >= k_index[None, :]
+        same_doc = segment_ids[:, :, None] == key_seg[:, None, :]
+        mask = (causal[None] & same_doc)[:, None]
+        out = jax.nn.dot_product_attention(
+            q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask, implementation=cfg.attention_impl
+        )
+        return nn.DenseGeneral(
+            cfg.embed_dim, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype, param_dtype=cfg.param_dtype,
+            kernel_init=_dense_init(cfg.init_std, ("heads", "head_dim", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), name="o_proj",
+        )(out)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+
+        def dense(name, features, axes):
+            return nn.Dense(
+                features, use_bias=cfg.use_bias, dtype=dtype, param_dtype=cfg.param_dtype,
+                kernel_init=_dense_init(cfg.init_std, axes),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]), name=name,
+            )
+
+        h = nn.silu(dense("gate_proj", cfg.mlp_dim, ("embed", "mlp"))(x)) * dense("up_proj", cfg.mlp_dim,
+                                                                                 ("embed", "mlp"))(x)
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        return dense("down_proj", cfg.embed_dim, ("mlp", "embed"))(h)
+
+
+class Block(nn.Module):
+    config: TransformerConfig
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, segment_ids: Array) -> tuple[Array, None]:
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        h = RMSNorm(cfg.norm_eps, dtype, cfg.param_dtype, name="attn_norm")(x)
+        x = x + Attention(cfg, self.decode, name="attn")(h, positions, segment_ids)
+        h = RMSNorm(cfg.norm_eps, dtype, cfg.param_dtype, name="mlp_norm")(x)
+        x = x + MLP(cfg, name="mlp")(h)
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x, None  # (carry, per-layer output) for nn.scan
+
+
+class TransformerLM(nn.Module):
+    """tokens [B, T] -> logits [B, T, vocab] (float32).
+
+    ``decode=True`` builds the KV-cache variant (same parameters): call it with the 'cache' collection mutable.
+    TEAL-style wrappers use ``embed``, ``hidden`` and ``logits_from_hidden`` to feed their own embeddings.
+    """
+
+    config: TransformerConfig
+    decode: bool = False
+
+    def setup(self):
+        cfg = self.config
+        self.embedder = nn.Embed(
+            cfg.vocab_size, cfg.embed_dim, dtype=jnp.dtype(cfg.dtype), param_dtype=cfg.param_dtype,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(cfg.init_std), ("vocab", "embed")),
+            name="embed",
+        )
+        block = Block
+        policy = REMAT_POLICIES[cfg.remat_policy]
+        if cfg.remat_policy != "none":
+            block = nn.remat(Block, prevent_cse=False, policy=policy)
+        self.layers = nn.scan(
+            block,
+            variable_axes={"params": 0, "cache": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg, self.decode, name="layers")
+        self.final_norm = RMSNorm(cfg.norm_eps, jnp.dtype(cfg.dtype), cfg.param_dtype, name="final_norm")
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Dense(
+                cfg.vocab_size, use_bias=False, dtype=jnp.dtype(cfg.dtype), param_dtype=cfg.param_dtype,
+                kernel_init=_dense_init(cfg.init_std, ("embed", "vocab")), name="lm_head",
+            )
+
+    def embed(self, tokens: Array) -> Array:
+        return self.embedder(tokens)
+
+    def hidden(self, x: Array, positions: Array | None = None, segment_ids: Array | None = None) -> Array:
+        """Runs the blocks and the final norm over embeddings x: [B, T, D] -> [B, T, D]."""
+        b, t = x.shape[:2]
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        if positions is None:
+            if self.decode:
+                raise ValueError("decode mode needs explicit positions (the cache does not know them)")
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        x = nn.with_logical_constraint(x.astype(jnp.dtype(self.config.dtype)), ("batch", "length", "embed"))
+        x, _ = self.layers(x, positions, segment_ids)
+        return self.final_norm(x)
+
+    def logits_from_hidden(self, h: Array) -> Array:
+        if self.config.tie_embeddings:
+            logits = self.embedder.attend(h)
+        else:
+            logits = self.lm_head(h)
+        return logits.astype(jnp.float32)
+
+    def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None) -> Array:
+        return self.logits_from_hidden(self.hidden(self.embed(tokens), positions, segment_ids))
+
+
+def init_cache(model: TransformerLM, batch_size: int) -> Any:
+    """A zeroed KV cache for ``model`` (which must have decode=True), without materialising parameters."""
+    tokens = jnp.zeros((batch_size, 1), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens))["cache"]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
