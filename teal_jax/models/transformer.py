@@ -137,6 +137,35 @@ def rotary_embedding(x: Array, positions: Array, theta: float) -> Array:
     return out.astype(x.dtype)
 
 
+class Projection(nn.Module):
+    """A linear map contracting the last ``contract`` input axes into ``features`` (kernel axes named by ``axes``).
+
+    Written out instead of nn.DenseGeneral, whose flat-then-reshape kernel init breaks logical sharding metadata.
+    """
+
+    features: tuple[int, ...]
+    axes: tuple[str, ...]
+    config: TransformerConfig
+    contract: int = 1
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        in_shape = x.shape[-self.contract:]
+        kernel = self.param("kernel", _dense_init(cfg.init_std, self.axes), in_shape + self.features,
+                            cfg.param_dtype)
+        dtype = jnp.dtype(cfg.dtype)
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
+                                ((tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract))),
+                                 ((), ())))
+        if cfg.use_bias:
+            bias_axes = self.axes[self.contract:]
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, bias_axes),
+                              self.features, cfg.param_dtype)
+            y = y + bias.astype(dtype)
+        return y
+
+
 class Attention(nn.Module):
     config: TransformerConfig
     decode: bool = False
@@ -148,11 +177,7 @@ class Attention(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
 
         def proj(name, heads, axes):
-            return nn.DenseGeneral(
-                (heads, cfg.head_dim), axis=-1, use_bias=cfg.use_bias, dtype=dtype, param_dtype=cfg.param_dtype,
-                kernel_init=_dense_init(cfg.init_std, ("embed", axes, "head_dim")),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes, "head_dim")), name=name,
-            )(x)
+            return Projection((heads, cfg.head_dim), ("embed", axes, "head_dim"), cfg, name=name)(x)
 
         q = proj("q_proj", cfg.num_heads, "heads")
         k = proj("k_proj", cfg.num_kv_heads, "kv_heads")
@@ -189,11 +214,7 @@ class Attention(nn.Module):
         out = jax.nn.dot_product_attention(
             q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask, implementation=cfg.attention_impl
         )
-        return nn.DenseGeneral(
-            cfg.embed_dim, axis=(-2, -1), use_bias=cfg.use_bias, dtype=dtype, param_dtype=cfg.param_dtype,
-            kernel_init=_dense_init(cfg.init_std, ("heads", "head_dim", "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), name="o_proj",
-        )(out)
+        return Projection((cfg.embed_dim,), ("heads", "head_dim", "embed"), cfg, contract=2, name="o_proj")(out)
 
 
 class MLP(nn.Module):

@@ -56,6 +56,15 @@ class Objective(abc.ABC):
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
+        self.workdir: str | None = None
+
+    def prepare(self, workdir: str) -> None:
+        """Host-side, idempotent preparation before anything else (build datasets, train a text tokenizer, ...).
+
+        Called by the trainer on every process (process 0 first, then the others after a barrier); sets
+        ``self.workdir``. Overrides should call ``super().prepare(workdir)``.
+        """
+        self.workdir = workdir
 
     # ---- model -------------------------------------------------------------------------------------------------
     @abc.abstractmethod

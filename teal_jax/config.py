@@ -1,0 +1,75 @@
+"""Defaults and validation shared by every config (``configs/**.py`` build on ``base_config``).
+
+A config is checked before any work starts: missing sections, unknown keys in the shared sections, and values of the
+wrong type raise ``ValueError`` naming the field.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from teal_jax.train.optim import _FIELDS as _OPT_FIELDS
+from teal_jax.train.optim import default_optimizer_config
+
+_TRAIN_FIELDS = {
+    "steps": int, "batch_size": int, "grad_accum": int, "log_every": int, "eval_every": int, "eval_batches": int,
+    "checkpoint_every": int, "keep_checkpoints": int, "compute_dtype": str, "async_checkpoints": bool,
+    "peak_flops_per_device": float,
+}
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.objective = "lm"
+    c.seed = 0
+    c.model = ml_collections.ConfigDict()
+    c.data = ml_collections.ConfigDict()
+    c.train = ml_collections.ConfigDict(dict(
+        steps=1000, batch_size=8, grad_accum=1, log_every=10, eval_every=500, eval_batches=4,
+        checkpoint_every=500, keep_checkpoints=3, compute_dtype="bfloat16", async_checkpoints=True,
+        peak_flops_per_device=0.0,  # 0: look the device kind up in teal_jax.train.metrics.PEAK_FLOPS
+    ))
+    c.optimizer = default_optimizer_config()
+    c.optimizers = ml_collections.ConfigDict()  # per-group overrides, e.g. c.optimizers.disc = {'lr': 1e-4}
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
+    c.sample = ml_collections.ConfigDict(dict(prompts=("",), max_new_tokens=64, temperature=0.8, top_k=0,
+                                              top_p=1.0, seed=0))
+    return c
+
+
+def _check_section(config, section: str, fields: dict[str, type]) -> None:
+    sub = config.get(section)
+    if sub is None:
+        raise ValueError(f"config.{section} is missing")
+    for key, value in sub.items():
+        if key not in fields:
+            raise ValueError(f"config.{section}.{key}: unknown field; known fields: {sorted(fields)}")
+        want = fields[key]
+        ok = isinstance(value, want) or (want is float and isinstance(value, int) and not isinstance(value, bool))
+        if want is int and isinstance(value, bool):
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"config.{section}.{key}={value!r} has type {type(value).__name__}, expected {want.__name__}"
+            )
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    for key in ("objective", "seed", "model", "data", "train", "optimizer", "mesh"):
+        if key not in config:
+            raise ValueError(f"config.{key} is missing (start configs from teal_jax.config.base_config())")
+    _check_section(config, "train", _TRAIN_FIELDS)
+    _check_section(config, "optimizer", _OPT_FIELDS)
+    t = config.train
+    for key in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if t.get(key, 1) < 1:
+            raise ValueError(f"config.train.{key}={t.get(key)} must be >= 1")
+    if t.compute_dtype not in ("bfloat16", "float32", "float16"):
+        raise ValueError(f"config.train.compute_dtype={t.compute_dtype!r}: choose bfloat16, float32 or float16")
+    if t.batch_size % t.grad_accum:
+        raise ValueError(
+            f"config.train.batch_size={t.batch_size} is not divisible by config.train.grad_accum={t.grad_accum}"
+        )
+    shape = tuple(config.mesh.shape)
+    if len(shape) != 3:
+        raise ValueError(f"config.mesh.shape={shape} must have 3 entries ('data', 'fsdp', 'tensor')")
