@@ -1,0 +1,444 @@
+"""Discrete bottlenecks shared by the image tokenizer and the audio codec (pure Flax linen, no I/O).
+
+* :class:`VectorQuantizer`: nearest-neighbour VQ (VQ-VAE / VQGAN / LlamaGen), optionally factorised
+  (project to a small ``code_dim`` and back) and l2-normalised (cosine-similarity lookup), codebook
+  learned by loss or by EMA, dead-code restart, commitment loss, straight-through gradients.
+* :class:`ResidualVQ`: ``num_levels`` VQs on successive residuals (SoundStream / EnCodec / DAC), with
+  quantizer dropout.
+* :class:`FSQ`: finite scalar quantization (Mentzer et al. 2023): bound each channel, round; no loss.
+
+All three return a :class:`QuantizerOutput`. Distances, EMA statistics and codebook lookups run in
+float32 whatever the compute dtype: an argmin in bfloat16 ties far too often.
+
+Non-parameter state lives in the ``'quantizer_state'`` collection and changes only when ``train=True``
+and that collection is mutable (``apply(..., mutable=['quantizer_state'])``); never during ``init``.
+Randomness (dead-code restart, quantizer dropout) comes from the rng stream ``rng_name``
+(default ``'dropout'``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Array = jax.Array
+STATE = "quantizer_state"
+
+
+@flax.struct.dataclass
+class QuantizerOutput:
+    """What every quantizer returns.
+
+    quantized: ``[..., D]`` the quantized input (straight-through: gradient w.r.t. the input = identity).
+    codes: ``int32 [...]`` (``[..., levels]`` for :class:`ResidualVQ`).
+    loss: scalar auxiliary loss (codebook + commitment terms; 0 for FSQ) to add to the training loss.
+    metrics: flat ``dict[str, scalar]`` (codebook usage = fraction of codes used in the batch, perplexity).
+    """
+
+    quantized: Array
+    codes: Array
+    loss: Array
+    metrics: dict[str, Array]
+
+
+def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
+    """``x / max(||x||, eps)`` (torch's F.normalize)."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
+def code_counts(codes: Array, num_codes: int, mask: Array | None = None) -> Array:
+    """float32 ``[num_codes]``: how often each code occurs (only where ``mask``)."""
+    w = jnp.ones(codes.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    return jnp.zeros((num_codes,), jnp.float32).at[codes.reshape(-1)].add(w.reshape(-1))
+
+
+def usage_metrics(counts: Array, prefix: str = "") -> dict[str, Array]:
+    """Codebook usage (fraction of codes seen in the batch) and perplexity exp(H(p)) of the code histogram."""
+    p = counts / jnp.maximum(counts.sum(), 1.0)
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+    return {
+        f"{prefix}usage": jnp.mean((counts > 0).astype(jnp.float32)),
+        f"{prefix}perplexity": jnp.exp(entropy),
+    }
+
+
+def _masked_mean(x: Array, mask: Array | None) -> Array:
+    """Mean over all entries of ``x [..., D]``; with ``mask [...]`` only over the selected vectors."""
+    if mask is None:
+        return jnp.mean(x)
+    m = mask.astype(x.dtype)[..., None]
+    return jnp.sum(x * m) / jnp.maximum(jnp.sum(m) * x.shape[-1], 1.0)
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour vector quantization of ``x [..., D]``.
+
+    Attributes:
+      codebook_size: K, the number of codes.
+      code_dim: C, the code width.
+      features: D, the input width; None means D = C. When ``D != C`` the input is projected
+        ``D -> C`` before the lookup and the quantized vector ``C -> D`` after it (factorised codes,
+        ViT-VQGAN / DAC).
+      l2_normalize: look up by cosine similarity: the (projected) input and the codebook are
+        l2-normalised before the euclidean nearest neighbour; the quantized vector is the normalised code.
+      decode_normalize: whether :meth:`decode_codes` l2-normalises the code; None = ``l2_normalize``.
+        (transformers' Janus looks up raw codes but decodes normalised ones; its converter sets
+        ``l2_normalize=False, decode_normalize=True``.)
+      use_ema: learn the codebook by exponential moving averages of the assigned inputs (then it lives in
+        ``'quantizer_state'``, not in params, and the loss has only the commitment term).
+      ema_decay, ema_eps: EMA decay and Laplace smoothing of the cluster sizes.
+      beta: commitment weight: ``loss = ||sg(z) - e||^2 + beta ||z - sg(e)||^2`` (first term absent with EMA).
+      restart_after: a code unused for this many consecutive training steps is replaced by a random
+        input vector of the current batch (0 disables dead-code restart).
+      rng_name: rng stream for the restart.
+      codebook_init_scale: std of the normal codebook initialisation.
+    """
+
+    codebook_size: int
+    code_dim: int
+    features: int | None = None
+    l2_normalize: bool = False
+    decode_normalize: bool | None = None
+    use_ema: bool = False
+    ema_decay: float = 0.99
+    ema_eps: float = 1e-5
+    beta: float = 0.25
+    restart_after: int = 0
+    rng_name: str = "dropout"
+    codebook_init_scale: float = 1.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        K, C = self.codebook_size, self.code_dim
+        init = nn.initializers.normal(self.codebook_init_scale)
+        if self.use_ema:
+            # EMA codebook = ema_sum / smoothed ema_count; both start from the initial codebook with count 1.
+            self.codebook_var = self.variable(
+                STATE, "codebook", lambda: init(self.make_rng("params"), (K, C))
+            )
+            self.ema_count = self.variable(STATE, "ema_count", lambda: jnp.ones((K,), jnp.float32))
+            self.ema_sum = self.variable(STATE, "ema_sum", lambda: jnp.array(self.codebook_var.value))
+        else:
+            self.codebook = self.param(
+                "codebook",
+                nn.with_logical_partitioning(init, ("codebook", "code_dim")),
+                (K, C),
+                self.param_dtype,
+            )
+            if self.restart_after > 0:
+                # A learned codebook is a parameter the module cannot overwrite; a restart instead sets
+                # a non-trainable offset so that (codebook + offset) equals the new vector; the
+                # parameter keeps learning underneath.
+                self.restart_offset = self.variable(
+                    STATE, "restart_offset", lambda: jnp.zeros((K, C), jnp.float32)
+                )
+        if self.restart_after > 0:
+            self.unused_steps = self.variable(STATE, "unused_steps", lambda: jnp.zeros((K,), jnp.int32))
+        self.factorised = self.features is not None and self.features != C
+        if self.factorised:
+            dense = lambda n, names: nn.Dense(  # noqa: E731
+                n,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
+            )
+            self.project_in = dense(C, (None, "code_dim"))
+            self.project_out = dense(self.features, ("code_dim", None))
+
+    def raw_codebook(self) -> Array:
+        """float32 ``[K, C]`` codebook before any normalisation."""
+        if self.use_ema:
+            return self.codebook_var.value.astype(jnp.float32)
+        cb = jnp.asarray(self.codebook, jnp.float32)
+        if self.restart_after > 0:
+            cb = cb + jax.lax.stop_gradient(self.restart_offset.value)
+        return cb
+
+    def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> QuantizerOutput:
+        """``x [..., D]`` -> quantized ``[..., D]``, codes ``int32 [...]``.
+
+        ``mask [...]`` (bool, optional) selects the vectors that count for the loss, the usage metrics and the
+        EMA/restart statistics (residual VQ uses it for quantizer dropout).
+        """
+        expected = self.code_dim if self.features is None else self.features
+        if x.shape[-1] != expected:
+            raise ValueError(f"VectorQuantizer input has width {x.shape[-1]}, expected features={expected}")
+        z = (self.project_in(x) if self.factorised else x).astype(jnp.float32)  # [..., C]
+        lead = z.shape[:-1]
+        flat = z.reshape(-1, self.code_dim)  # [N, C]
+        codebook = self.raw_codebook()  # [K, C]
+        if self.l2_normalize:
+            flat = l2_normalize(flat)
+            codebook = l2_normalize(codebook)
+        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2, argmin over the K codes.
+        dist = (
+            jnp.sum(flat**2, axis=1, keepdims=True)
+            - 2.0 * flat @ codebook.T
+            + jnp.sum(codebook**2, axis=1)[None, :]
+        )
+        codes = jnp.argmin(dist, axis=1).astype(jnp.int32)  # [N]
+        z_q = codebook[codes]  # [N, C]
+        flat_mask = None if mask is None else mask.reshape(-1)
+
+        commit = _masked_mean((flat - jax.lax.stop_gradient(z_q)) ** 2, flat_mask)
+        if self.use_ema:
+            loss = self.beta * commit
+        else:
+            loss = _masked_mean((jax.lax.stop_gradient(flat) - z_q) ** 2, flat_mask) + self.beta * commit
+
+        # Straight-through estimator: forward value z_q, backward identity (d z_q_st / d z = I).
+        z_q_st = flat + jax.lax.stop_gradient(z_q - flat)
+
+        counts = code_counts(codes, self.codebook_size, flat_mask)
+        if train and not self.is_initializing():
+            self._update_state(flat, codes, counts, flat_mask)
+
+        quantized = z_q_st.reshape(*lead, self.code_dim).astype(self.dtype)
+        if self.factorised:
+            quantized = self.project_out(quantized)
+        chex.assert_shape(quantized, x.shape)
+        return QuantizerOutput(
+            quantized=quantized.astype(x.dtype),
+            codes=codes.reshape(lead),
+            loss=loss,
+            metrics=usage_metrics(counts),
+        )
+
+    def _update_state(self, flat: Array, codes: Array, counts: Array, mask: Array | None) -> None:
+        flat = jax.lax.stop_gradient(flat)
+        K = self.codebook_size
+        if self.use_ema:
+            w = jnp.ones(codes.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+            onehot = jax.nn.one_hot(codes, K, dtype=jnp.float32) * w[:, None]  # [N, K]
+            d = self.ema_decay
+            count = d * self.ema_count.value + (1 - d) * counts
+            ema_sum = d * self.ema_sum.value + (1 - d) * (onehot.T @ flat)
+            # Laplace smoothing keeps empty clusters from dividing by zero without changing the total count n.
+            n = jnp.sum(count)
+            smoothed = (count + self.ema_eps) / (n + K * self.ema_eps) * n
+            self.ema_count.value, self.ema_sum.value = count, ema_sum
+            self.codebook_var.value = ema_sum / smoothed[:, None]
+        if self.restart_after > 0:
+            unused = jnp.where(counts > 0, 0, self.unused_steps.value + 1)
+            dead = unused >= self.restart_after  # [K]
+            rng = self.make_rng(self.rng_name)
+            k_perm, k_pick = jax.random.split(rng)
+            if mask is None:
+                idx = jax.random.randint(k_pick, (K,), 0, flat.shape[0])
+            else:  # draw only among the selected vectors: they come first in a random order
+                order = jnp.argsort(jnp.where(mask, jax.random.uniform(k_perm, mask.shape), 2.0))
+                n_valid = jnp.maximum(jnp.sum(mask.astype(jnp.int32)), 1)
+                idx = order[jax.random.randint(k_pick, (K,), 0, n_valid)]
+            new = flat[idx]  # [K, C]
+            if self.use_ema:
+                self.codebook_var.value = jnp.where(dead[:, None], new, self.codebook_var.value)
+                self.ema_sum.value = jnp.where(dead[:, None], new, self.ema_sum.value)
+                self.ema_count.value = jnp.where(dead, 1.0, self.ema_count.value)
+            else:
+                base = jnp.asarray(self.codebook, jnp.float32)
+                self.restart_offset.value = jnp.where(dead[:, None], new - base, self.restart_offset.value)
+            self.unused_steps.value = jnp.where(dead, 0, unused)
+
+    def decode_codes(self, codes: Array) -> Array:
+        """``int32 [...]`` -> ``[..., D]`` (the code, projected out when factorised)."""
+        normalize = self.l2_normalize if self.decode_normalize is None else self.decode_normalize
+        codebook = self.raw_codebook()
+        if normalize:
+            codebook = l2_normalize(codebook)
+        z = jnp.take(codebook, codes, axis=0).astype(self.dtype)
+        return self.project_out(z) if self.factorised else z
+
+
+class ResidualVQ(nn.Module):
+    """L vector quantizers on successive residuals: ``x ~ sum_l q_l``, ``q_l = VQ_l(x - sum_{m<l} q_m)``.
+
+    Attributes (the VQ ones apply to every level): num_levels (L), codebook_size, code_dim, features (D;
+    each level projects ``D -> code_dim -> D`` when they differ, as in DAC), l2_normalize (False = plain
+    euclidean on raw codebooks, as in EnCodec), use_ema, ema_decay, beta, restart_after.
+      dropout_rate: quantizer dropout (SoundStream/DAC): at train time each example, with this
+        probability, keeps only the first n levels, n ~ U{1..L}; levels beyond n contribute nothing
+        (no output, loss or statistics).
+
+    Inputs are ``x [batch, ..., D]``; the dropout draw is per example (leading axis).
+    """
+
+    num_levels: int
+    codebook_size: int
+    code_dim: int
+    features: int | None = None
+    l2_normalize: bool = False
+    use_ema: bool = False
+    ema_decay: float = 0.99
+    beta: float = 0.25
+    restart_after: int = 0
+    dropout_rate: float = 0.0
+    rng_name: str = "dropout"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.levels = [
+            VectorQuantizer(
+                codebook_size=self.codebook_size,
+                code_dim=self.code_dim,
+                features=self.features,
+                l2_normalize=self.l2_normalize,
+                use_ema=self.use_ema,
+                ema_decay=self.ema_decay,
+                beta=self.beta,
+                restart_after=self.restart_after,
+                rng_name=self.rng_name,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )
+            for _ in range(self.num_levels)
+        ]
+
+    def __call__(
+        self, x: Array, *, train: bool, num_levels: int | None = None, rng: Array | None = None
+    ) -> QuantizerOutput:
+        """``x [batch, ..., D]`` -> quantized ``[batch, ..., D]``, codes ``int32 [batch, ..., L]``.
+
+        num_levels: use only the first n levels (a bitrate choice at inference); codes still have L
+          entries; those of unused levels are computed on the residual but contribute nothing.
+        rng: explicit key for quantizer dropout (else the ``rng_name`` stream).
+        """
+        L = self.num_levels
+        n_use = L if num_levels is None else int(num_levels)
+        if not 1 <= n_use <= L:
+            raise ValueError(f"num_levels={num_levels} must be in [1, {L}]")
+        batch = x.shape[0]
+        n = jnp.full((batch,), n_use, jnp.int32)  # levels kept per example
+        if train and self.dropout_rate > 0 and not self.is_initializing():
+            key = self.make_rng(self.rng_name) if rng is None else rng
+            k_apply, k_n = jax.random.split(key)
+            drop = jax.random.bernoulli(k_apply, self.dropout_rate, (batch,))
+            n = jnp.where(drop, jax.random.randint(k_n, (batch,), 1, n_use + 1), n)
+        bshape = (batch,) + (1,) * (x.ndim - 2)  # broadcast a per-example value over the middle axes
+
+        residual = x
+        quantized = jnp.zeros_like(x)
+        codes, loss, metrics = [], jnp.zeros((), jnp.float32), {}
+        for l, vq in enumerate(self.levels):
+            keep = jnp.broadcast_to((l < n).reshape(bshape), x.shape[:-1])  # [batch, ...]
+            out = vq(residual, train=train, mask=keep)
+            q = out.quantized * keep[..., None].astype(out.quantized.dtype)
+            quantized = quantized + q
+            residual = residual - q
+            codes.append(out.codes)
+            # Mean over the examples that use this level (the VQ's loss is already a mean over those).
+            loss = loss + out.loss * jnp.mean(keep.astype(jnp.float32))
+            metrics.update({f"level{l}/{k}": v for k, v in out.metrics.items()})
+        metrics["usage"] = jnp.mean(jnp.stack([metrics[f"level{l}/usage"] for l in range(L)]))
+        metrics["perplexity"] = jnp.mean(jnp.stack([metrics[f"level{l}/perplexity"] for l in range(L)]))
+        metrics["levels_used"] = jnp.mean(n.astype(jnp.float32))
+        return QuantizerOutput(
+            quantized=quantized, codes=jnp.stack(codes, axis=-1), loss=loss, metrics=metrics
+        )
+
+    def decode_codes(self, codes: Array) -> Array:
+        """``int32 [..., n]`` (n <= L: the first n levels) -> ``[..., D]`` (sum of the level outputs)."""
+        n = codes.shape[-1]
+        if not 1 <= n <= self.num_levels:
+            raise ValueError(
+                f"codes.shape[-1]={n} must be in [1, {self.num_levels}] (levels of this ResidualVQ)"
+            )
+        out = None
+        for l in range(n):
+            q = self.levels[l].decode_codes(codes[..., l])
+            out = q if out is None else out + q
+        return out
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantization: channel i is bounded to ``levels[i]`` values and rounded.
+
+    ``x [..., D]`` is projected to ``len(levels)`` channels when ``D != len(levels)`` and back afterwards.
+    The quantized values lie in [-1, 1]; the code is the mixed-radix integer of the per-channel digits,
+    so there are ``prod(levels)`` codes. No auxiliary loss.
+    """
+
+    levels: Sequence[int]
+    features: int | None = None  # D, the input width; None means D = len(levels)
+    eps: float = 1e-3
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        if any(int(l) < 2 for l in self.levels):
+            raise ValueError(f"FSQ levels={list(self.levels)}: every level must be >= 2")
+        self.factorised = self.features is not None and self.features != len(self.levels)
+        if self.factorised:
+            self.project_in = nn.Dense(len(self.levels), dtype=self.dtype, param_dtype=self.param_dtype)
+            self.project_out = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype)
+
+    @property
+    def codebook_size(self) -> int:
+        return int(np.prod(self.levels))
+
+    @property
+    def code_dim(self) -> int:
+        return len(self.levels)
+
+    def _consts(self):
+        levels = np.asarray(self.levels, np.float32)
+        half_width = np.floor(levels / 2)  # digit d in [0, L) <-> value (d - half_width) / half_width
+        basis = np.cumprod([1] + [int(l) for l in self.levels[:-1]]).astype(np.int32)
+        return levels, half_width, basis
+
+    def bound(self, z: Array) -> Array:
+        """Squash channel i to (-L/2, L/2) so rounding gives exactly L integers (shifted for even L)."""
+        levels, _, _ = self._consts()
+        half_l = (levels - 1) * (1 + self.eps) / 2
+        offset = np.where(levels % 2 == 0, 0.5, 0.0)
+        shift = np.arctanh(offset / half_l)
+        return jnp.tanh(z + shift) * half_l - offset
+
+    def __call__(self, x: Array, *, train: bool = False) -> QuantizerOutput:
+        """``x [..., D]`` -> quantized ``[..., D]``, codes ``int32 [...]`` in ``[0, prod(levels))``."""
+        del train  # FSQ has no state and behaves the same at train and eval time
+        expected = self.code_dim if self.features is None else self.features
+        if x.shape[-1] != expected:
+            raise ValueError(f"FSQ input has width {x.shape[-1]}, expected features={expected}")
+        z = self.project_in(x) if self.factorised else x
+        bounded = self.bound(z.astype(jnp.float32))
+        # Straight-through rounding: forward round(b), backward identity.
+        rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
+        _, half_width, basis = self._consts()
+        values = rounded / half_width  # in [-1, 1]
+        codes = self.values_to_codes(jax.lax.stop_gradient(values))
+        out = values.astype(self.dtype)
+        if self.factorised:
+            out = self.project_out(out)
+        counts = code_counts(codes, self.codebook_size)
+        return QuantizerOutput(
+            quantized=out.astype(x.dtype),
+            codes=codes,
+            loss=jnp.zeros((), jnp.float32),
+            metrics=usage_metrics(counts),
+        )
+
+    def values_to_codes(self, values: Array) -> Array:
+        """``[..., len(levels)]`` values in [-1, 1] on the grid -> ``int32 [...]`` mixed-radix codes."""
+        _, half_width, basis = self._consts()
+        digits = jnp.round(values * half_width + half_width).astype(jnp.int32)
+        return jnp.sum(digits * basis, axis=-1).astype(jnp.int32)
+
+    def codes_to_values(self, codes: Array) -> Array:
+        """``int32 [...]`` -> float32 ``[..., len(levels)]`` grid values in [-1, 1]."""
+        levels, half_width, basis = self._consts()
+        digits = (codes[..., None] // basis) % levels.astype(np.int32)
+        return (digits.astype(jnp.float32) - half_width) / half_width
+
+    def decode_codes(self, codes: Array) -> Array:
+        """``int32 [...]`` -> ``[..., D]`` (grid values, projected out when factorised)."""
+        out = self.codes_to_values(codes).astype(self.dtype)
+        return self.project_out(out) if self.factorised else out

@@ -1,0 +1,277 @@
+"""Quantizers against float64 numpy references (tolerances stated per assertion)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from teal_jax.models.quantizers import FSQ, QuantizerOutput, ResidualVQ, VectorQuantizer
+
+ATOL = 1e-5  # float32 math vs float64 reference on O(1) values
+
+
+def _init(module, *args, **kwargs):
+    """init with logical-axis boxes removed (the trainer unboxes the same way)."""
+    return nn.unbox(module.init(jax.random.key(0), *args, **kwargs))
+
+
+def _nn_numpy(x, codebook, normalize):
+    x = np.asarray(x, np.float64).reshape(-1, codebook.shape[1])
+    cb = np.asarray(codebook, np.float64)
+    if normalize:
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        cb = cb / np.linalg.norm(cb, axis=1, keepdims=True)
+    d = ((x[:, None, :] - cb[None]) ** 2).sum(-1)
+    codes = d.argmin(1)
+    return codes, cb[codes], x
+
+
+def _margin_ok(x, codebook, normalize, margin=1e-4):
+    """True when every nearest neighbour wins by a margin (so float32 cannot flip the argmin)."""
+    x = np.asarray(x, np.float64).reshape(-1, codebook.shape[1])
+    cb = np.asarray(codebook, np.float64)
+    if normalize:
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        cb = cb / np.linalg.norm(cb, axis=1, keepdims=True)
+    d = np.sort(((x[:, None, :] - cb[None]) ** 2).sum(-1), axis=1)
+    return bool((d[:, 1] - d[:, 0] > margin).all())
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_vq_nearest_neighbour_and_loss(normalize):
+    vq = VectorQuantizer(codebook_size=32, code_dim=6, l2_normalize=normalize, beta=0.3)
+    x = jax.random.normal(jax.random.key(1), (4, 5, 6))
+    variables = _init(vq, x, train=False)
+    out = jax.jit(lambda v, x: vq.apply(v, x, train=False))(variables, x)
+    assert isinstance(out, QuantizerOutput)
+    cb = np.asarray(variables["params"]["codebook"])
+    assert _margin_ok(x, cb, normalize)
+    codes, zq, z = _nn_numpy(x, cb, normalize)
+    assert out.codes.dtype == jnp.int32 and out.codes.shape == (4, 5)
+    np.testing.assert_array_equal(np.asarray(out.codes).reshape(-1), codes)
+    np.testing.assert_allclose(np.asarray(out.quantized).reshape(-1, 6), zq, atol=ATOL)
+    # loss = ||sg(z) - e||^2 + beta ||z - sg(e)||^2 (both means), forward value (1 + beta) * mse
+    np.testing.assert_allclose(float(out.loss), 1.3 * np.mean((z - zq) ** 2), rtol=1e-5)
+    # usage / perplexity of the code histogram
+    counts = np.bincount(codes, minlength=32)
+    p = counts / counts.sum()
+    np.testing.assert_allclose(float(out.metrics["usage"]), np.mean(counts > 0), rtol=1e-6)
+    ppl = np.exp(-np.sum(p[p > 0] * np.log(p[p > 0])))
+    np.testing.assert_allclose(float(out.metrics["perplexity"]), ppl, rtol=1e-5)
+    # decode_codes gives back the quantized vectors
+    dec = vq.apply(variables, out.codes, method=VectorQuantizer.decode_codes)
+    np.testing.assert_allclose(np.asarray(dec), np.asarray(out.quantized), atol=ATOL)
+
+
+def test_vq_straight_through_gradient_is_identity():
+    vq = VectorQuantizer(codebook_size=16, code_dim=4)
+    x = jax.random.normal(jax.random.key(1), (8, 4))
+    variables = _init(vq, x, train=False)
+    w = jax.random.normal(jax.random.key(2), (8, 4))
+    g = jax.grad(lambda x: jnp.sum(vq.apply(variables, x, train=False).quantized * w))(x)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-6)
+
+
+def test_vq_codebook_gradient_from_loss():
+    """The codebook term moves codes towards their inputs: d loss / d e_k = -2 sum_{i->k} (z_i - e_k) / (N C)."""
+    vq = VectorQuantizer(codebook_size=8, code_dim=3, beta=0.25)
+    x = jax.random.normal(jax.random.key(3), (10, 3))
+    variables = _init(vq, x, train=False)
+    g = jax.grad(lambda p: vq.apply({"params": p}, x, train=False).loss)(variables["params"])["codebook"]
+    cb = np.asarray(variables["params"]["codebook"], np.float64)
+    codes, zq, z = _nn_numpy(x, cb, False)
+    ref = np.zeros_like(cb)
+    for i, k in enumerate(codes):
+        ref[k] += -2 * (z[i] - cb[k]) / z.size
+    np.testing.assert_allclose(np.asarray(g), ref, atol=1e-6)
+
+
+def test_vq_factorised_shapes_and_decode():
+    vq = VectorQuantizer(codebook_size=64, code_dim=8, features=32, l2_normalize=True)
+    x = jax.random.normal(jax.random.key(1), (2, 3, 3, 32)).astype(jnp.bfloat16)
+    variables = _init(vq, x, train=False)
+    assert set(variables["params"]) == {"codebook", "project_in", "project_out"}
+    out = vq.apply(variables, x, train=False)
+    assert out.quantized.shape == x.shape and out.quantized.dtype == jnp.bfloat16
+    assert out.codes.shape == (2, 3, 3)
+    dec = vq.apply(variables, out.codes, method=VectorQuantizer.decode_codes)
+    # the forward output is rounded to bfloat16 (8 mantissa bits): relative 2^-8
+    np.testing.assert_allclose(
+        np.asarray(dec, np.float32), np.asarray(out.quantized, np.float32), rtol=2**-8, atol=1e-6
+    )
+    with pytest.raises(ValueError, match="features=32"):
+        vq.apply(variables, x[..., :16], train=False)
+
+
+def test_vq_ema_update_math():
+    K, C, decay, eps = 6, 3, 0.9, 1e-5
+    vq = VectorQuantizer(codebook_size=K, code_dim=C, use_ema=True, ema_decay=decay, ema_eps=eps, beta=0.5)
+    x = jax.random.normal(jax.random.key(1), (20, C))
+    variables = _init(vq, x, train=True)
+    assert "params" not in variables  # EMA codebook is state, not a parameter
+    state = variables["quantizer_state"]
+    cb0 = np.asarray(state["codebook"], np.float64)
+    np.testing.assert_array_equal(np.asarray(state["ema_sum"]), np.asarray(state["codebook"]))
+    # eval does not touch the state
+    _, st_eval = vq.apply(variables, x, train=False, mutable=["quantizer_state"])
+    np.testing.assert_array_equal(np.asarray(st_eval["quantizer_state"]["codebook"]), cb0.astype(np.float32))
+    out, new = vq.apply(variables, x, train=True, mutable=["quantizer_state"])
+    codes, zq, z = _nn_numpy(x, cb0, False)
+    onehot = np.eye(K)[codes]
+    count = decay * 1.0 + (1 - decay) * onehot.sum(0)
+    ema_sum = decay * cb0 + (1 - decay) * onehot.T @ z
+    n = count.sum()
+    ref_cb = ema_sum / ((count + eps) / (n + K * eps) * n)[:, None]
+    new = new["quantizer_state"]
+    np.testing.assert_allclose(np.asarray(new["ema_count"]), count, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(new["ema_sum"]), ema_sum, atol=ATOL)
+    np.testing.assert_allclose(np.asarray(new["codebook"]), ref_cb, atol=ATOL)
+    # with EMA the loss is the commitment term only
+    np.testing.assert_allclose(float(out.loss), 0.5 * np.mean((z - zq) ** 2), rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_vq_dead_code_restart_replaces_unused_codes(use_ema):
+    K, C = 8, 2
+    vq = VectorQuantizer(codebook_size=K, code_dim=C, use_ema=use_ema, restart_after=2)
+    # Inputs cluster near (+-1, 0); codes 2..7 are placed far away so they are never chosen.
+    x = jnp.array([[1.0, 0.0], [1.1, 0.1], [-1.0, 0.0], [-0.9, -0.1]] * 4)
+    variables = _init(vq, x, train=True)
+    far = np.array([[1, 0], [-1, 0]] + [[100 + i, 100] for i in range(K - 2)], np.float32)
+    variables = jax.tree.map(lambda a: a, variables)
+    if use_ema:
+        variables["quantizer_state"]["codebook"] = jnp.asarray(far)
+        variables["quantizer_state"]["ema_sum"] = jnp.asarray(far)
+    else:
+        variables["params"]["codebook"] = jnp.asarray(far)
+
+    step = jax.jit(
+        lambda v, k: vq.apply(v, x, train=True, mutable=["quantizer_state"], rngs={"dropout": k})
+    )
+
+    def effective(v):
+        return np.asarray(vq.apply(v, method=VectorQuantizer.raw_codebook))
+
+    v = variables
+    _, st = step(v, jax.random.key(1))
+    v = {**v, **st}
+    # one step unused: not yet dead
+    np.testing.assert_allclose(effective(v)[2:], far[2:], atol=1e-3 if use_ema else 0)
+    np.testing.assert_array_equal(np.asarray(v["quantizer_state"]["unused_steps"]), [0, 0] + [1] * (K - 2))
+    _, st = step(v, jax.random.key(2))
+    v = {**v, **st}
+    cb = effective(v)
+    batch = {tuple(r) for r in np.asarray(x).round(5)}
+    for k in range(2, K):  # every dead code is now a vector of the batch
+        assert tuple(cb[k].round(5)) in batch, (k, cb[k])
+    np.testing.assert_array_equal(np.asarray(v["quantizer_state"]["unused_steps"]), np.zeros(K))
+    if not use_ema:  # the used codes are untouched parameters
+        np.testing.assert_array_equal(cb[:2], far[:2])
+    # and the restarted codes are now chosen
+    out = vq.apply(v, x, train=False)
+    assert float(out.metrics["usage"]) > 2 / K
+
+
+def test_rvq_residual_sums_match_numpy():
+    L, K, D = 3, 16, 4
+    rvq = ResidualVQ(num_levels=L, codebook_size=K, code_dim=D)
+    x = jax.random.normal(jax.random.key(1), (2, 5, D))
+    variables = _init(rvq, x, train=False)
+    out = rvq.apply(variables, x, train=False)
+    assert out.codes.shape == (2, 5, L) and out.codes.dtype == jnp.int32
+    residual = np.asarray(x, np.float64).reshape(-1, D)
+    total = np.zeros_like(residual)
+    for l in range(L):
+        cb = np.asarray(variables["params"][f"levels_{l}"]["codebook"], np.float64)
+        codes, zq, _ = _nn_numpy(residual, cb, False)
+        np.testing.assert_array_equal(np.asarray(out.codes[..., l]).reshape(-1), codes)
+        total += zq
+        residual = residual - zq
+    np.testing.assert_allclose(np.asarray(out.quantized).reshape(-1, D), total, atol=ATOL)
+    dec = rvq.apply(variables, out.codes, method=ResidualVQ.decode_codes)
+    np.testing.assert_allclose(np.asarray(dec), np.asarray(out.quantized), atol=ATOL)
+    # fewer levels: the prefix sum, and num_levels at call time agrees with decoding a prefix of the codes
+    out2 = rvq.apply(variables, x, train=False, num_levels=2)
+    dec2 = rvq.apply(variables, out.codes[..., :2], method=ResidualVQ.decode_codes)
+    np.testing.assert_allclose(np.asarray(out2.quantized), np.asarray(dec2), atol=ATOL)
+    for l in range(L):
+        assert f"level{l}/usage" in out.metrics
+    with pytest.raises(ValueError, match="must be in"):
+        rvq.apply(variables, out.codes[..., :0], method=ResidualVQ.decode_codes)
+
+
+def test_rvq_quantizer_dropout_per_example():
+    L, K, D = 4, 8, 3
+    rvq = ResidualVQ(num_levels=L, codebook_size=K, code_dim=D, dropout_rate=1.0, features=D)
+    x = jax.random.normal(jax.random.key(1), (32, 6, D))
+    variables = _init(rvq, x, train=False)
+    out = rvq.apply(variables, x, train=True, rng=jax.random.key(5))
+    prefixes = [
+        np.asarray(rvq.apply(variables, out.codes[..., :n], method=ResidualVQ.decode_codes)) for n in range(1, L + 1)
+    ]
+    used = []
+    for b in range(32):
+        match = [n + 1 for n in range(L) if np.allclose(np.asarray(out.quantized[b]), prefixes[n][b], atol=ATOL)]
+        assert match, f"example {b} is no prefix sum of its levels"
+        used.append(match[0])
+    assert len(set(used)) > 1  # n varies per example
+    np.testing.assert_allclose(float(out.metrics["levels_used"]), np.mean(used), atol=1e-6)
+    # same rng -> same draw (the rng stream alternative gives the same behaviour)
+    out_b = rvq.apply(variables, x, train=True, rng=jax.random.key(5))
+    np.testing.assert_array_equal(np.asarray(out.quantized), np.asarray(out_b.quantized))
+    # eval: no dropout, all L levels
+    ev = rvq.apply(variables, x, train=False)
+    full = rvq.apply(variables, ev.codes, method=ResidualVQ.decode_codes)
+    np.testing.assert_allclose(np.asarray(ev.quantized), np.asarray(full), atol=ATOL)
+    assert float(ev.metrics["levels_used"]) == L
+
+
+@pytest.mark.parametrize("levels", [[8, 5, 5, 5], [7, 5, 5, 5, 5], [2, 3]])
+def test_fsq_codes_values_round_trip(levels):
+    fsq = FSQ(levels=levels)
+    K = int(np.prod(levels))
+    codes = jnp.arange(K, dtype=jnp.int32)
+    values = fsq.apply({}, codes, method=FSQ.codes_to_values)
+    np.testing.assert_array_equal(np.asarray(fsq.apply({}, values, method=FSQ.values_to_codes)), np.arange(K))
+    # numpy mixed radix: digit_i = code // prod(levels[:i]) % levels[i]; value = (digit - L//2) / (L//2)
+    lv = np.asarray(levels)
+    basis = np.concatenate([[1], np.cumprod(lv[:-1])])
+    digits = (np.arange(K)[:, None] // basis) % lv
+    ref = (digits - lv // 2) / (lv // 2)
+    np.testing.assert_allclose(np.asarray(values), ref, atol=1e-7)
+    assert len({tuple(r) for r in np.asarray(values)}) == K  # a bijection
+
+
+def test_fsq_forward_and_straight_through_gradient():
+    levels, eps = [8, 5, 5], 1e-3
+    fsq = FSQ(levels=levels, eps=eps)
+    x = 2.0 * jax.random.normal(jax.random.key(1), (4, 7, 3))
+    out = fsq.apply({}, x)
+    lv = np.asarray(levels, np.float64)
+    half_l = (lv - 1) * (1 + eps) / 2
+    offset = np.where(lv % 2 == 0, 0.5, 0.0)
+    shift = np.arctanh(offset / half_l)
+    xb = np.asarray(x, np.float64)
+    bounded = np.tanh(xb + shift) * half_l - offset
+    ref = np.round(bounded) / (lv // 2)
+    np.testing.assert_allclose(np.asarray(out.quantized), ref, atol=1e-6)
+    assert float(out.loss) == 0.0
+    dec = fsq.apply({}, out.codes, method=FSQ.decode_codes)
+    np.testing.assert_allclose(np.asarray(dec), np.asarray(out.quantized), atol=1e-6)
+    # rounding is straight-through: d out / d x = d bound / d x / half_width = (1 - tanh^2) * half_l / (L//2)
+    g = jax.grad(lambda x: jnp.sum(fsq.apply({}, x).quantized))(x)
+    ref_g = (1 - np.tanh(xb + shift) ** 2) * half_l / (lv // 2)
+    np.testing.assert_allclose(np.asarray(g), ref_g, rtol=1e-5, atol=1e-6)
+
+
+def test_fsq_factorised_and_metrics():
+    fsq = FSQ(levels=[4, 4], features=16)
+    x = jax.random.normal(jax.random.key(1), (2, 4, 4, 16))
+    variables = _init(fsq, x)
+    out = jax.jit(lambda v, x: fsq.apply(v, x, train=True))(variables, x)
+    assert out.quantized.shape == x.shape and out.codes.shape == (2, 4, 4)
+    counts = np.bincount(np.asarray(out.codes).reshape(-1), minlength=16)
+    np.testing.assert_allclose(float(out.metrics["usage"]), np.mean(counts > 0), rtol=1e-6)
+    with pytest.raises(ValueError, match="every level must be >= 2"):
+        FSQ(levels=[1, 4]).apply({}, x[..., :2])
