@@ -54,6 +54,27 @@ def _tile_to(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     return out
 
 
+def _mirror_shardings(opt_state: Any, params: Any, param_shardings: Any, default: Any) -> Any:
+    """Shardings for an optimizer state: a leaf whose tree path ends with a parameter's path and has that
+    parameter's shape (Adam's mu/nu, inside any wrapper: masks, multi_transform, chains) takes its sharding; every
+    other leaf (counters, masked-out placeholders) gets ``default``."""
+    by_path = {}
+    for (path, leaf), sh in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_shardings),
+                                strict=True):
+        by_path[tuple(str(k) for k in path)] = (leaf.shape, sh)
+    longest = max((len(k) for k in by_path), default=0)
+
+    def pick(path, leaf):
+        keys = tuple(str(k) for k in path)
+        for n in range(min(longest, len(keys)), 0, -1):
+            hit = by_path.get(keys[-n:])
+            if hit is not None and hit[0] == getattr(leaf, "shape", None):
+                return hit[1]
+        return default
+
+    return jax.tree_util.tree_map_with_path(pick, opt_state)
+
+
 class Trainer:
     """Builds everything for ``config`` in ``workdir``; ``run()`` trains (resuming if a checkpoint exists)."""
 
@@ -122,14 +143,18 @@ class Trainer:
         self._init_params = jax.jit(init_params, out_shardings=(self.param_shardings, mstate_shardings))
         abstract_params_sh = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_params, self.param_shardings)
-        init_opt = jax.jit(lambda p: {g: self.txs[g].init(p[g]) for g in self.groups})
-        with shd.set_mesh(self.mesh):
-            opt_shardings = init_opt.lower(abstract_params_sh).compile().output_shardings
-        # Leaves the compiler left unsharded (step counters) are replicated over the mesh.
-        opt_shardings = jax.tree.map(
-            lambda s: s if isinstance(s, jax.sharding.NamedSharding) else shd.replicated(self.mesh), opt_shardings)
-        self._init_opt = jax.jit(init_opt, out_shardings=opt_shardings)
+        init_opt = lambda p: {g: self.txs[g].init(p[g]) for g in self.groups}
+        # Optimizer-state leaves that mirror a parameter (Adam moments) take that parameter's sharding; the rest
+        # (step counters) are replicated.
+        abstract_opt = jax.eval_shape(init_opt, abstract_params)
         rep = shd.replicated(self.mesh)
+        opt_shardings = {g: _mirror_shardings(abstract_opt[g], abstract_params[g], self.param_shardings[g], rep)
+                         for g in self.groups}
+        self._init_opt = jax.jit(init_opt, out_shardings=opt_shardings)
+        self._abstract_shapes = {
+            "step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params, "opt_state": abstract_opt,
+            "model_state": nn.unbox(boxed_mstate), "rng": jax.eval_shape(lambda: jax.random.key_data(self.rng)),
+        }
         self.state_shardings = {
             "step": rep, "params": self.param_shardings, "opt_state": opt_shardings,
             "model_state": mstate_shardings, "rng": rep,
@@ -173,7 +198,8 @@ class Trainer:
         }
 
     def abstract_state(self) -> dict[str, Any]:
-        shapes = jax.eval_shape(self.init_state)
+        """The train state's shapes with this run's shardings: the restore target on the current mesh."""
+        shapes = self._abstract_shapes
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
                             self.state_shardings)
 
