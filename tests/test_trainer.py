@@ -71,7 +71,7 @@ def test_mesh_errors_name_both_numbers(devices, tmp_path):
     with pytest.raises(ValueError, match=r"multiple of 3 devices, but 8"):
         shd.make_mesh((-1, 3, 1))
     c = tiny_lm_config(mesh=(1, 1, 8))  # 4 heads cannot split over 8 tensor shards
-    with pytest.raises(ValueError, match=r"size 4, which does not divide evenly over mesh axes \('tensor',\) of size 8"):
+    with pytest.raises(ValueError, match=r"size 4, which does not divide .* \('tensor',\) of size 8"):
         trainer_lib.Trainer(c, str(tmp_path))
     c = tiny_lm_config(mesh=(8, 1, 1), batch_size=4)
     with pytest.raises(ValueError, match=r"4 examples per microbatch.*8 batch shards"):

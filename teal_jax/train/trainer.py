@@ -141,8 +141,6 @@ class Trainer:
             return nn.unbox(params), nn.unbox(mstate)
 
         self._init_params = jax.jit(init_params, out_shardings=(self.param_shardings, mstate_shardings))
-        abstract_params_sh = jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_params, self.param_shardings)
         init_opt = lambda p: {g: self.txs[g].init(p[g]) for g in self.groups}
         # Optimizer-state leaves that mirror a parameter (Adam moments) take that parameter's sharding; the rest
         # (step counters) are replicated.
