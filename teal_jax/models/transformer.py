@@ -171,8 +171,8 @@ class Attention(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, segment_ids: Array) -> Array:
-        """x: [B, T, D]; positions, segment_ids: [B, T] -> [B, T, D]."""
+    def __call__(self, x: Array, positions: Array, segment_ids: Array | None) -> Array:
+        """x: [B, T, D]; positions, segment_ids: [B, T] (segment_ids None: one document per row) -> [B, T, D]."""
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
 
@@ -189,31 +189,35 @@ class Attention(nn.Module):
         k = rotary_embedding(k, positions, cfg.rope_theta)
 
         b, t = x.shape[:2]
-        if self.decode:
-            # Write this chunk's keys/values (and their segment ids) at cache_index, attend to everything written.
-            shape = (b, cfg.max_decode_len, cfg.num_kv_heads, cfg.head_dim)
-            ck = self.variable("cache", "cached_key", jnp.zeros, shape, dtype)
-            cv = self.variable("cache", "cached_value", jnp.zeros, shape, dtype)
-            cs = self.variable("cache", "cached_segment", jnp.zeros, (b, cfg.max_decode_len), jnp.int32)
-            ci = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-            idx = ci.value
-            ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(dtype), (0, idx, 0, 0))
-            cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(dtype), (0, idx, 0, 0))
-            cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids.astype(jnp.int32), (0, idx))
-            ci.value = idx + t
-            k, v, key_seg = ck.value, cv.value, cs.value
-            q_index = idx + jnp.arange(t)
-            k_index = jnp.arange(cfg.max_decode_len)
+        dtype_args = (q.astype(dtype), k.astype(dtype), v.astype(dtype))
+        if not self.decode and segment_ids is None:
+            # One document per row: plain causal attention, which cuDNN runs as a fused flash kernel.
+            out = jax.nn.dot_product_attention(*dtype_args, is_causal=True, implementation=cfg.attention_impl)
         else:
-            key_seg = segment_ids
-            q_index = k_index = jnp.arange(t)
-        # mask[b, 1, i, j]: key j is at or before query i, and both belong to the same document.
-        causal = q_index[:, None] >= k_index[None, :]
-        same_doc = segment_ids[:, :, None] == key_seg[:, None, :]
-        mask = (causal[None] & same_doc)[:, None]
-        out = jax.nn.dot_product_attention(
-            q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask, implementation=cfg.attention_impl
-        )
+            if self.decode:
+                # Write this chunk's keys/values (and segment ids) at cache_index; attend to everything written.
+                shape = (b, cfg.max_decode_len, cfg.num_kv_heads, cfg.head_dim)
+                ck = self.variable("cache", "cached_key", jnp.zeros, shape, dtype)
+                cv = self.variable("cache", "cached_value", jnp.zeros, shape, dtype)
+                cs = self.variable("cache", "cached_segment", jnp.zeros, (b, cfg.max_decode_len), jnp.int32)
+                ci = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+                idx = ci.value
+                ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(dtype), (0, idx, 0, 0))
+                cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(dtype), (0, idx, 0, 0))
+                cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids.astype(jnp.int32), (0, idx))
+                ci.value = idx + t
+                dtype_args = (q.astype(dtype), ck.value, cv.value)
+                key_seg = cs.value
+                q_index = idx + jnp.arange(t)
+                k_index = jnp.arange(cfg.max_decode_len)
+            else:
+                key_seg = segment_ids
+                q_index = k_index = jnp.arange(t)
+            # mask[b, 1, i, j]: key j is at or before query i, and both belong to the same document.
+            causal = q_index[:, None] >= k_index[None, :]
+            same_doc = segment_ids[:, :, None] == key_seg[:, None, :]
+            mask = (causal[None] & same_doc)[:, None]
+            out = jax.nn.dot_product_attention(*dtype_args, mask=mask, implementation=cfg.attention_impl)
         return Projection((cfg.embed_dim,), ("heads", "head_dim", "embed"), cfg, contract=2, name="o_proj")(out)
 
 
@@ -298,7 +302,7 @@ class TransformerLM(nn.Module):
     def hidden(self, x: Array, positions: Array | None = None, segment_ids: Array | None = None) -> Array:
         """Runs the blocks and the final norm over embeddings x: [B, T, D] -> [B, T, D]."""
         b, t = x.shape[:2]
-        if segment_ids is None:
+        if segment_ids is None and self.decode:
             segment_ids = jnp.ones((b, t), jnp.int32)
         if positions is None:
             if self.decode:
