@@ -34,9 +34,8 @@ class SyntheticTokens(DataIterator):
         rng = np.random.default_rng((self.seed, self.process_index, self.index))
         self.index += 1
         tokens = rng.integers(0, self.vocab_size, (self.batch_size, self.seq_len), dtype=np.int32)
-        ones = np.ones_like(tokens)
-        return {"tokens": tokens, "segment_ids": ones, "positions": np.broadcast_to(
-            np.arange(self.seq_len, dtype=np.int32), tokens.shape).copy(), "loss_mask": ones.astype(np.float32)}
+        # One document per row: no segment ids, so attention takes the plain causal path.
+        return {"tokens": tokens, "loss_mask": np.ones(tokens.shape, np.float32)}
 
     def get_state(self) -> dict[str, Any]:
         return {"index": self.index}
