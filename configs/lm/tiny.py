@@ -3,6 +3,8 @@
 Variants (``--config=configs/lm/tiny.py:synthetic``): ``synthetic`` trains on random tokens (no dataset to build).
 """
 
+from ml_collections import config_dict
+
 from teal_jax.config import base_config
 
 
@@ -30,8 +32,8 @@ def get_config(arg: str | None = None):
     c.data.text_field = "text"
     c.data.num_docs = 20_000
     c.data.vocab_size = c.model.vocab_size
-    c.data.tokenizer_model = None
-    c.data.data_dir = None
+    c.data.tokenizer_model = config_dict.placeholder(str)  # None: train one
+    c.data.data_dir = config_dict.placeholder(str)  # None: <workdir>/data
     c.data.seq_len = 128
     c.data.eval_fraction = 0.02
 

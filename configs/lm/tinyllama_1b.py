@@ -5,6 +5,8 @@ Variants: ``synthetic`` (random tokens: benchmarks), ``hf=/path/to/hf_dir`` is n
 bf16 compute, fp32 params and Adam state, remat of everything but weight matmuls.
 """
 
+from ml_collections import config_dict
+
 from teal_jax.config import base_config
 
 
@@ -23,7 +25,7 @@ def get_config(arg: str | None = None):
     c.model.qk_norm = False
     c.model.tie_embeddings = False
     c.model.z_loss = 0.0
-    c.model.attention_impl = None  # JAX picks cuDNN flash attention on GPUs where it applies, XLA elsewhere
+    c.model.attention_impl = "auto"  # JAX chooses; set "cudnn" on NVIDIA GPUs for fused flash attention
     c.model.remat_policy = "dots_no_batch"
     c.model.max_decode_len = 2048
 
@@ -32,8 +34,8 @@ def get_config(arg: str | None = None):
     c.data.text_field = "text"
     c.data.num_docs = 200_000
     c.data.vocab_size = c.model.vocab_size
-    c.data.tokenizer_model = None
-    c.data.data_dir = None
+    c.data.tokenizer_model = config_dict.placeholder(str)  # None: train one
+    c.data.data_dir = config_dict.placeholder(str)  # None: <workdir>/data
     c.data.seq_len = 2048
     c.data.eval_fraction = 0.01
 

@@ -47,7 +47,7 @@ class TransformerConfig:
     init_std: float = 0.02
     dtype: str = "bfloat16"  # compute dtype
     param_dtype: str = "float32"
-    attention_impl: str | None = "xla"  # 'xla' | 'cudnn' | None (let JAX choose)
+    attention_impl: str = "xla"  # 'xla' | 'cudnn' | 'auto' (let JAX choose)
     remat_policy: str = "none"
     max_decode_len: int = 2048  # KV-cache length in decode mode
 
@@ -60,8 +60,12 @@ class TransformerConfig:
             raise ValueError(f"model.head_dim={self.head_dim} must be even for rotary embeddings")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"model.remat_policy={self.remat_policy!r}: choose one of {sorted(REMAT_POLICIES)}")
-        if self.attention_impl not in ("xla", "cudnn", None):
-            raise ValueError(f"model.attention_impl={self.attention_impl!r}: choose 'xla', 'cudnn' or None")
+        if self.attention_impl not in ("xla", "cudnn", "auto"):
+            raise ValueError(f"model.attention_impl={self.attention_impl!r}: choose 'xla', 'cudnn' or 'auto'")
+
+    @property
+    def attention_implementation(self) -> str | None:
+        return None if self.attention_impl == "auto" else self.attention_impl
 
     @classmethod
     def from_config(cls, cfg: ml_collections.ConfigDict | Mapping[str, Any], **overrides) -> TransformerConfig:
@@ -192,7 +196,7 @@ class Attention(nn.Module):
         dtype_args = (q.astype(dtype), k.astype(dtype), v.astype(dtype))
         if not self.decode and segment_ids is None:
             # One document per row: plain causal attention, which cuDNN runs as a fused flash kernel.
-            out = jax.nn.dot_product_attention(*dtype_args, is_causal=True, implementation=cfg.attention_impl)
+            out = jax.nn.dot_product_attention(*dtype_args, is_causal=True, implementation=cfg.attention_implementation)
         else:
             if self.decode:
                 # Write this chunk's keys/values (and segment ids) at cache_index; attend to everything written.
@@ -217,7 +221,7 @@ class Attention(nn.Module):
             causal = q_index[:, None] >= k_index[None, :]
             same_doc = segment_ids[:, :, None] == key_seg[:, None, :]
             mask = (causal[None] & same_doc)[:, None]
-            out = jax.nn.dot_product_attention(*dtype_args, mask=mask, implementation=cfg.attention_impl)
+            out = jax.nn.dot_product_attention(*dtype_args, mask=mask, implementation=cfg.attention_implementation)
         return Projection((cfg.embed_dim,), ("heads", "head_dim", "embed"), cfg, contract=2, name="o_proj")(out)
 
 
