@@ -1,0 +1,126 @@
+"""Image batches from any tfds image dataset (``tfds.data_source`` + grain; no TensorFlow), checkpointable.
+
+Works for the digits builder (:mod:`teal_jax.data.digits`) and for standard tfds image datasets such as
+``coco_captions``, ``imagenet2012`` or ``cifar10`` prepared in array_record format under ``data_dir``.
+
+Per example: take ``record[image_key]`` (decoded by tfds with Pillow), convert channels (grayscale <-> RGB, RGBA ->
+RGB over black), center-crop to a square and resize (bicubic) to ``image_size``. Batches are
+``{'image': uint8 [batch, S, S, C], 'label': int32 [batch]}`` (label -1 when the dataset has none); the objective
+maps uint8 to [-1, 1] on the device.
+
+Host sharding: process p of P reads records p, p + P, ... before shuffling, so hosts never share an example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from PIL import Image
+
+from teal_jax.train.objective import DataIterator
+
+
+def convert_channels(image: np.ndarray, channels: int, *, name: str = "image") -> np.ndarray:
+    """uint8 ``[H, W]`` / ``[H, W, 1|3|4]`` -> ``[H, W, channels]`` (channels 1 or 3).
+
+    RGB -> gray uses ITU-R 601 luma (Pillow's 'L'); gray -> RGB repeats; RGBA drops alpha (composited on black).
+    """
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3 or img.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{name}: expected [H, W] or [H, W, 1|3|4] pixels, got shape {img.shape}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels}: only 1 (grayscale) and 3 (RGB) models are supported")
+    if img.shape[-1] == 4:
+        alpha = img[..., 3:4].astype(np.float32) / 255.0
+        img = np.round(img[..., :3].astype(np.float32) * alpha).astype(img.dtype)
+    c = img.shape[-1]
+    if c == channels:
+        return img
+    if channels == 3:  # gray -> RGB
+        return np.repeat(img, 3, axis=-1)
+    luma = img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114
+    return np.round(luma)[..., None].astype(img.dtype) if img.dtype == np.uint8 else luma[..., None]
+
+
+def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[H, W, C]`` -> ``[size, size, C]``: central square crop, then bicubic resize (no-op if equal)."""
+    h, w, c = image.shape
+    if (h, w) == (size, size):
+        return image
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    crop = image[top : top + s, left : left + s]
+    pil = Image.fromarray(crop[..., 0] if c == 1 else crop)
+    out = np.asarray(pil.resize((size, size), Image.BICUBIC), np.uint8)
+    return out[..., None] if c == 1 else out
+
+
+class _Preprocess(grain.transforms.Map):
+    def __init__(self, image_key: str, label_key: str | None, image_size: int, channels: int):
+        self.image_key, self.label_key, self.image_size, self.channels = image_key, label_key, image_size, channels
+
+    def map(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
+        if self.image_key not in record:
+            raise ValueError(f"record has no field {self.image_key!r} (fields: {sorted(record)}); set data.image_key")
+        img = convert_channels(record[self.image_key], self.channels, name=f"record[{self.image_key!r}]")
+        img = center_crop_resize(img.astype(np.uint8), self.image_size)
+        label = record.get(self.label_key, -1) if self.label_key else -1
+        return {"image": img, "label": np.int32(label if np.ndim(label) == 0 else -1)}
+
+
+class ImageBatches(DataIterator):
+    """Wraps a grain dataset iterator; ``get_state``/``set_state`` give exact resumption."""
+
+    def __init__(self, dataset: grain.MapDataset):
+        self._dataset = dataset
+        self._it = iter(dataset)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._it)
+
+    def get_state(self) -> dict[str, Any]:
+        return dict(self._it.get_state())
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._it.set_state(dict(state))
+
+
+def make_image_iterator(
+    source: Sequence[dict[str, Any]],
+    *,
+    batch_size: int,
+    image_size: int,
+    channels: int,
+    train: bool,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    image_key: str = "image",
+    label_key: str | None = "label",
+) -> ImageBatches:
+    """Batches from a random-access ``source`` (e.g. ``tfds.data_source(...)``).
+
+    train=True: shuffled with ``seed``, repeated forever, full batches. train=False: one pass in order, the last
+    partial batch dropped (evaluation averages over whole batches).
+    """
+    if len(source) == 0:
+        raise ValueError("the image source is empty")
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    if len(ds) < batch_size and not train:
+        raise ValueError(f"eval split has {len(ds)} examples on this host, fewer than batch_size={batch_size}")
+    if train:
+        ds = ds.shuffle(seed=seed).repeat()
+    ds = ds.map(_Preprocess(image_key, label_key, image_size, channels))
+    return ImageBatches(ds.batch(batch_size, drop_remainder=True))
+
+
+def tfds_image_source(name: str, split: str, data_dir: str | None = None):
+    """``tfds.data_source`` for a prepared (array_record) tfds image dataset, e.g. ``'coco_captions'``."""
+    import tensorflow_datasets as tfds
+
+    return tfds.data_source(name, split=split, data_dir=data_dir)

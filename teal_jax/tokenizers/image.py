@@ -1,0 +1,164 @@
+"""Image tokenizer / de-tokenizer: a trained (or imported) :class:`VQGAN` plus pre- and post-processing.
+
+``encode(images) -> int32 [batch, h, w]`` codes and ``decode(codes) -> uint8 [batch, H, W, C]`` images, both
+``jax.jit``-compiled and batched; inputs may be numpy or (sharded) jax arrays, the outputs keep the batch sharding.
+
+Accepted images: ``[batch, H, W]`` or ``[batch, H, W, 1|3|4]``, uint8 in [0, 255] or float in [0, 1]. Channels are
+converted to the model's (gray -> RGB repeats, RGB -> gray is ITU-R 601 luma, RGBA -> RGB drops alpha over
+black). Images whose size differs from ``config.image_size`` are center-cropped to a square and resized (bicubic)
+when ``resize=True``, otherwise rejected with a ValueError naming both sizes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from teal_jax.models.vqgan import VQGAN, VQGANConfig
+
+
+def _prepare(images: jax.Array, channels: int, size: int, resize: bool) -> jax.Array:
+    """Any accepted image batch -> float32 ``[batch, size, size, channels]`` in [-1, 1] (traceable)."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"images must be [batch, H, W] or [batch, H, W, 1|3|4], got shape {images.shape}")
+    x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
+    if x.shape[-1] == 4:  # drop alpha, composited over black
+        x = x[..., :3] * x[..., 3:]
+    if x.shape[-1] != channels:
+        if channels == 3:
+            x = jnp.repeat(x, 3, axis=-1)
+        else:
+            x = (x[..., 0:1] * 0.299 + x[..., 1:2] * 0.587 + x[..., 2:3] * 0.114)
+    h, w = x.shape[1:3]
+    if (h, w) != (size, size):
+        if not resize:
+            raise ValueError(
+                f"images are {h}x{w} but the tokenizer expects {size}x{size} (pass resize=True to resize them)")
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        x = x[:, top : top + s, left : left + s]
+        x = jnp.clip(jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), "bicubic"), 0.0, 1.0)
+    return x * 2.0 - 1.0
+
+
+class ImageTokenizer:
+    """Holds ``(config, params)`` of a :class:`VQGAN`; see the module docstring.
+
+    Args:
+      config: a :class:`VQGANConfig`, or the ``model`` ConfigDict of an ``image_vq`` config.
+      params: the VQGAN's parameters (``params['model']`` of a train state, or a converter's output).
+      model_state: non-parameter collections (e.g. ``{'quantizer_state': ...}`` for an EMA codebook).
+      resize: resize mismatching images (True) or raise (False).
+    """
+
+    def __init__(self, config: VQGANConfig | ml_collections.ConfigDict | dict, params: Any,
+                 model_state: dict | None = None, *, resize: bool = True):
+        if not isinstance(config, VQGANConfig):
+            config = VQGANConfig.from_config(config)
+        self.config = config
+        self.model = VQGAN(config)
+        self.variables = {"params": params, **(model_state or {})}
+        self.resize = resize
+        self.has_decoder = "decoder" in params
+        cfg = config
+
+        def encode(variables, images):
+            x = _prepare(images, cfg.in_channels, cfg.image_size, self.resize)
+            return self.model.apply(variables, x, method=VQGAN.encode).codes
+
+        def decode(variables, codes):
+            y = self.model.apply(variables, codes, method=VQGAN.decode_codes).astype(jnp.float32)
+            return jnp.clip(jnp.round((y + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+        self._encode = jax.jit(encode)
+        self._decode = jax.jit(decode)
+
+    @classmethod
+    def from_checkpoint(cls, workdir: str, step: int | None = None, **kwargs) -> ImageTokenizer:
+        """Loads the newest (or ``step``) checkpoint of an ``image_vq`` training run in ``workdir``."""
+        from teal_jax import checkpoint
+
+        config, params, model_state = checkpoint.load_params(workdir, step)
+        if config.objective != "image_vq":
+            raise ValueError(f"{workdir}: checkpoint of objective {config.objective!r}, expected 'image_vq'")
+        return cls(config.model, params["model"], model_state or None, **kwargs)
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        return self.config.token_grid
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.num_codes
+
+    def encode(self, images) -> jax.Array:
+        """Images (see module docstring) -> codes ``int32 [batch, h, w]``."""
+        images = images if isinstance(images, jax.Array) else np.asarray(images)
+        if images.dtype != np.uint8 and images.dtype.kind == "f" and not isinstance(images, jax.Array):
+            lo, hi = float(images.min()), float(images.max())
+            if lo < -1e-3 or hi > 1 + 1e-3:
+                raise ValueError(f"float images must lie in [0, 1]; got values in [{lo:.3g}, {hi:.3g}]")
+        elif images.dtype != np.uint8 and images.dtype.kind != "f":
+            raise ValueError(f"images must be uint8 or float, got dtype {images.dtype}")
+        return self._encode(self.variables, images)
+
+    def decode(self, codes) -> jax.Array:
+        """Codes ``int32 [batch, h, w]`` -> images ``uint8 [batch, H, W, C]``."""
+        if not self.has_decoder:
+            raise ValueError("these parameters have no decoder (e.g. an imported ChameleonVQVAE): decode is "
+                             "unavailable")
+        codes = codes if isinstance(codes, jax.Array) else np.asarray(codes)
+        if codes.ndim != 3 or codes.dtype.kind not in "iu":
+            raise ValueError(f"codes must be integer [batch, h, w], got {codes.dtype} {codes.shape}")
+        if not isinstance(codes, jax.Array) and codes.size and (codes.min() < 0 or codes.max() >= self.vocab_size):
+            raise ValueError(f"codes must lie in [0, {self.vocab_size}); got [{codes.min()}, {codes.max()}]")
+        return self._decode(self.variables, codes.astype(np.int32) if not isinstance(codes, jax.Array)
+                            else codes.astype(jnp.int32))
+
+    def encode_files(self, paths: Sequence[str | os.PathLike]) -> jax.Array:
+        """Reads image files (PNG, JPEG, ...) with Pillow and encodes them as one batch.
+
+        Every image is brought to the model's size first (center crop + resize when ``resize`` is set), so files
+        of different sizes can share a batch. An unreadable or corrupt file raises ValueError naming it.
+        """
+        if not paths:
+            raise ValueError("encode_files: no paths given")
+        size, images = self.config.image_size, []
+        for p in paths:
+            p = os.fspath(p)
+            try:
+                with Image.open(p) as im:
+                    im.load()
+                    mode = "RGBA" if im.mode in ("RGBA", "LA", "P") and "transparency" in im.info or im.mode in (
+                        "RGBA", "LA") else ("L" if im.mode in ("L", "1", "I", "I;16", "F") else "RGB")
+                    arr = np.asarray(im.convert(mode), np.uint8)
+            except FileNotFoundError as e:
+                raise ValueError(f"{p}: image file not found") from e
+            except (UnidentifiedImageError, OSError, SyntaxError) as e:
+                raise ValueError(f"{p}: not a readable image file ({e})") from e
+            if arr.ndim == 2:
+                arr = arr[..., None]
+            if arr.shape[:2] != (size, size):
+                if not self.resize:
+                    raise ValueError(f"{p}: image is {arr.shape[0]}x{arr.shape[1]}, the tokenizer expects "
+                                     f"{size}x{size} (resize=False)")
+                from teal_jax.data.image_pipeline import center_crop_resize
+
+                arr = center_crop_resize(arr, size)
+            images.append(arr)
+        chans = {a.shape[-1] for a in images}
+        if len(chans) > 1:  # mixed gray/RGB/RGBA files: bring all to the model's channels on the host
+            from teal_jax.data.image_pipeline import convert_channels
+
+            c = self.config.in_channels
+            images = [convert_channels(a, c, name=os.fspath(p)) for a, p in zip(images, paths, strict=True)]
+        return self.encode(np.stack(images))
