@@ -25,7 +25,7 @@ def get_config(arg: str | None = None):
     c.model.qk_norm = False
     c.model.tie_embeddings = False
     c.model.z_loss = 0.0
-    c.model.attention_impl = "auto"  # JAX chooses; set "cudnn" on NVIDIA GPUs for fused flash attention
+    c.model.attention_impl = "auto"  # cuDNN flash attention on NVIDIA GPUs, XLA elsewhere
     c.model.remat_policy = "dots_no_batch"
     c.model.max_decode_len = 2048
 
