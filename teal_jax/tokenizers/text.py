@@ -77,23 +77,35 @@ class TextTokenizer:
             raise ValueError(f"vocab_size={vocab_size} cannot hold the 256 byte-fallback pieces; "
                              "raise it or set byte_fallback=False")
 
+        read_error: list[Exception] = []
+
         def sentences() -> Iterator[str]:
-            for _, _, text in read_documents(files, text_field):
-                for line in text.splitlines():
-                    for i in range(0, len(line), _MAX_LINE_CHARS):
-                        if line[i : i + _MAX_LINE_CHARS].strip():
-                            yield line[i : i + _MAX_LINE_CHARS]
+            try:
+                for _, _, text in read_documents(files, text_field):
+                    for line in text.splitlines():
+                        for i in range(0, len(line), _MAX_LINE_CHARS):
+                            if line[i : i + _MAX_LINE_CHARS].strip():
+                                yield line[i : i + _MAX_LINE_CHARS]
+            except (ValueError, OSError) as e:  # SentencePiece would re-raise it as an opaque RuntimeError
+                read_error.append(e)
+                raise
 
         # SentencePiece samples input_sentence_size sentences with its own generator when the corpus is larger.
         spm.set_random_generator_seed(seed)
         model = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=sentences(), model_writer=model, vocab_size=vocab_size, model_type=model_type,
-            character_coverage=character_coverage, byte_fallback=byte_fallback, split_digits=split_digits,
-            num_threads=num_threads, input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
-            hard_vocab_limit=False, pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            minloglevel=2,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=sentences(), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+                character_coverage=character_coverage, byte_fallback=byte_fallback, split_digits=split_digits,
+                num_threads=num_threads, input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
+                hard_vocab_limit=False, pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+                minloglevel=2,
+            )
+        except RuntimeError as e:
+            if read_error:
+                raise read_error[0] from None
+            raise ValueError(f"SentencePiece training on {list(files)} with vocab_size={vocab_size} failed: "
+                             f"{str(e).strip()}") from None
         tok = cls.from_proto(model.getvalue())
         os.makedirs(os.path.dirname(os.path.abspath(model_prefix)), exist_ok=True)
         tmp = f"{model_prefix}.tmp{os.getpid()}"
