@@ -103,13 +103,19 @@ def _tokenizer(data_config, data_dir: str, files: list[str], verbose: bool) -> t
                              f"{vocab_size}: the LM vocabulary must hold every text id")
         return os.path.abspath(given), tok.vocab_size
     prefix = os.path.join(data_dir, "tokenizer", "spm")
-    settings = {"corpus_files": files, "vocab_size": vocab_size, "model_type": _get(data_config, "tokenizer_type"),
+    # What the model was trained on, independent of where the data dir lives (it may be copied or moved).
+    corpus = _get(data_config, "corpus")
+    source = ({"corpus": corpus, "num_docs": int(_get(data_config, "num_docs")),
+               "corpus_seed": int(_get(data_config, "corpus_seed"))} if corpus == "generated"
+              else {"corpus_files": files})
+    settings = {**source, "vocab_size": vocab_size, "model_type": _get(data_config, "tokenizer_type"),
                 "text_field": _get(data_config, "text_field")}
     if os.path.isfile(prefix + ".model") and os.path.isfile(prefix + ".json"):
         with open(prefix + ".json") as f:
             trained = json.load(f)
         if trained != settings:
-            diff = {k: (trained.get(k), v) for k, v in settings.items() if trained.get(k) != v}
+            diff = {k: (trained.get(k), settings.get(k)) for k in sorted(set(trained) | set(settings))
+                    if trained.get(k) != settings.get(k)}
             raise ValueError(f"{prefix}.model was trained with other settings (trained vs now: {diff}); "
                              "use a fresh data.data_dir or delete that tokenizer directory")
         return prefix + ".model", TextTokenizer.load(prefix + ".model").vocab_size

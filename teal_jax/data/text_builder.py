@@ -2,7 +2,8 @@
 
 ``LocalTextCorpus`` is a ``tfds.core.GeneratorBasedBuilder`` whose config carries the corpus files, the jsonl text
 field and the split parameters. The config name is a digest of all of them (the files' contents included), so a
-changed corpus builds a new dataset next to the old one instead of silently reusing it:
+changed corpus builds a new dataset next to the old one instead of silently reusing it (file names and
+contents count, directories do not):
 ``<data_dir>/local_text_corpus/<config name>/1.0.0/local_text_corpus-{train,eval}.array_record-*``.
 
 Splits: documents are numbered in corpus order (files sorted, then line order; blank lines skipped); a seeded
@@ -44,7 +45,7 @@ class TextCorpusConfig(tfds.core.BuilderConfig):
 def _digest(files: Sequence[str], text_field: str, eval_fraction: float, split_seed: int) -> str:
     h = hashlib.sha256(repr((text_field, float(eval_fraction), int(split_seed))).encode())
     for path in files:
-        h.update(os.path.abspath(path).encode() + b"\0")
+        h.update(os.path.basename(path).encode() + b"\0")  # not the directory: a moved corpus is the same corpus
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
