@@ -18,7 +18,7 @@ CFG = VQGANConfig(image_size=16, in_channels=3, out_channels=3, base_channels=8,
 
 @pytest.fixture(scope="module")
 def tok():
-    params = nn.unbox(VQGAN(CFG).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))["params"]
+    params = nn.unbox(jax.jit(VQGAN(CFG).init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))["params"]
     return ImageTokenizer(CFG, params)
 
 
@@ -34,7 +34,7 @@ def test_encode_decode_shapes_and_consistency(tok, images):
     out = tok.decode(codes)
     assert out.shape == (8, 16, 16, 3) and out.dtype == jnp.uint8
     # the round trip through the tokenizer equals the model's own reconstruction, quantised to uint8
-    recon, q = tok.model.apply(tok.variables, jnp.asarray(images, jnp.float32) / 127.5 - 1.0)
+    recon, q = jax.jit(tok.model.apply)(tok.variables, jnp.asarray(images, jnp.float32) / 127.5 - 1.0)
     np.testing.assert_array_equal(np.asarray(q.codes), np.asarray(codes))
     ref = np.clip(np.round((np.asarray(recon) + 1) * 127.5), 0, 255).astype(np.uint8)
     assert np.abs(ref.astype(int) - np.asarray(out).astype(int)).max() <= 1  # rounding at .5 may differ by 1
