@@ -233,5 +233,7 @@ def test_config_errors(prepared, tmp_path):
         _iter(prepared, process_index=2, process_count=2)
     with pytest.raises(ValueError, match="packing method 'best'"):
         lm.make_lm_iterator(_config(packing="best"), "train", batch_size=2, seq_len=8, workdir=workdir)
+    with pytest.raises(ValueError, match=r"data iterator state .*index.* does not fit this text pipeline"):
+        _iter(prepared).set_state({"index": 5})  # e.g. a state saved by the synthetic-token iterator
     with pytest.raises(ValueError, match="no data directory"):
         lm.prepare_lm_data(_config())

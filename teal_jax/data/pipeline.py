@@ -109,7 +109,11 @@ class PackedBatches(DataIterator):
         return state
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._it.set_state(_from_json(dict(state)))
+        try:
+            self._it.set_state(_from_json(dict(state)))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"data iterator state {json.dumps(state)[:300]} does not fit this text pipeline "
+                             f"({type(e).__name__}: {e}); was it saved by another data config?") from None
 
 
 def text_dataset(
