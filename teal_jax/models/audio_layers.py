@@ -1,0 +1,201 @@
+"""Building blocks of the SEANet/EnCodec audio codec (pure Flax linen, no I/O). Layout: ``[batch, time, channels]``.
+
+* :class:`Conv1d` / :class:`ConvTranspose1d`: weight-normalised (``w = g v / ||v||``) 1-D convolutions with
+  EnCodec's padding: ``padding_total = (k - 1) d + 1 - stride``, all on the left when causal, split
+  ``(total - total // 2, total // 2)`` otherwise, plus extra right padding so that the last window is whole
+  (``reflect`` or zero padding). Transposed convs trim ``padding_total`` afterwards (causal: ``ceil(total * r)`` on
+  the right). Kernels are stored in Flax layout ``v [k, in, out]``; ``g`` is per output channel for convs and per
+  *input* channel for transposed convs (torch's dim 0 of ``[in, out, k]``).
+* :class:`LSTM`: stacked unidirectional LSTM in torch's parameterisation (gates [i, f, g, o], ``b_ih + b_hh``)
+  with EnCodec's residual add (``lstm(x) + x``).
+* :class:`Snake` (``x + sin^2(alpha x) / alpha``, per-channel alpha, DAC) and ELU activations.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Array = jax.Array
+
+
+def _pad1d(x: Array, left: int, right: int, mode: str) -> Array:
+    """Pads axis 1 of ``x [batch, time, c]``. Reflect padding of a signal shorter than the pad first zero-pads on the
+    right (EnCodec's ``_pad1d`` quirk) so the reflection is defined."""
+    if left == 0 and right == 0:
+        return x
+    if mode == "constant":
+        return jnp.pad(x, ((0, 0), (left, right), (0, 0)))
+    if mode != "reflect":
+        raise ValueError(f"pad_mode={mode!r}: choose 'reflect' or 'constant'")
+    length = x.shape[1]
+    extra = 0
+    if length <= max(left, right):
+        extra = max(left, right) - length + 1
+        x = jnp.pad(x, ((0, 0), (0, extra), (0, 0)))
+    y = jnp.pad(x, ((0, 0), (left, right), (0, 0)), mode="reflect")
+    return y[:, : y.shape[1] - extra]
+
+
+def conv_padding(length: int, kernel: int, stride: int, dilation: int, causal: bool) -> tuple[int, int]:
+    """EnCodec's (left, right) padding of a strided conv for an input of ``length`` samples."""
+    k = (kernel - 1) * dilation + 1
+    total = k - stride
+    n_frames = math.ceil((length - k + total) / stride + 1) - 1
+    extra = n_frames * stride + k - total - length
+    if causal:
+        return total, extra
+    right = total // 2
+    return total - right, right + extra
+
+
+def _norm_except(v: Array, axis: int) -> Array:
+    """||v|| over every axis but ``axis`` (kept as size 1 elsewhere)."""
+    axes = tuple(a for a in range(v.ndim) if a != axis)
+    return jnp.sqrt(jnp.sum(jnp.square(v), axis=axes, keepdims=True))
+
+
+class Conv1d(nn.Module):
+    """Weight-normalised 1-D conv with EnCodec padding: ``[batch, time, in] -> [batch, ceil(time/stride), out]``."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    dilation: int = 1
+    causal: bool = True
+    pad_mode: str = "reflect"
+    weight_norm: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c_in = x.shape[-1]
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
+        names = (None, "conv_in", "conv_out")
+        shape = (self.kernel_size, c_in, self.features)
+        if self.weight_norm:
+            v = self.param("weight_v", nn.with_logical_partitioning(init, names), shape, self.param_dtype)
+            g = self.param("weight_g", nn.with_logical_partitioning(
+                lambda _, s, d: _norm_except(v, 2).reshape(s).astype(d), ("conv_out",)), (self.features,),
+                self.param_dtype)
+            w = g * v / _norm_except(v, 2)  # norm over (k, in): torch's dim 0 is the output channel
+        else:
+            w = self.param("kernel", nn.with_logical_partitioning(init, names), shape, self.param_dtype)
+        b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+                       (self.features,), self.param_dtype)
+        left, right = conv_padding(x.shape[1], self.kernel_size, self.stride, self.dilation, self.causal)
+        x = _pad1d(x, left, right, self.pad_mode)
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype), w.astype(self.dtype), (self.stride,), "VALID", rhs_dilation=(self.dilation,),
+            dimension_numbers=("NWC", "WIO", "NWC"))
+        return y + b.astype(self.dtype)
+
+
+class ConvTranspose1d(nn.Module):
+    """Weight-normalised transposed 1-D conv: ``[batch, time, in] -> [batch, time * stride, out]`` (after trimming
+    ``kernel - stride`` samples; EnCodec's ``trim_right_ratio`` decides where when causal)."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    causal: bool = True
+    trim_right_ratio: float = 1.0
+    weight_norm: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c_in = x.shape[-1]
+        k = self.kernel_size
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
+        names = (None, "conv_in", "conv_out")
+        shape = (k, c_in, self.features)  # v[k, i, o] = torch weight[i, o, k]
+        if self.weight_norm:
+            v = self.param("weight_v", nn.with_logical_partitioning(init, names), shape, self.param_dtype)
+            g = self.param("weight_g", nn.with_logical_partitioning(
+                lambda _, s, d: _norm_except(v, 1).reshape(s).astype(d), ("conv_in",)), (c_in,), self.param_dtype)
+            w = g[None, :, None] * v / _norm_except(v, 1)  # g per input channel (torch's dim 0 of [in, out, k])
+        else:
+            w = self.param("kernel", nn.with_logical_partitioning(init, names), shape, self.param_dtype)
+        b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+                       (self.features,), self.param_dtype)
+        # y[t] = sum_{s, j: t = s*stride + j} x[s] w[j]: dilate the input by the stride, pad k-1 on both sides and
+        # correlate with the kernel flipped in time. Full output length (T-1)*stride + k.
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype), jnp.flip(w, 0).astype(self.dtype), (1,), [(k - 1, k - 1)],
+            lhs_dilation=(self.stride,), dimension_numbers=("NWC", "WIO", "NWC"))
+        y = y + b.astype(self.dtype)
+        total = k - self.stride
+        right = math.ceil(total * self.trim_right_ratio) if self.causal else total // 2
+        left = total - right
+        return y[:, left : y.shape[1] - right]
+
+
+class LSTM(nn.Module):
+    """``num_layers`` stacked LSTMs over ``x [batch, time, dim]`` plus the input (EnCodec's residual add).
+
+    Per layer: ``gates = x W_ih + b_ih + h W_hh + b_hh`` split as [i, f, g, o] (torch's order);
+    ``c' = sigma(f) c + sigma(i) tanh(g)``, ``h' = sigma(o) tanh(c')``. Kernels are stored ``[in, 4H]``.
+    """
+
+    num_layers: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        dim = x.shape[-1]
+        bound = 1.0 / math.sqrt(dim)  # torch's U(-1/sqrt(H), 1/sqrt(H))
+        init = nn.initializers.uniform(2 * bound)
+        shifted = lambda key, shape, dt: init(key, shape, dt) - bound  # noqa: E731
+        h = x.astype(self.dtype)
+        for layer in range(self.num_layers):
+            w_ih = self.param(f"weight_ih_l{layer}", nn.with_logical_partitioning(shifted, ("embed", "mlp")),
+                              (dim, 4 * dim), self.param_dtype)
+            w_hh = self.param(f"weight_hh_l{layer}", nn.with_logical_partitioning(shifted, ("embed", "mlp")),
+                              (dim, 4 * dim), self.param_dtype)
+            b_ih = self.param(f"bias_ih_l{layer}", nn.with_logical_partitioning(shifted, ("mlp",)), (4 * dim,),
+                              self.param_dtype)
+            b_hh = self.param(f"bias_hh_l{layer}", nn.with_logical_partitioning(shifted, ("mlp",)), (4 * dim,),
+                              self.param_dtype)
+            xw = h @ w_ih.astype(self.dtype) + (b_ih + b_hh).astype(self.dtype)  # input projection for all steps
+            w_hh_c = w_hh.astype(self.dtype)
+
+            def step(carry, xw_t, w_hh_c=w_hh_c):
+                hh, cc = carry
+                z = xw_t + hh @ w_hh_c
+                i, f, g, o = jnp.split(z, 4, axis=-1)
+                cc = jax.nn.sigmoid(f) * cc + jax.nn.sigmoid(i) * jnp.tanh(g)
+                hh = jax.nn.sigmoid(o) * jnp.tanh(cc)
+                return (hh, cc), hh
+
+            zeros = jnp.zeros((x.shape[0], dim), self.dtype)
+            _, out = jax.lax.scan(step, (zeros, zeros), jnp.swapaxes(xw, 0, 1))
+            h = jnp.swapaxes(out, 0, 1)
+        return h + x.astype(self.dtype)
+
+
+class Snake(nn.Module):
+    """``x + sin^2(alpha x) / alpha`` with a learned per-channel ``alpha`` (init 1); periodic inductive bias."""
+
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        alpha = self.param("alpha", nn.initializers.ones, (x.shape[-1],), self.param_dtype).astype(x.dtype)
+        return x + jnp.square(jnp.sin(alpha * x)) / (alpha + 1e-9)
+
+
+def activation(name: str, param_dtype: Any = jnp.float32, module_name: str | None = None):
+    """'elu' -> jax.nn.elu; 'snake' -> a :class:`Snake` module (named ``module_name``)."""
+    if name == "elu":
+        return jax.nn.elu
+    if name == "snake":
+        return Snake(param_dtype=param_dtype, name=module_name)
+    raise ValueError(f"model.activation={name!r}: choose 'elu' or 'snake'")
