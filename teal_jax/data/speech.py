@@ -1,0 +1,287 @@
+"""The demo speech: spoken digits, number words and short phrases synthesised locally with espeak-ng, as a tfds
+dataset (array_record, no TensorFlow), and grain pipelines for codec training and evaluation.
+
+``SpokenWords`` (a ``tfds.core.GeneratorBasedBuilder``) stores per example::
+
+    audio: int16 [samples] at 16 kHz (espeak's 22,050 Hz resampled; leading/trailing silence trimmed)
+    text:  the transcript ("seven", "forty two", "the number is three")
+    label: the spoken digit 0..9 for single-digit utterances, -1 otherwise (the word classifier's target)
+    voice, rate, pitch: how it was spoken
+
+Splits: ``'train'`` uses the variants ``TRAIN_VARIANTS``; ``'test'`` uses only ``HELDOUT_VARIANTS`` (voices never
+heard in training), each combined with an English accent from ``LANGUAGES``. Everything is seeded and deterministic.
+
+Read back with :func:`make_speech_iterator` (``tfds.data_source`` + grain): fixed-length random crops (train) or
+start-aligned crops padded with zeros (eval), as ``{'audio': int16 [batch, crop], 'length': int32 [batch],
+'label': int32 [batch]}``. :class:`RecordAdapter` maps standard tfds speech datasets (e.g. ``librispeech``:
+``speech`` + ``text``) to the same fields.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from teal_jax.audio_io import resample
+from teal_jax.train.objective import DataIterator
+
+SAMPLE_RATE = 16000
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+LANGUAGES = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc")
+TRAIN_VARIANTS = ("m1", "m2", "m3", "m5", "m6", "f1", "f2", "f4")
+HELDOUT_VARIANTS = ("m4", "m7", "f3", "f5")
+_TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+_TEENS = ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+          "nineteen")
+_PHRASES = ("the number is {d}", "say {d}", "{d} please", "i see {d} birds", "count to {d}", "{d} and {e}",
+            "press {d} now", "{d} {e} {f}")
+MAX_SECONDS = 3.0
+
+
+def number_words(n: int) -> str:
+    """0..99 -> English words ("forty two")."""
+    if not 0 <= n <= 99:
+        raise ValueError(f"number_words: {n} is outside 0..99")
+    if n < 10:
+        return DIGITS[n]
+    if n < 20:
+        return _TEENS[n - 10]
+    t, u = divmod(n, 10)
+    return _TENS[t - 2] + ("" if u == 0 else " " + DIGITS[u])
+
+
+def utterance_plan(split: str, *, digit_repeats: int, others: int, seed: int = 0) -> list[dict[str, Any]]:
+    """The (text, label, voice, rate, pitch) of every example of ``split`` ('train' or 'test'), deterministic."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}: choose 'train' or 'test'")
+    variants = TRAIN_VARIANTS if split == "train" else HELDOUT_VARIANTS
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    plan = []
+
+    def voice():
+        return f"{LANGUAGES[rng.integers(len(LANGUAGES))]}+{variants[rng.integers(len(variants))]}"
+
+    def style():
+        return int(rng.integers(120, 231)), int(rng.integers(20, 81))
+
+    for rep in range(digit_repeats):
+        for v in variants:
+            for d in range(10):
+                rate, pitch = style()
+                lang = LANGUAGES[(rep + d) % len(LANGUAGES)]
+                plan.append(dict(text=DIGITS[d], label=d, voice=f"{lang}+{v}", rate=rate, pitch=pitch))
+    for _ in range(others):
+        rate, pitch = style()
+        if rng.random() < 0.5:
+            text = number_words(int(rng.integers(10, 100)))
+        else:
+            d, e, f = (DIGITS[int(i)] for i in rng.integers(0, 10, 3))
+            text = _PHRASES[rng.integers(len(_PHRASES))].format(d=d, e=e, f=f)
+        plan.append(dict(text=text, label=-1, voice=voice(), rate=rate, pitch=pitch))
+    return plan
+
+
+def trim_silence(x: np.ndarray, threshold: float = 0.02, margin: int = 800) -> np.ndarray:
+    """Drops leading/trailing samples below ``threshold * max|x|``, keeping ``margin`` samples on each side."""
+    if x.size == 0:
+        return x
+    loud = np.nonzero(np.abs(x.astype(np.float32)) > threshold * float(np.max(np.abs(x))))[0]
+    if loud.size == 0:
+        return x
+    return x[max(loud[0] - margin, 0) : loud[-1] + margin + 1]
+
+
+def synthesize(text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
+    """One utterance as int16 [samples] at 16 kHz (at most MAX_SECONDS)."""
+    from teal_jax.data.audio_espeak import espeak
+
+    tts = espeak()
+    raw = tts.synth(text, voice, rate=rate, pitch=pitch)
+    x = resample(raw.astype(np.float32) / 32768.0, tts.sample_rate, SAMPLE_RATE)
+    x = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return trim_silence(x)[: int(MAX_SECONDS * SAMPLE_RATE)]
+
+
+class SpokenWordsConfig(tfds.core.BuilderConfig):
+    def __init__(self, *, name: str, digit_repeats: tuple[int, int], others: tuple[int, int], **kwargs):
+        super().__init__(name=name, description=f"digits x{digit_repeats}, {others} other utterances", **kwargs)
+        self.digit_repeats, self.others = digit_repeats, others
+
+
+class SpokenWords(tfds.core.GeneratorBasedBuilder):
+    """espeak-ng speech (16 kHz int16) + transcripts; 'test' holds out voices (see module docstring)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [
+        SpokenWordsConfig(name="small", digit_repeats=(8, 4), others=(400, 80)),
+        SpokenWordsConfig(name="tiny", digit_repeats=(1, 1), others=(8, 4)),  # tests
+    ]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
+                "text": tfds.features.Text(),
+                "label": np.int32,
+                "voice": tfds.features.Text(),
+                "rate": np.int32,
+                "pitch": np.int32,
+            }),
+            homepage="https://github.com/espeak-ng/espeak-ng",
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download: espeak-ng ships in the espeakng-loader wheel
+        c = self.builder_config
+        return {
+            "train": self._generate_examples(utterance_plan("train", digit_repeats=c.digit_repeats[0],
+                                                            others=c.others[0])),
+            "test": self._generate_examples(utterance_plan("test", digit_repeats=c.digit_repeats[1],
+                                                           others=c.others[1])),
+        }
+
+    def _generate_examples(self, plan):
+        for i, u in enumerate(plan):
+            audio = synthesize(u["text"], u["voice"], u["rate"], u["pitch"])
+            yield i, {"audio": audio, "text": u["text"], "label": u["label"], "voice": u["voice"],
+                      "rate": u["rate"], "pitch": u["pitch"]}
+
+
+def build_spoken_words(data_dir: str, config: str = "small") -> SpokenWords:
+    """Builds (once; later calls reuse the files) and returns the builder."""
+    if config not in ("small", "tiny"):
+        raise ValueError(f"data.config={config!r}: the spoken_words builder has configs 'small' and 'tiny'")
+    os.makedirs(data_dir, exist_ok=True)
+    builder = SpokenWords(data_dir=data_dir, config=config, file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return builder
+
+
+# ---- reading -----------------------------------------------------------------------------------------------------
+def _as_text(v) -> str:
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+class RecordAdapter(grain.transforms.Map):
+    """Any tfds speech record -> ``{'audio': int16 [samples], 'label': int32, 'text': str}`` at ``sample_rate``.
+
+    audio_key: field with the waveform (int16, int64 PCM or float in [-1, 1]; librispeech: 'speech').
+    source_rate: the dataset's sample rate (resampled to ``sample_rate`` when different).
+    """
+
+    def __init__(self, audio_key: str = "audio", text_key: str | None = "text", label_key: str | None = "label",
+                 source_rate: int = SAMPLE_RATE, sample_rate: int = SAMPLE_RATE):
+        self.audio_key, self.text_key, self.label_key = audio_key, text_key, label_key
+        self.source_rate, self.sample_rate = source_rate, sample_rate
+
+    def map(self, record: dict[str, Any]) -> dict[str, Any]:
+        if self.audio_key not in record:
+            raise ValueError(f"record has no field {self.audio_key!r} (fields: {sorted(record)}); set data.audio_key")
+        a = np.asarray(record[self.audio_key])
+        if a.ndim == 2:  # [samples, channels] -> mono
+            a = a.mean(axis=-1)
+        if a.ndim != 1:
+            raise ValueError(f"record[{self.audio_key!r}]: expected [samples] audio, got shape {a.shape}")
+        if a.dtype.kind == "f":
+            x = a.astype(np.float32)
+        else:  # integer PCM, 16-bit range (tfds Audio decodes to int64 holding int16 values)
+            x = a.astype(np.float32) / 32768.0
+        if self.source_rate != self.sample_rate:
+            x = resample(x, self.source_rate, self.sample_rate)
+        audio = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
+        label = int(record.get(self.label_key, -1)) if self.label_key else -1
+        text = _as_text(record.get(self.text_key, "")) if self.text_key else ""
+        return {"audio": audio, "label": np.int32(label), "text": text}
+
+
+def crop_or_pad(audio: np.ndarray, length: int, start: int = 0) -> tuple[np.ndarray, int]:
+    """``audio[start:start+length]`` zero-padded to ``length``; returns (crop, valid samples)."""
+    piece = audio[start : start + length]
+    n = piece.shape[0]
+    if n < length:
+        piece = np.concatenate([piece, np.zeros((length - n,), audio.dtype)])
+    return piece, n
+
+
+class _RandomCrop(grain.transforms.RandomMap):
+    def __init__(self, crop: int):
+        self.crop = crop
+
+    def random_map(self, record, rng: np.random.Generator):
+        a = record["audio"]
+        start = int(rng.integers(0, max(a.shape[0] - self.crop, 0) + 1))
+        piece, n = crop_or_pad(a, self.crop, start)
+        return {"audio": piece, "length": np.int32(n), "label": np.int32(record["label"])}
+
+
+class _StartCrop(grain.transforms.Map):
+    def __init__(self, crop: int):
+        self.crop = crop
+
+    def map(self, record):
+        piece, n = crop_or_pad(record["audio"], self.crop)
+        return {"audio": piece, "length": np.int32(n), "label": np.int32(record["label"])}
+
+
+class SpeechBatches(DataIterator):
+    """A grain dataset iterator with exact ``get_state``/``set_state`` resumption."""
+
+    def __init__(self, dataset):
+        self._it = iter(dataset)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._it)
+
+    def get_state(self) -> dict[str, Any]:
+        return dict(self._it.get_state())
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._it.set_state(dict(state))
+
+
+def make_speech_iterator(source: Sequence[dict[str, Any]], *, batch_size: int, crop_samples: int, train: bool,
+                         seed: int = 0, process_index: int = 0, process_count: int = 1,
+                         adapter: RecordAdapter | None = None) -> SpeechBatches:
+    """Batches ``{'audio': int16 [batch, crop], 'length': int32 [batch], 'label': int32 [batch]}``.
+
+    train=True: shuffled with ``seed``, repeated, random crops. train=False: one pass in order, crops from the
+    start, last partial batch dropped. Host p of P reads records p, p + P, ...
+    """
+    if len(source) == 0:
+        raise ValueError("the speech source is empty")
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    if not train and len(ds) < batch_size:
+        raise ValueError(f"eval split has {len(ds)} examples on this host, fewer than batch_size={batch_size}")
+    ds = ds.map(adapter or RecordAdapter(label_key="label"))
+    if train:
+        ds = ds.shuffle(seed=seed).repeat().random_map(_RandomCrop(crop_samples), seed=seed)
+    else:
+        ds = ds.map(_StartCrop(crop_samples))
+    return SpeechBatches(ds.batch(batch_size, drop_remainder=True))
+
+
+def load_clips(source: Sequence[dict[str, Any]], *, max_samples: int, labelled_only: bool = False,
+               adapter: RecordAdapter | None = None) -> dict[str, np.ndarray]:
+    """Whole clips of a split as host arrays: ``audio`` int16 [n, max_samples] (start-aligned, zero-padded),
+    ``length`` int32 [n], ``label`` int32 [n], ``text`` list[str]."""
+    adapter = adapter or RecordAdapter(label_key="label")
+    audio, lengths, labels, texts = [], [], [], []
+    for i in range(len(source)):
+        r = adapter.map(source[i])
+        if labelled_only and r["label"] < 0:
+            continue
+        piece, n = crop_or_pad(r["audio"], max_samples)
+        audio.append(piece)
+        lengths.append(n)
+        labels.append(r["label"])
+        texts.append(r["text"])
+    if not audio:
+        raise ValueError("load_clips: no (labelled) clips in the source")
+    return {"audio": np.stack(audio), "length": np.asarray(lengths, np.int32), "label": np.asarray(labels, np.int32),
+            "text": texts}
