@@ -1,0 +1,309 @@
+"""TEAL: a decoder-only LM over the unified vocabulary, with a *joint embedding* around an (often frozen) text LM.
+
+The text LM (``TransformerLM``) is a submodule named ``'lm'``, so its parameters sit at ``params['lm']`` in exactly
+its own layout (an imported HF Llama drops in unchanged). Around it:
+
+- input: text ids [0, text_size) use the LM's own embedding table; every other id uses the non-text table
+  ``concat(special_embed, image rows, audio rows)`` (rows in unified-vocabulary order), chosen per token by a mask
+  (LWM style). Padding ids embed to row 0 of the non-text table (they never occur in real data).
+- image/audio rows, ``embedding_init='random'``: a learned table ``{m}_embed`` ~ N(0, init_std).
+  ``embedding_init='codebook'``: rows = ``{m}_proj(codebook) + {m}_embed`` where ``{m}_codebook`` holds the
+  tokenizer's code vectors (a constant, frozen in every stage), ``{m}_proj`` is a learned projection
+  code_dim -> embed_dim and ``{m}_embed`` is a zero-initialised learned residual; at init the rows are exactly
+  projection(codebook), and with training they may move away from the projection's span (the paper's ablation).
+- output: logits over the whole unified vocabulary = concat(LM text head logits, h @ [special | image | audio] head,
+  -inf for the padding ids). The text part is the LM's own ``logits_from_hidden``: for text-only inputs and an
+  untouched LM, the text logits are bitwise those of the original LM.
+
+Stage-2 bias tuning: build the inner LM with ``use_bias=True`` (zero-initialised biases on every linear layer), so
+the model is unchanged until the biases train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from teal_jax.models.transformer import TransformerConfig, TransformerLM
+from teal_jax.tokenizers.vocab import UnifiedVocab
+
+Array = jax.Array
+EMBEDDING_INITS = ("random", "codebook")
+STAGES = ("frozen_stage1", "frozen_stage2", "full")
+NONTEXT_MODALITIES = ("image", "audio")
+
+
+@dataclasses.dataclass(frozen=True)
+class TealConfig:
+    """lm: the text LM (its vocab_size is the text range); vocab: the unified layout (vocab.text_size must equal
+    lm.vocab_size); embedding_init: 'random' | 'codebook'; image_code_dim / audio_code_dim: width of the tokenizer
+    code vectors (codebook init only)."""
+
+    lm: TransformerConfig
+    vocab: UnifiedVocab
+    embedding_init: str = "random"
+    image_code_dim: int = 0
+    audio_code_dim: int = 0
+
+    def __post_init__(self):
+        if self.vocab.text_size != self.lm.vocab_size:
+            raise ValueError(f"vocab.text_size={self.vocab.text_size} must equal the LM's "
+                             f"lm.vocab_size={self.lm.vocab_size}")
+        if self.embedding_init not in EMBEDDING_INITS:
+            raise ValueError(f"model.embedding_init={self.embedding_init!r}: choose one of {EMBEDDING_INITS}")
+        if self.embedding_init == "codebook":
+            for m in NONTEXT_MODALITIES:
+                if self.rows(m) and getattr(self, f"{m}_code_dim") < 1:
+                    raise ValueError(f"model.{m}_code_dim must be >= 1 with embedding_init='codebook'")
+
+    def rows(self, modality: str) -> int:
+        """Number of unified ids of a non-text modality ('special', 'image' or 'audio')."""
+        v = self.vocab
+        return {"special": v.num_specials, "image": v.image_codebook_size, "audio": v.audio_ids}[modality]
+
+
+class TealLM(nn.Module):
+    """Unified ids [B, T] -> logits [B, T, vocab.size] (float32; padding ids are -inf).
+
+    ``decode=True`` builds the KV-cache variant (cache under ``cache['lm']``; same parameters).
+    """
+
+    config: TealConfig
+    decode: bool = False
+
+    def setup(self):
+        cfg = self.config
+        d, std = cfg.lm.embed_dim, cfg.lm.init_std
+        pdt = cfg.lm.param_dtype
+        normal = nn.initializers.normal(std)
+        self.lm = TransformerLM(cfg.lm, self.decode)
+        part = nn.with_logical_partitioning
+        # Specials are few (tens): replicate their rows rather than shard a tiny axis.
+        self.special_embed = self.param("special_embed", part(normal, (None, "embed")), (cfg.rows("special"), d),
+                                        pdt)
+        self.special_head = self.param("special_head", part(normal, ("embed", None)), (d, cfg.rows("special")),
+                                       pdt)
+        embeds, heads, codebooks, projs = {}, {}, {}, {}
+        for m in NONTEXT_MODALITIES:
+            n = cfg.rows(m)
+            if not n:
+                continue
+            heads[m] = self.param(f"{m}_head", part(normal, ("embed", "vocab")), (d, n), pdt)
+            if cfg.embedding_init == "codebook":
+                c = getattr(cfg, f"{m}_code_dim")
+                # Placeholder values: init_teal() writes the tokenizer's codebook here.
+                codebooks[m] = self.param(f"{m}_codebook", part(nn.initializers.normal(1.0),
+                                                                ("codebook", "code_dim")), (n, c), pdt)
+                # fan-in scaling: projected rows have std ~ init_std * rms(code vectors).
+                proj = nn.Dense(d, use_bias=True, param_dtype=pdt, dtype=jnp.float32,
+                                kernel_init=part(nn.initializers.variance_scaling(std**2, "fan_in", "normal"),
+                                                 ("code_dim", "embed")),
+                                bias_init=part(nn.initializers.zeros, ("embed",)))
+                setattr(self, f"{m}_proj", proj)  # linen names setup submodules after their attribute
+                projs[m] = proj
+                embeds[m] = self.param(f"{m}_embed", part(nn.initializers.zeros, ("vocab", "embed")), (n, d), pdt)
+            else:
+                embeds[m] = self.param(f"{m}_embed", part(normal, ("vocab", "embed")), (n, d), pdt)
+        self.embeds, self.heads, self.codebooks, self.projs = embeds, heads, codebooks, projs
+
+    # ---- joint embedding ---------------------------------------------------------------------------------------
+    def nontext_rows(self, modality: str) -> Array:
+        """float32 [rows, D]: the input embedding rows of 'image' or 'audio' (in unified-id order)."""
+        rows = jnp.asarray(self.embeds[modality], jnp.float32)
+        if modality in self.codebooks:
+            rows = rows + self.projs[modality](jnp.asarray(self.codebooks[modality], jnp.float32))
+        return rows
+
+    def nontext_table(self) -> Array:
+        """float32 [vocab.nontext_size, D]: specials, image rows, audio rows."""
+        parts = [jnp.asarray(self.special_embed, jnp.float32)]
+        parts += [self.nontext_rows(m) for m in NONTEXT_MODALITIES if m in self.embeds]
+        return jnp.concatenate(parts, axis=0)
+
+    def embed(self, tokens: Array) -> Array:
+        """tokens [B, T] unified ids -> [B, T, D] in the LM's compute dtype."""
+        t = self.config.vocab.text_size
+        is_text = tokens < t
+        text = self.lm.embed(jnp.where(is_text, tokens, 0))
+        table = self.nontext_table()
+        other = jnp.take(table, jnp.clip(tokens - t, 0, table.shape[0] - 1), axis=0).astype(text.dtype)
+        return jnp.where(is_text[..., None], text, other)
+
+    # ---- output ------------------------------------------------------------------------------------------------
+    def logits_from_hidden(self, h: Array) -> Array:
+        """h [B, T, D] (after the final norm) -> float32 [B, T, vocab.size]."""
+        v = self.config.vocab
+        text = self.lm.logits_from_hidden(h)  # [B, T, text_size], the LM's own head
+        head = jnp.concatenate([self.special_head] + [self.heads[m] for m in NONTEXT_MODALITIES if m in self.heads],
+                               axis=1)
+        dtype = jnp.dtype(self.config.lm.dtype)
+        other = jnp.einsum("btd,dn->btn", h.astype(dtype), head.astype(dtype)).astype(jnp.float32)
+        pad = jnp.full(h.shape[:2] + (v.size - v.used_size,), -jnp.inf, jnp.float32)
+        return jnp.concatenate([text, other, pad], axis=-1)
+
+    def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None) -> Array:
+        """tokens, positions, segment_ids: [B, T] -> logits [B, T, vocab.size]."""
+        h = self.lm.hidden(self.embed(tokens), positions, segment_ids)
+        return self.logits_from_hidden(h)
+
+
+# ---- init with tokenizer codebooks ---------------------------------------------------------------------------------
+def codebook_array(config: TealConfig, modality: str, codebook: Any) -> np.ndarray:
+    """Validates/reshapes a tokenizer codebook to the ``{modality}_codebook`` param shape [rows, code_dim].
+
+    image: [K_img, C]. audio: [levels, K_audio, C] with levels >= the vocab's kept levels (the first are used), or
+    already flat [kept_levels * K_audio, C].
+    """
+    a = np.asarray(codebook, np.float32)
+    c = getattr(config, f"{modality}_code_dim")
+    v = config.vocab
+    if modality == "audio" and a.ndim == 3:
+        if a.shape[0] < v.audio_levels_used or a.shape[1] != v.audio_codebook_size:
+            raise ValueError(f"audio codebook shape {a.shape}: expected [>= {v.audio_levels_used} levels, "
+                             f"{v.audio_codebook_size}, {c}]")
+        a = a[: v.audio_levels_used].reshape(-1, a.shape[-1])
+    want = (config.rows(modality), c)
+    if a.shape != want:
+        raise ValueError(f"{modality} codebook shape {a.shape} != expected {want} (rows, model.{modality}_code_dim)")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{modality} codebook has non-finite values")
+    return a
+
+
+def init_teal(model: TealLM, rng: Array, tokens: Array, codebooks: Mapping[str, Any] | None = None) -> dict:
+    """``model.init`` that writes the tokenizer codebooks (codebook init) into the ``{m}_codebook`` params.
+
+    Returns the variables (boxed, with logical axis names) like ``model.init``. ``codebooks``: {'image': ...,
+    'audio': ...} (see :func:`codebook_array`); required for each present modality when embedding_init='codebook'.
+    """
+    cfg = model.config
+    variables = model.init(rng, tokens)
+    if cfg.embedding_init != "codebook":
+        if codebooks:
+            raise ValueError("codebooks were given but model.embedding_init='random'")
+        return variables
+    params = dict(variables["params"])
+    codebooks = dict(codebooks or {})
+    for m in NONTEXT_MODALITIES:
+        if not cfg.rows(m):
+            continue
+        if m not in codebooks:
+            raise ValueError(f"embedding_init='codebook' needs the {m} tokenizer codebook (codebooks['{m}'])")
+        value = jnp.asarray(codebook_array(cfg, m, codebooks[m]))
+        box = params[f"{m}_codebook"]
+        params[f"{m}_codebook"] = box.replace_boxed(value) if isinstance(box, nn.meta.AxisMetadata) else value
+    return {**variables, "params": params}
+
+
+# ---- stages ----------------------------------------------------------------------------------------------------
+def _keys(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def is_norm_or_bias(keys: tuple[str, ...]) -> bool:
+    """A bias (any linear layer) or the scale of a norm (attn_norm, mlp_norm, final_norm, q_norm, k_norm)."""
+    return keys[-1] == "bias" or (keys[-1] == "scale" and len(keys) > 1 and keys[-2].endswith("norm"))
+
+
+def trainable_mask(params: Any, stage: str) -> Any:
+    """Tree of Python bools (True = trains) over TealLM ``params`` for a training stage.
+
+    frozen_stage1: non-text tables, heads and projections train; the LM is frozen.
+    frozen_stage2: stage 1 + every norm scale and every bias inside the LM (LLaMA-Adapter-V2 bias-norm tuning).
+    full: everything. Tokenizer codebooks (``*_codebook``) are constants: frozen in every stage.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"model.stage={stage!r}: choose one of {STAGES}")
+
+    def rule(path, _):
+        keys = _keys(path)
+        if keys[0].endswith("_codebook"):
+            return False
+        if keys[0] != "lm":
+            return True
+        if stage == "full":
+            return True
+        return stage == "frozen_stage2" and is_norm_or_bias(keys)
+
+    return jax.tree_util.tree_map_with_path(rule, params)
+
+
+def param_group(keys: tuple[str, ...]) -> str:
+    """Report group of a parameter path."""
+    if keys[0] == "lm":
+        if is_norm_or_bias(keys):
+            return "lm/biases" if keys[-1] == "bias" else "lm/norms"
+        if keys[1] == "embed":
+            return "lm/embed"
+        if keys[1] == "lm_head":
+            return "lm/head"
+        return "lm/layers"
+    if keys[0].endswith("_codebook"):
+        return "codebooks (constant)"
+    return "nontext/" + keys[0].split("_")[0]
+
+
+def param_counts(params: Any, trainable: Any | None = None) -> dict[str, tuple[int, int]]:
+    """group -> (parameters, trainable parameters); leaves may be arrays or shape structs."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    flags = jax.tree.leaves(trainable) if trainable is not None else [True] * len(leaves)
+    out: dict[str, tuple[int, int]] = {}
+    for (path, leaf), t in zip(leaves, flags, strict=True):
+        n = int(np.prod(leaf.shape))
+        g = param_group(_keys(path))
+        total, tr = out.get(g, (0, 0))
+        out[g] = (total + n, tr + (n if t else 0))
+    return dict(sorted(out.items()))
+
+
+def format_param_counts(counts: Mapping[str, tuple[int, int]]) -> str:
+    lines = [f"  {g:<22} {n:>14,} params {t:>14,} trainable" for g, (n, t) in counts.items()]
+    total = sum(n for n, _ in counts.values())
+    train = sum(t for _, t in counts.values())
+    lines.append(f"  {'total':<22} {total:>14,} params {train:>14,} trainable")
+    return "\n".join(lines)
+
+
+def _is_box(x) -> bool:
+    return isinstance(x, nn.meta.AxisMetadata)
+
+
+def _unbox(x):
+    return x.unbox() if _is_box(x) else x
+
+
+def merge_lm_params(teal_params: Any, lm_params: Any) -> Any:
+    """Puts a trained LM's params at ``teal_params['lm']`` (boxed leaves keep their logical names).
+
+    Every LM leaf must match in shape; leaves absent from ``lm_params`` are allowed only for zero-initialised
+    biases (a base LM without biases adapted with use_bias=True); extra leaves are an error.
+    """
+    target = teal_params["lm"]
+    flat_t = {_keys(p): _unbox(v) for p, v in jax.tree_util.tree_flatten_with_path(target, is_leaf=_is_box)[0]}
+    flat_s = {_keys(p): _unbox(v) for p, v in jax.tree_util.tree_flatten_with_path(lm_params, is_leaf=_is_box)[0]}
+    extra = sorted(set(flat_s) - set(flat_t))
+    if extra:
+        raise ValueError(f"base LM params have leaves the TEAL LM lacks: {['/'.join(k) for k in extra[:5]]} "
+                         "(check model.lm matches the base LM's config)")
+    missing = [k for k in flat_t if k not in flat_s and k[-1] != "bias"]
+    if missing:
+        raise ValueError(f"base LM params lack {['/'.join(k) for k in missing[:5]]}")
+    for k, v in flat_s.items():
+        if tuple(np.shape(v)) != tuple(np.shape(flat_t[k])):
+            raise ValueError(f"base LM param {'/'.join(k)} has shape {np.shape(v)}, the TEAL LM expects "
+                             f"{np.shape(flat_t[k])} (check model.lm)")
+
+    def pick(path, leaf):
+        k = _keys(path)
+        if k not in flat_s:
+            return leaf
+        value = jnp.asarray(flat_s[k], _unbox(leaf).dtype)
+        return leaf.replace_boxed(value) if _is_box(leaf) else value
+
+    return {**teal_params, "lm": jax.tree_util.tree_map_with_path(pick, target, is_leaf=_is_box)}
