@@ -83,22 +83,31 @@ def bench_chameleon(batch: int, iters: int, dtype: str) -> dict[str, float] | No
     model = transformers.ChameleonVQVAE(transformers.ChameleonVQVAEConfig()).eval()  # 512x512, 8192 codes
     res = model.config.resolution
     pixels = torch.rand(batch, 3, res, res) * 2 - 1
-    with torch.inference_mode():
-        model.encode(pixels)  # warm-up
-        times = []
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            model.encode(pixels)
-            times.append(time.perf_counter() - t0)
-    t_torch = float(np.median(times))
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d, safe_serialization=True)
         cfg, params = load_chameleon_vqvae(d, dtype=dtype)
+    # torch runs where JAX runs (CUDA when JAX has a GPU), in the same dtype
+    dev = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    model = model.to(dev, tdtype)
+    tpix = pixels.to(dev, tdtype)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        model.encode(tpix)  # warm-up
+        sync()
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            model.encode(tpix)
+            sync()
+            times.append(time.perf_counter() - t0)
+    t_torch = float(np.median(times))
+    where = f"{dev}, {torch.get_num_threads()} threads" if dev == "cpu" else torch.cuda.get_device_name()
     vq = VQGAN(cfg)
     enc = jax.jit(lambda p, x: vq.apply({"params": p}, x, method=VQGAN.encode).codes)
     x = jnp.asarray(pixels.permute(0, 2, 3, 1).numpy())
     t_jax = _time(enc, params, x, iters=iters)
-    print(f"[chameleon] encoder {res}x{res}, batch {batch}: torch {torch.get_num_threads()} threads (CPU, float32) "
+    print(f"[chameleon] encoder {res}x{res}, batch {batch}: torch ({where}, {dtype}) "
           f"{batch / t_torch:.3f} images/s; ours in JAX on {jax.devices()[0].device_kind} ({dtype}) "
           f"{batch / t_jax:.3f} images/s; ratio ours/torch = {t_torch / t_jax:.2f}x")
     return {"torch_images_per_s": batch / t_torch, "jax_images_per_s": batch / t_jax, "ratio": t_torch / t_jax}
