@@ -275,3 +275,22 @@ def test_fsq_factorised_and_metrics():
     np.testing.assert_allclose(float(out.metrics["usage"]), np.mean(counts > 0), rtol=1e-6)
     with pytest.raises(ValueError, match="every level must be >= 2"):
         FSQ(levels=[1, 4]).apply({}, x[..., :2])
+
+
+def test_vq_entropy_loss_matches_numpy():
+    vq = VectorQuantizer(codebook_size=8, code_dim=3, entropy_weight=0.5, entropy_temperature=0.5, beta=0.25)
+    x = jax.random.normal(jax.random.key(4), (12, 3))
+    variables = _init(vq, x, train=False)
+    out = vq.apply(variables, x, train=False)
+    cb = np.asarray(variables["params"]["codebook"], np.float64)
+    z = np.asarray(x, np.float64)
+    d = ((z[:, None] - cb[None]) ** 2).sum(-1)
+    logits = -d / 0.5
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    h_each = -(p * np.log(p)).sum(1).mean()
+    avg = p.mean(0)
+    ent = h_each + (avg * np.log(avg)).sum()
+    _, zq, _ = _nn_numpy(x, cb, False)
+    np.testing.assert_allclose(float(out.metrics["entropy_loss"]), ent, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(float(out.loss), 1.25 * np.mean((z - zq) ** 2) + 0.5 * ent, rtol=1e-4)

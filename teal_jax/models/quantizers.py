@@ -69,6 +69,18 @@ def usage_metrics(counts: Array, prefix: str = "") -> dict[str, Array]:
     }
 
 
+def entropy_loss(dist: Array, temperature: float, mask: Array | None = None) -> Array:
+    """``mean_i H(p_i) - H(mean_i p_i)`` for ``p_i = softmax(-dist_i / temperature)``; ``dist [N, K]``."""
+    logp = jax.nn.log_softmax(-dist / temperature, axis=-1)
+    p = jnp.exp(logp)
+    w = jnp.ones(dist.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    per_vector = jnp.sum(w * -jnp.sum(p * logp, axis=-1)) / n
+    avg = jnp.sum(w[:, None] * p, axis=0) / n
+    batch = -jnp.sum(avg * jnp.log(jnp.maximum(avg, 1e-30)))
+    return per_vector - batch
+
+
 def _masked_mean(x: Array, mask: Array | None) -> Array:
     """Mean over all entries of ``x [..., D]``; with ``mask [...]`` only over the selected vectors."""
     if mask is None:
@@ -98,6 +110,9 @@ class VectorQuantizer(nn.Module):
       restart_after: a code unused for this many consecutive training steps is replaced by a random
         input vector of the current batch (0 disables dead-code restart).
       rng_name: rng stream for the restart.
+      entropy_weight: weight of the entropy loss ``mean_i H(p_i) - H(mean_i p_i)`` with
+        ``p_i = softmax(-||z_i - e||^2 / entropy_temperature)`` (MaskGIT/MAGVIT style): confident assignments per
+        vector, spread over the codebook in the batch. 0 disables it (and its cost).
       codebook_init_scale: std of the normal codebook initialisation.
     """
 
@@ -112,6 +127,8 @@ class VectorQuantizer(nn.Module):
     beta: float = 0.25
     restart_after: int = 0
     rng_name: str = "dropout"
+    entropy_weight: float = 0.0
+    entropy_temperature: float = 0.01
     codebook_init_scale: float = 1.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -193,6 +210,11 @@ class VectorQuantizer(nn.Module):
             loss = self.beta * commit
         else:
             loss = _masked_mean((jax.lax.stop_gradient(flat) - z_q) ** 2, flat_mask) + self.beta * commit
+        metrics = {}
+        if self.entropy_weight > 0:
+            ent = entropy_loss(dist, self.entropy_temperature, flat_mask)
+            loss = loss + self.entropy_weight * ent
+            metrics["entropy_loss"] = ent
 
         # Straight-through estimator: forward value z_q, backward identity (d z_q_st / d z = I).
         z_q_st = flat + jax.lax.stop_gradient(z_q - flat)
@@ -209,7 +231,7 @@ class VectorQuantizer(nn.Module):
             quantized=quantized.astype(x.dtype),
             codes=codes.reshape(lead),
             loss=loss,
-            metrics=usage_metrics(counts),
+            metrics={**usage_metrics(counts), **metrics},
         )
 
     def _update_state(self, flat: Array, codes: Array, counts: Array, mask: Array | None) -> None:

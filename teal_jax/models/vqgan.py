@@ -56,6 +56,8 @@ class VQGANConfig:
     ema_decay: float = 0.99
     beta: float = 0.25
     restart_after: int = 0
+    entropy_weight: float = 0.0  # VQ only: see VectorQuantizer.entropy_weight
+    entropy_temperature: float = 0.01
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -265,6 +267,8 @@ class VQGAN(nn.Module):
                 ema_decay=cfg.ema_decay,
                 beta=cfg.beta,
                 restart_after=cfg.restart_after,
+                entropy_weight=cfg.entropy_weight,
+                entropy_temperature=cfg.entropy_temperature,
                 dtype=cfg.dtype,
                 param_dtype=cfg.param_dtype,
             )
