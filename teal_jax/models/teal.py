@@ -307,3 +307,29 @@ def merge_lm_params(teal_params: Any, lm_params: Any) -> Any:
         return leaf.replace_boxed(value) if _is_box(leaf) else value
 
     return {**teal_params, "lm": jax.tree_util.tree_map_with_path(pick, target, is_leaf=_is_box)}
+
+
+def merge_nontext_params(teal_params: Any, loaded: Any) -> Any:
+    """Takes every non-LM parameter (tables, heads, projections, codebooks) from ``loaded`` (a TEAL checkpoint's
+    params, e.g. stage 1's when stage 2 starts); shapes must match."""
+    out = dict(teal_params)
+    for key, target in teal_params.items():
+        if key == "lm":
+            continue
+        if key not in loaded:
+            raise ValueError(f"the TEAL checkpoint lacks parameter {key!r} (was it trained with another "
+                             "model.vocab / model.embedding_init?)")
+        flat_t = jax.tree_util.tree_flatten_with_path(target, is_leaf=_is_box)[0]
+        flat_s = jax.tree.leaves(loaded[key], is_leaf=_is_box)
+        if len(flat_t) != len(flat_s):
+            raise ValueError(f"TEAL checkpoint parameter {key!r} has another structure")
+        leaves = []
+        for (path, t), s in zip(flat_t, flat_s, strict=True):
+            s = _unbox(s)
+            if tuple(np.shape(s)) != tuple(_unbox(t).shape):
+                raise ValueError(f"TEAL checkpoint parameter {key}/{'/'.join(_keys(path))} has shape "
+                                 f"{np.shape(s)}, expected {_unbox(t).shape}")
+            value = jnp.asarray(s, _unbox(t).dtype)
+            leaves.append(t.replace_boxed(value) if _is_box(t) else value)
+        out[key] = jax.tree.unflatten(jax.tree.structure(target, is_leaf=_is_box), leaves)
+    return out

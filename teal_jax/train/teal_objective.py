@@ -1,0 +1,362 @@
+"""TEAL adaptation of a (frozen) text LM to the unified vocabulary (objective 'teal').
+
+Model: ``TealLM`` built from ``config.model`` (``lm``: the TransformerConfig fields, the LM's vocab_size being the
+text range; ``vocab``: the UnifiedVocab fields except text_size; ``embedding_init``; ``stage``). Base weights:
+``model.base_lm_workdir`` (a checkpoint of objective 'lm', or of objective 'teal' to continue e.g. stage 1 ->
+stage 2, in which case every TEAL parameter is taken), or ``model.base_lm_hf`` (a HF Llama directory, through
+``teal_jax.convert.llama.import_llama``); otherwise random. ``trainable()`` follows ``model.stage``.
+
+Batches: ``tokens`` [B, T+1] unified ids, ``loss_mask`` [B, T+1] (1 on target tokens), optional ``segment_ids`` /
+``positions`` (packing) and ``modality`` [B, T+1] (derived from the ids when absent).
+
+Loss: next-token cross-entropy over the whole unified vocabulary, each target weighted by
+``loss_weights[modality(target)]`` and normalised by the sum of those weights (all weights 1: the plain token mean,
+as lm_loss), plus optional z-loss. Metrics per modality (loss/accuracy over that modality's targets) and the text
+perplexity over the *text rows only*: ``exp(mean over text targets of logsumexp(logits[:text_size]) - logit)``, which
+for a frozen LM is exactly the original LM's perplexity.
+
+Data this round: ``data.kind='synthetic'``, a deterministic stream of class-conditioned "image"/"audio" code patterns
+paired with two text ids (captioning, text-to-image, ASR, TTS templates), packed with segment ids. Task templates on
+real tokenized datasets come with the data stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import linen as nn
+
+from teal_jax.config import base_config
+from teal_jax.models import teal as teal_lib
+from teal_jax.models.transformer import TransformerConfig
+from teal_jax.tokenizers import vocab as vocab_lib
+from teal_jax.tokenizers.vocab import UnifiedVocab
+from teal_jax.train.objective import DataIterator, Objective
+
+MODALITIES = ("text", "special", "image", "audio")  # indices = vocab_lib.TEXT .. vocab_lib.AUDIO
+TASKS = ("caption", "t2i", "asr", "tts")
+
+
+# ---- config ----------------------------------------------------------------------------------------------------------
+def synthetic_config(stage: str = "frozen_stage1") -> ml_collections.ConfigDict:
+    """A tiny TEAL config on the synthetic task stream (tests, smoke runs)."""
+    c = base_config()
+    c.objective = "teal"
+    c.model.lm = ml_collections.ConfigDict(dict(
+        vocab_size=64, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
+        tie_embeddings=False, use_bias=stage == "frozen_stage2", attention_impl="xla", max_decode_len=256))
+    c.model.vocab = ml_collections.ConfigDict(dict(
+        image_codebook_size=32, audio_codebook_size=16, audio_num_levels=2, audio_scheme="interleave",
+        audio_keep_levels=1, pad_multiple=128))
+    c.model.embedding_init = "random"
+    c.model.image_code_dim = 0
+    c.model.audio_code_dim = 0
+    c.model.image_codebook = ml_collections.config_dict.placeholder(str)  # .npy [K, C] for codebook init
+    c.model.audio_codebook = ml_collections.config_dict.placeholder(str)  # .npy [levels, K, C]
+    c.model.stage = stage
+    c.model.base_lm_workdir = ml_collections.config_dict.placeholder(str)
+    c.model.base_lm_hf = ml_collections.config_dict.placeholder(str)
+    c.model.z_loss = 0.0
+    c.model.loss_weights = ml_collections.ConfigDict(dict(text=1.0, special=1.0, image=1.0, audio=1.0))
+    c.data.kind = "synthetic"
+    c.data.seq_len = 48
+    c.data.image_shape = (3, 3)
+    c.data.audio_frames = 3
+    c.data.num_classes = 10
+    c.data.tasks = TASKS
+    c.data.code_noise = 0.1  # fraction of codes replaced by random ones
+    c.data.cond_dropout = 0.1  # t2i/tts: the condition is replaced by <null> (classifier-free guidance training)
+    c.train.steps = 200
+    c.train.batch_size = 8
+    c.train.log_every = 20
+    c.train.eval_every = 100
+    c.train.eval_batches = 2
+    c.train.checkpoint_every = 100
+    c.train.compute_dtype = "float32"
+    c.optimizer.lr = 3e-3
+    c.optimizer.warmup_steps = 10
+    return c
+
+
+def teal_config_from(config: ml_collections.ConfigDict) -> teal_lib.TealConfig:
+    m = config.model
+    if "lm" not in m or "vocab" not in m:
+        raise ValueError("config.model needs an 'lm' sub-config (TransformerConfig fields) and a 'vocab' "
+                         "sub-config (UnifiedVocab fields except text_size)")
+    lm = TransformerConfig.from_config(m.lm, dtype=config.train.compute_dtype)
+    vocab = UnifiedVocab.from_config(m.vocab, text_size=lm.vocab_size)
+    return teal_lib.TealConfig(lm=lm, vocab=vocab, embedding_init=m.get("embedding_init", "random"),
+                               image_code_dim=int(m.get("image_code_dim", 0) or 0),
+                               audio_code_dim=int(m.get("audio_code_dim", 0) or 0))
+
+
+# ---- loss --------------------------------------------------------------------------------------------------------
+def teal_loss(logits: jax.Array, batch: dict[str, jax.Array], vocab: UnifiedVocab,
+              loss_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+              z_loss: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """logits [B, T, V] for inputs tokens[:, :-1] -> (loss, metrics). loss_weights by target modality
+    (text, special, image, audio)."""
+    tokens = batch["tokens"]
+    targets = tokens[:, 1:]
+    seg = batch.get("segment_ids")
+    seg = jnp.ones_like(tokens) if seg is None else seg
+    mask = batch.get("loss_mask", jnp.ones(tokens.shape, jnp.float32))[:, 1:].astype(jnp.float32)
+    mask = mask * (seg[:, 1:] == seg[:, :-1]) * (seg[:, 1:] > 0)
+    modality = batch.get("modality")
+    modality = vocab.modality_of_jax(tokens) if modality is None else modality
+    tmod = modality[:, 1:]
+    # Padding ids (modality 4) get weight 0.
+    w_table = jnp.asarray(tuple(loss_weights) + (0.0,), jnp.float32)
+    weights = mask * w_table[jnp.clip(tmod, 0, 4)]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    nll = (ce * weights).sum() / jnp.maximum(weights.sum(), 1e-8)
+    loss = nll
+    metrics = {"nll": nll}
+    if z_loss:
+        z = jax.nn.logsumexp(logits, axis=-1)
+        zl = (z * z * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+        loss = loss + z_loss * zl
+        metrics["z_loss"] = zl
+    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    metrics["accuracy"] = (correct * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    for m, name in enumerate(MODALITIES):
+        sel = mask * (tmod == m)
+        n = jnp.maximum(sel.sum(), 1.0)
+        metrics[f"loss/{name}"] = (ce * sel).sum() / n
+        metrics[f"accuracy/{name}"] = (correct * sel).sum() / n
+        metrics[f"targets/{name}"] = sel.sum() / jnp.maximum(mask.sum(), 1.0)
+    # Text perplexity over the text rows only (the frozen LM's own distribution).
+    text_logits = logits[..., : vocab.text_size]
+    text_sel = mask * (tmod == vocab_lib.TEXT)
+    safe_targets = jnp.clip(targets, 0, vocab.text_size - 1)
+    text_ce = jax.nn.logsumexp(text_logits, -1) - jnp.take_along_axis(text_logits, safe_targets[..., None], -1)[
+        ..., 0]
+    text_nll = (text_ce * text_sel).sum() / jnp.maximum(text_sel.sum(), 1.0)
+    metrics["text_nll"] = text_nll
+    metrics["text_ppl"] = jnp.exp(text_nll)
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+# ---- synthetic task stream ---------------------------------------------------------------------------------------
+class SyntheticTealTasks(DataIterator):
+    """Packed rows of synthetic tasks; a pure function of (seed, process, batch index): exactly resumable.
+
+    Class c in [0, num_classes) is named by two text ids (1 + c, 1 + num_classes + c); its "image" is a code
+    pattern ``(7c + i*w + j) mod K_img`` and its "audio" ``(5c + 3f + l) mod K_audio``, with ``code_noise`` of the
+    codes random. Templates (loss on the target span, marked by *...*):
+      caption: <task:caption> <boi> image <eoi> *text eos*      t2i: <task:t2i> text <boi> *image <eoi>*
+      asr:     <task:asr> <boa> audio <eoa> *text eos*           tts: <task:tts> text <boa> *audio <eoa>*
+    With probability ``cond_dropout`` a t2i/tts condition (everything before the opener) becomes ``<null>``,
+    matching ``teal_generate.null_prompt``. eos is the last text id.
+    """
+
+    def __init__(self, vocab: UnifiedVocab, data: ml_collections.ConfigDict, *, batch_size: int, seq_len: int,
+                 seed: int, process_index: int):
+        self.vocab, self.batch_size, self.seq_len = vocab, batch_size, seq_len
+        self.h, self.w = (int(x) for x in data.image_shape)
+        self.frames = int(data.audio_frames)
+        self.num_classes = int(data.num_classes)
+        self.noise = float(data.code_noise)
+        self.dropout = float(data.cond_dropout)
+        tasks = tuple(data.tasks)
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise ValueError(f"config.data.tasks has unknown tasks {unknown}; choose from {TASKS}")
+        if not vocab.image_codebook_size:
+            tasks = tuple(t for t in tasks if t not in ("caption", "t2i"))
+        if not vocab.audio_ids:
+            tasks = tuple(t for t in tasks if t not in ("asr", "tts"))
+        if not tasks:
+            raise ValueError("config.data.tasks leaves no task the vocabulary supports")
+        self.tasks = tasks
+        if 2 * self.num_classes + 2 > vocab.text_size:
+            raise ValueError(f"config.data.num_classes={self.num_classes} needs text_size >= "
+                             f"{2 * self.num_classes + 2}, got {vocab.text_size}")
+        longest = max(len(self._example(np.random.default_rng(0), t, 0)[0]) for t in self.tasks)
+        if longest > seq_len:
+            raise ValueError(f"config.data.seq_len={seq_len - 1}: a synthetic example needs {longest - 1}")
+        self.seed, self.process_index, self.index = seed, process_index, 0
+
+    def _example(self, rng: np.random.Generator, task: str, c: int) -> tuple[list[int], list[float]]:
+        v = self.vocab
+        text = [1 + c, 1 + self.num_classes + c, v.text_size - 1]  # two words + eos
+
+        def noisy(codes, k):
+            flip = rng.random(codes.shape) < self.noise
+            return np.where(flip, rng.integers(0, k, codes.shape), codes)
+
+        if task in ("caption", "t2i"):
+            i, j = np.meshgrid(np.arange(self.h), np.arange(self.w), indexing="ij")
+            codes = noisy((7 * c + i * self.w + j) % v.image_codebook_size, v.image_codebook_size)
+            span = [v.boi, *v.image_to_unified(codes).tolist(), v.eoi]
+        else:
+            f, lv = np.meshgrid(np.arange(self.frames), np.arange(v.audio_num_levels), indexing="ij")
+            codes = noisy((5 * c + 3 * f + lv) % v.audio_codebook_size, v.audio_codebook_size)
+            span = [v.boa, *v.audio_to_unified(codes).tolist(), v.eoa]
+        marker = [v.special_id(f"<task:{task}>")]
+        if task in ("caption", "asr"):
+            toks = marker + span + text
+            mask = [0.0] * (len(marker) + len(span)) + [1.0] * len(text)
+        else:
+            cond = marker + text[:-1]
+            if rng.random() < self.dropout:
+                cond = [v.null]
+            toks = cond + span
+            mask = [0.0] * (len(cond) + 1) + [1.0] * (len(span) - 1)  # the opener is given, the codes are targets
+        return toks, mask
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng((self.seed, self.process_index, self.index))
+        self.index += 1
+        shape = (self.batch_size, self.seq_len)
+        out = {"tokens": np.zeros(shape, np.int32), "loss_mask": np.zeros(shape, np.float32),
+               "segment_ids": np.zeros(shape, np.int32), "positions": np.zeros(shape, np.int32)}
+        for b in range(self.batch_size):
+            pos, seg = 0, 1
+            while True:
+                toks, mask = self._example(rng, self.tasks[rng.integers(len(self.tasks))],
+                                           int(rng.integers(self.num_classes)))
+                if pos + len(toks) > self.seq_len:
+                    break
+                sl = slice(pos, pos + len(toks))
+                out["tokens"][b, sl], out["loss_mask"][b, sl] = toks, mask
+                out["segment_ids"][b, sl], out["positions"][b, sl] = seg, np.arange(len(toks))
+                pos, seg = pos + len(toks), seg + 1
+        out["modality"] = self.vocab.modality_of(out["tokens"])
+        return out
+
+    def get_state(self) -> dict[str, Any]:
+        return {"index": self.index}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.index = int(state["index"])
+
+
+# ---- base weights ------------------------------------------------------------------------------------------------
+def _load_base(model_cfg: ml_collections.ConfigDict) -> tuple[str, Any] | None:
+    """('lm', lm_params) or ('teal', teal_params) from the configured base, or None."""
+    workdir, hf = model_cfg.get("base_lm_workdir"), model_cfg.get("base_lm_hf")
+    if workdir and hf:
+        raise ValueError("set only one of config.model.base_lm_workdir and config.model.base_lm_hf")
+    if workdir:
+        from teal_jax import checkpoint
+
+        base_cfg, params, _ = checkpoint.load_params(workdir)
+        kind = base_cfg.get("objective", "lm")
+        if kind not in ("lm", "teal"):
+            raise ValueError(f"config.model.base_lm_workdir={workdir!r} holds a {kind!r} checkpoint, "
+                             "expected 'lm' or 'teal'")
+        return kind, params["model"]
+    if hf:
+        from teal_jax.convert.llama import import_llama  # written by the conversion work; imported lazily
+
+        result = import_llama(hf)
+        if isinstance(result, tuple):  # (config, params) or (params, config): take the parameter tree
+            result = next(r for r in result if isinstance(r, dict) and "layers" in r)
+        return "lm", result
+    return None
+
+
+def _load_codebooks(cfg: teal_lib.TealConfig, model_cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray] | None:
+    if cfg.embedding_init != "codebook":
+        return None
+    out = {}
+    for m in teal_lib.NONTEXT_MODALITIES:
+        if not cfg.rows(m):
+            continue
+        path = model_cfg.get(f"{m}_codebook")
+        if not path:
+            raise ValueError(f"config.model.embedding_init='codebook' needs config.model.{m}_codebook (a .npy of "
+                             "the tokenizer's code vectors)")
+        out[m] = teal_lib.codebook_array(cfg, m, np.load(path))
+    return out
+
+
+class TealObjective(Objective):
+    def __init__(self, config: ml_collections.ConfigDict, *, codebooks: dict[str, Any] | None = None):
+        super().__init__(config)
+        self.teal_config = teal_config_from(config)
+        self.vocab = self.teal_config.vocab
+        self.model = teal_lib.TealLM(self.teal_config)
+        self.stage = config.model.get("stage", "frozen_stage1")
+        if self.stage not in teal_lib.STAGES:
+            raise ValueError(f"config.model.stage={self.stage!r}: choose one of {teal_lib.STAGES}")
+        if self.stage == "frozen_stage2" and not self.teal_config.lm.use_bias:
+            print("note: config.model.stage='frozen_stage2' with config.model.lm.use_bias=False tunes norms only")
+        lw = config.model.get("loss_weights", {}) or {}
+        unknown = sorted(set(lw) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"config.model.loss_weights has unknown modalities {unknown}; known {MODALITIES}")
+        self.loss_weights = tuple(float(lw.get(m, 1.0)) for m in MODALITIES)
+        self.z_loss = float(config.model.get("z_loss", 0.0))
+        self.seq_len = int(config.data.seq_len)
+        if config.data.get("kind", "synthetic") != "synthetic":
+            raise ValueError(f"config.data.kind={config.data.kind!r}: only 'synthetic' exists so far (task "
+                             "datasets come with the TEAL data stage)")
+        self._codebooks = codebooks
+        self._base: Any = False  # False: not loaded yet
+        self._printed = False
+
+    # ---- model -------------------------------------------------------------------------------------------------
+    def init(self, rng, batch):
+        if self._base is False:
+            self._base = _load_base(self.config.model)
+        codebooks = self._codebooks
+        if codebooks is None:
+            codebooks = _load_codebooks(self.teal_config, self.config.model)
+        tokens = jnp.asarray(batch["tokens"])[:, :-1]
+        variables = teal_lib.init_teal(self.model, rng, tokens, codebooks)
+        params = variables["params"]
+        if self._base:
+            kind, base = self._base
+            params = teal_lib.merge_lm_params(params, base if kind == "lm" else base["lm"])
+            if kind == "teal":
+                params = teal_lib.merge_nontext_params(params, base)
+        if not self._printed:
+            self._printed = True
+            unboxed = nn.unbox(params)
+            counts = teal_lib.param_counts(unboxed, teal_lib.trainable_mask(unboxed, self.stage))
+            print(f"TEAL parameters (stage {self.stage}):\n" + teal_lib.format_param_counts(counts))
+        return {"model": params}, {}
+
+    def trainable(self, params):
+        return {"model": teal_lib.trainable_mask(params["model"], self.stage)}
+
+    def _forward(self, params, batch):
+        tokens = batch["tokens"]
+        seg, pos = batch.get("segment_ids"), batch.get("positions")
+        return self.model.apply({"params": params["model"]}, tokens[:, :-1],
+                                None if pos is None else pos[:, :-1], None if seg is None else seg[:, :-1])
+
+    def grads(self, params, model_state, batch, rng, step):
+        def loss_fn(p):
+            return teal_loss(self._forward(p, batch), batch, self.vocab, self.loss_weights, self.z_loss)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return grads, model_state, metrics
+
+    def eval_metrics(self, params, model_state, batch):
+        _, metrics = teal_loss(self._forward(params, batch), batch, self.vocab, self.loss_weights, 0.0)
+        metrics = dict(metrics)
+        metrics["loss"] = metrics.pop("nll")
+        return metrics
+
+    # ---- data --------------------------------------------------------------------------------------------------
+    def make_data(self, split, *, batch_size, process_index, process_count):
+        seed = self.config.seed + (0 if split == "train" else 1_000_003)
+        return SyntheticTealTasks(self.vocab, self.config.data, batch_size=batch_size, seq_len=self.seq_len + 1,
+                                  seed=seed, process_index=process_index)
+
+    def tokens_per_example(self, batch) -> int:
+        return self.seq_len
+
+    def flops_per_example(self, batch) -> float:
+        lm = self.teal_config.lm
+        head = 6.0 * lm.embed_dim * self.vocab.nontext_size  # the non-text output head (forward + backward)
+        return self.seq_len * (lm.flops_per_token(self.seq_len) + head)
