@@ -182,3 +182,24 @@ def test_codebook_init_from_files(tmp_path):
     np.testing.assert_array_equal(params["image_codebook"], img)
     np.testing.assert_array_equal(params["audio_codebook"], aud.reshape(32, 3))
     assert obj.trainable({"model": params})["model"]["image_codebook"] is False
+
+
+def test_base_lm_from_hf_llama_directory(tmp_path):
+    from teal_jax.convert.llama import export_llama
+    from teal_jax.models.transformer import TransformerConfig, TransformerLM
+
+    c = TO.synthetic_config()
+    lm_cfg = TransformerConfig.from_config(c.model.lm, dtype="float32")
+    rng = np.random.default_rng(0)
+    shapes = jax.eval_shape(lambda: nn.unbox(TransformerLM(lm_cfg).init(
+        jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]))
+    lm_params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+    export_llama(lm_cfg, lm_params, str(tmp_path / "hf"))
+    c.model.base_lm_hf = str(tmp_path / "hf")
+    obj = TO.TealObjective(c)
+    batch = next(obj.make_data("train", batch_size=2, process_index=0, process_count=1))
+    params = nn.unbox(jax.jit(obj.init)(jax.random.key(0), batch)[0])["model"]
+    jax.tree.map(np.testing.assert_array_equal, params["lm"], lm_params)
+    c.model.lm.rope_theta = 500.0  # a different architecture is refused, naming the field
+    with pytest.raises(ValueError, match="rope_theta"):
+        jax.eval_shape(TO.TealObjective(c).init, jax.random.key(0), batch)

@@ -239,7 +239,19 @@ class SyntheticTealTasks(DataIterator):
 
 
 # ---- base weights ------------------------------------------------------------------------------------------------
-def _load_base(model_cfg: ml_collections.ConfigDict) -> tuple[str, Any] | None:
+# Fields that change what the weights compute; the rest (dtype, remat, attention kernel, cache length) may differ.
+_ARCH_FIELDS = ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+                "rope_theta", "norm_eps", "qk_norm", "tie_embeddings")
+
+
+def check_same_architecture(base: TransformerConfig, ours: TransformerConfig, source: str) -> None:
+    diff = [f"{f}: base {getattr(base, f)!r} vs config.model.lm {getattr(ours, f)!r}" for f in _ARCH_FIELDS
+            if getattr(base, f) != getattr(ours, f)]
+    if diff:
+        raise ValueError(f"the base LM at {source} does not match config.model.lm: " + "; ".join(diff))
+
+
+def _load_base(model_cfg: ml_collections.ConfigDict, ours: TransformerConfig) -> tuple[str, Any] | None:
     """('lm', lm_params) or ('teal', teal_params) from the configured base, or None."""
     workdir, hf = model_cfg.get("base_lm_workdir"), model_cfg.get("base_lm_hf")
     if workdir and hf:
@@ -252,14 +264,15 @@ def _load_base(model_cfg: ml_collections.ConfigDict) -> tuple[str, Any] | None:
         if kind not in ("lm", "teal"):
             raise ValueError(f"config.model.base_lm_workdir={workdir!r} holds a {kind!r} checkpoint, "
                              "expected 'lm' or 'teal'")
+        lm_fields = base_cfg.model if kind == "lm" else base_cfg.model.lm
+        check_same_architecture(TransformerConfig.from_config(lm_fields), ours, workdir)
         return kind, params["model"]
     if hf:
-        from teal_jax.convert.llama import import_llama  # written by the conversion work; imported lazily
+        from teal_jax.convert.llama import import_llama  # imported lazily: only HF runs need it
 
-        result = import_llama(hf)
-        if isinstance(result, tuple):  # (config, params) or (params, config): take the parameter tree
-            result = next(r for r in result if isinstance(r, dict) and "layers" in r)
-        return "lm", result
+        base_cfg, params = import_llama(hf)
+        check_same_architecture(base_cfg, ours, hf)
+        return "lm", params
     return None
 
 
@@ -303,13 +316,23 @@ class TealObjective(Objective):
         self._base: Any = False  # False: not loaded yet
         self._printed = False
 
+    def _load_host_arrays(self) -> None:
+        """Reads the base LM and codebooks once, on the host. ``init`` may run under jit/eval_shape, where file
+        readers that build jax arrays (safetensors' flax mode) would be traced: evaluate them eagerly."""
+        with jax.ensure_compile_time_eval():
+            if self._base is False:
+                self._base = _load_base(self.config.model, self.teal_config.lm)
+            if self._codebooks is None:
+                self._codebooks = _load_codebooks(self.teal_config, self.config.model)
+
+    def prepare(self, workdir: str) -> None:
+        super().prepare(workdir)
+        self._load_host_arrays()
+
     # ---- model -------------------------------------------------------------------------------------------------
     def init(self, rng, batch):
-        if self._base is False:
-            self._base = _load_base(self.config.model)
+        self._load_host_arrays()
         codebooks = self._codebooks
-        if codebooks is None:
-            codebooks = _load_codebooks(self.teal_config, self.config.model)
         tokens = jnp.asarray(batch["tokens"])[:, :-1]
         variables = teal_lib.init_teal(self.model, rng, tokens, codebooks)
         params = variables["params"]
