@@ -81,7 +81,9 @@ def test_trainer_run_checkpoint_tokenizer_and_samples(tmp_path):
     from teal_jax.tokenizers.image import ImageTokenizer
     from teal_jax.train.trainer import train
 
-    c = _small("smoke")
+    c = _small("smoke,gan")
+    c.model.disc.start_step = 1  # the discriminator group trains from the second step
+    c.optimizers.disc = dict(lr=5e-4, weight_decay=0.0)
     c.train.steps = 3
     c.train.log_every = 1
     c.train.eval_every = 3
@@ -93,7 +95,13 @@ def test_trainer_run_checkpoint_tokenizer_and_samples(tmp_path):
     for k in ("eval_heldout_psnr", "eval_heldout_ssim", "eval_heldout_usage", "eval_heldout_perplexity"):
         assert np.isfinite(out[k]), k
     assert out["eval_heldout_images"] == 256.0
+    # two parameter groups, each with its own optimizer and learning rate
+    assert out["lr/disc"] != out["lr/model"] and np.isfinite(out["d_loss"]) and out["disc_weight"] > 0
     assert os.path.exists(tmp_path / "samples" / "recon_000003.png")
+    from teal_jax.checkpoint import load_params
+
+    _, params, _ = load_params(str(tmp_path))
+    assert set(params) == {"model", "disc"}
     tok = ImageTokenizer.from_checkpoint(str(tmp_path))
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32), dtype=np.uint8)
     codes = tok.encode(images)
