@@ -22,13 +22,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 from ml_collections import config_dict
 
 from teal_jax.data import text_corpus
-from teal_jax.data.pipeline import PackedBatches, text_dataset
+
+if TYPE_CHECKING:
+    from teal_jax.data.pipeline import PackedBatches
 
 MANIFEST = "lm_data.json"
 SPLITS = ("train", "eval")
@@ -196,6 +198,8 @@ def make_lm_iterator(
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: the LM dataset has splits {SPLITS}")
     import tensorflow_datasets as tfds
+
+    from teal_jax.data.pipeline import PackedBatches, text_dataset
 
     paths = prepare_lm_data(data_config, workdir, data_dir=data_dir, verbose=process_index == 0)
     if split == "eval" and float(_get(data_config, "eval_fraction")) <= 0:

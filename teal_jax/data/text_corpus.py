@@ -234,6 +234,13 @@ def write_corpus(path: str, num_docs: int, seed: int = 0) -> str:
     return path
 
 
+def arithmetic_probes(max_operand: int = 10) -> list[tuple[str, str]]:
+    """``("three plus four is", "seven")`` pairs for every a, b in [0, max_operand]: an evaluation of what an LM
+    trained on this corpus learned (greedy continuation should start with the answer)."""
+    w = number_to_words
+    return [(f"{w(a)} plus {w(b)} is", w(a + b)) for a in range(max_operand + 1) for b in range(max_operand + 1)]
+
+
 # ---- reading corpus files ------------------------------------------------------------------------------------------
 CORPUS_SUFFIXES = (".jsonl", ".txt")
 
