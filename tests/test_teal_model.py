@@ -144,18 +144,18 @@ def test_codebook_init_rows_equal_projection_of_codebook():
     params = nn.unbox(jax.jit(lambda r, t: T.init_teal(model, r, t, cb))(jax.random.key(0), toks)["params"])
     np.testing.assert_array_equal(params["image_codebook"], cb["image"])
     np.testing.assert_array_equal(params["audio_codebook"], cb["audio"][:2].reshape(24, 5))
-    for m, flat in (("image", cb["image"]), ("audio", cb["audio"][:2].reshape(24, 5))):
-        rows = np.asarray(_apply(model, params, method=lambda mod: mod.nontext_rows(m)))
+    ids = jnp.asarray([[VOCAB.image_offset + 7, VOCAB.audio_offset + 12 + 3]])
+    # One compiled call: both modalities' rows and the input embedding of one image id and one audio id.
+    rows_img, rows_aud, emb = (np.asarray(x) for x in _apply(
+        model, params, ids, method=lambda mod, t: (mod.nontext_rows("image"), mod.nontext_rows("audio"),
+                                                   mod.embed(t))))
+    for m, flat, rows in (("image", cb["image"], rows_img), ("audio", cb["audio"][:2].reshape(24, 5), rows_aud)):
         k = np.asarray(params[f"{m}_proj"]["kernel"], np.float64)
         b = np.asarray(params[f"{m}_proj"]["bias"], np.float64)
         # float64 reference; float32 matmul at 'highest' precision: 1e-6 absolute on O(0.02) values.
         np.testing.assert_allclose(rows, flat.astype(np.float64) @ k + b, rtol=1e-5, atol=1e-6)
         assert np.abs(rows).max() > 0  # the projection is not degenerate
-    # The input embedding of an image id is its codebook row's projection.
-    ids = jnp.asarray([[VOCAB.image_offset + 7, VOCAB.audio_offset + 12 + 3]])
-    emb = np.asarray(_apply(model, params, ids, method=T.TealLM.embed))
-    rows_img = np.asarray(_apply(model, params, method=lambda mod: mod.nontext_rows("image")))
-    rows_aud = np.asarray(_apply(model, params, method=lambda mod: mod.nontext_rows("audio")))
+    # The input embedding of an image/audio id is its codebook row's projection.
     np.testing.assert_array_equal(emb[0, 0], rows_img[7])
     np.testing.assert_array_equal(emb[0, 1], rows_aud[15])
     with pytest.raises(ValueError, match="image codebook shape"):

@@ -183,19 +183,22 @@ def init_teal(model: TealLM, rng: Array, tokens: Array, codebooks: Mapping[str, 
     'audio': ...} (see :func:`codebook_array`); required for each present modality when embedding_init='codebook'.
     """
     cfg = model.config
-    variables = model.init(rng, tokens)
     if cfg.embedding_init != "codebook":
         if codebooks:
             raise ValueError("codebooks were given but model.embedding_init='random'")
-        return variables
-    params = dict(variables["params"])
+        return model.init(rng, tokens)
     codebooks = dict(codebooks or {})
-    for m in NONTEXT_MODALITIES:
+    values = {}
+    for m in NONTEXT_MODALITIES:  # validate before the (possibly slow) init
         if not cfg.rows(m):
             continue
         if m not in codebooks:
             raise ValueError(f"embedding_init='codebook' needs the {m} tokenizer codebook (codebooks['{m}'])")
-        value = jnp.asarray(codebook_array(cfg, m, codebooks[m]))
+        values[m] = codebook_array(cfg, m, codebooks[m])
+    variables = model.init(rng, tokens)
+    params = dict(variables["params"])
+    for m, value in values.items():
+        value = jnp.asarray(value)
         box = params[f"{m}_codebook"]
         params[f"{m}_codebook"] = box.replace_boxed(value) if isinstance(box, nn.meta.AxisMetadata) else value
     return {**variables, "params": params}
