@@ -9,8 +9,8 @@ What comes back depends on what the workdir trained (``config.objective``):
 
 from __future__ import annotations
 
-import glob
 import importlib
+import json
 import os
 from collections.abc import Sequence
 
@@ -31,13 +31,17 @@ _LOADERS = {
 
 
 def find_tokenizer_model(workdir: str, config) -> str | None:
-    """The SentencePiece model a text run used: config.data.tokenizer_model, else the one prepared in the workdir."""
+    """The SentencePiece model a text run used: config.data.tokenizer_model, else the one its data preparation
+    recorded in ``<data_dir>/lm_data.json``."""
     path = config.data.get("tokenizer_model") if "data" in config else None
     if path:
         return path
     data_dir = (config.data.get("data_dir") if "data" in config else None) or os.path.join(workdir, "data")
-    found = sorted(glob.glob(os.path.join(data_dir, "**", "*.model"), recursive=True))
-    return found[0] if found else None
+    manifest = os.path.join(data_dir, "lm_data.json")
+    if os.path.isfile(manifest):
+        with open(manifest) as f:
+            return json.load(f).get("tokenizer_model")
+    return None
 
 
 class LanguageModel:

@@ -3,9 +3,8 @@
 Variants (``--config=configs/lm/tiny.py:synthetic``): ``synthetic`` trains on random tokens (no dataset to build).
 """
 
-from ml_collections import config_dict
-
 from teal_jax.config import base_config
+from teal_jax.data import lm as lm_data
 
 
 def get_config(arg: str | None = None):
@@ -27,13 +26,10 @@ def get_config(arg: str | None = None):
     c.model.remat_policy = "none"
     c.model.max_decode_len = 256
 
+    c.data = lm_data.default_data_config()  # every data field, so each can be overridden on the command line
     c.data.kind = "synthetic" if arg == "synthetic" else "text"
-    c.data.corpus = "generated"
-    c.data.text_field = "text"
     c.data.num_docs = 20_000
     c.data.vocab_size = c.model.vocab_size
-    c.data.tokenizer_model = config_dict.placeholder(str)  # None: train one
-    c.data.data_dir = config_dict.placeholder(str)  # None: <workdir>/data
     c.data.seq_len = 128
     c.data.eval_fraction = 0.02
 

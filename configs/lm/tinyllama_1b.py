@@ -5,9 +5,8 @@ Variants: ``synthetic`` (random tokens: benchmarks), ``hf=/path/to/hf_dir`` is n
 bf16 compute, fp32 params and Adam state, remat of everything but weight matmuls.
 """
 
-from ml_collections import config_dict
-
 from teal_jax.config import base_config
+from teal_jax.data import lm as lm_data
 
 
 def get_config(arg: str | None = None):
@@ -29,13 +28,10 @@ def get_config(arg: str | None = None):
     c.model.remat_policy = "dots_no_batch"
     c.model.max_decode_len = 2048
 
+    c.data = lm_data.default_data_config()  # every data field, so each can be overridden on the command line
     c.data.kind = "synthetic" if arg == "synthetic" else "text"
-    c.data.corpus = "generated"
-    c.data.text_field = "text"
     c.data.num_docs = 200_000
     c.data.vocab_size = c.model.vocab_size
-    c.data.tokenizer_model = config_dict.placeholder(str)  # None: train one
-    c.data.data_dir = config_dict.placeholder(str)  # None: <workdir>/data
     c.data.seq_len = 2048
     c.data.eval_fraction = 0.01
 
