@@ -95,7 +95,11 @@ def time_torch(cfg: TransformerConfig, batch: int, seq: int, steps: int, warmup:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    return {"step_s": elapsed / steps, "peak_bytes": peak, "loss": float(loss.detach())}
+    result = {"step_s": elapsed / steps, "peak_bytes": peak, "loss": float(loss.detach())}
+    model = opt = tokens = loss = step = None  # drop every reference so the memory can be released
+    if device == "cuda":
+        torch.cuda.empty_cache()  # hand the memory back before JAX claims its pool
+    return result
 
 
 def report(name: str, r: dict, tokens_per_step: int, flops_per_token: float, n_dev: int, peak) -> float:
@@ -133,20 +137,21 @@ def main():
         config.model.attention_impl = args.attention
     cfg = TransformerConfig.from_config(config.model, dtype=config.train.compute_dtype)
     batch, seq = config.train.batch_size, config.data.seq_len
+    fpt = cfg.flops_per_token(seq)
+    # torch runs first: JAX reserves most of the GPU's memory once its backend starts.
+    theirs = (time_torch(cfg, batch, seq, args.steps, args.warmup, args.torch_checkpointing) if args.torch
+              else None)
     n_dev = jax.device_count()
     peak = metrics_lib.peak_flops_per_device()
-    fpt = cfg.flops_per_token(seq)
     print(f"{args.config}: {cfg.num_params / 1e6:.1f}M params, batch {batch} x seq {seq}, "
           f"{config.train.compute_dtype}, remat {cfg.remat_policy}, attention {cfg.attention_implementation}, "
           f"{n_dev} x {jax.devices()[0].device_kind}")
     print(f"MFU = tokens/s x {fpt / 1e9:.3f} GFLOP/token / ({n_dev} x {peak or 0:.3g} FLOP/s); "
           "FLOP/token = 6 N_matmul + 12 L T H hd")
     ours = report("jax", time_jax(config, args.steps, args.warmup), batch * seq, fpt, n_dev, peak)
-    if args.torch:
-        theirs = report("torch", time_torch(cfg, batch, seq, args.steps, args.warmup, args.torch_checkpointing),
-                        batch * seq, fpt, 1, peak)
-        print(f"ratio jax/torch tokens/s: {ours / theirs:.2f}")
-
+    if theirs is not None:
+        theirs_tps = report("torch", theirs, batch * seq, fpt, 1, peak)
+        print(f"ratio jax/torch tokens/s: {ours / theirs_tps:.2f}")
 
 if __name__ == "__main__":
     np.set_printoptions(precision=4)
