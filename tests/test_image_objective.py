@@ -32,14 +32,18 @@ def gan_setup():
     obj = ImageVQObjective(c)
     batch = {"image": np.random.default_rng(0).integers(0, 256, (4, 32, 32, 1), dtype=np.uint8)}
     params, mstate = jax.jit(obj.init)(jax.random.key(0), batch)
-    return obj, nn.unbox(params), nn.unbox(mstate), batch
+    grads_fn = jax.jit(obj.grads)  # shared by the tests below: one compilation, any step value
+    return obj, nn.unbox(params), nn.unbox(mstate), batch, grads_fn
 
 
 def test_gan_grads_and_adaptive_weight(gan_setup):
-    obj, params, mstate, batch = gan_setup
+    obj, params, mstate, batch, grads_fn = gan_setup
     assert set(params) == {"model", "disc"} and "quantizer_state" in mstate  # restart bookkeeping
     rng, step = jax.random.key(1), jnp.asarray(7, jnp.int32)
-    grads, new_state, m = jax.jit(obj.grads)(params, mstate, batch, rng, step)
+    grads, new_state, m = grads_fn(params, mstate, batch, rng, step)
+    # the restart bookkeeping advanced: codes unused in this batch are one step older
+    unused = new_state["quantizer_state"]["quantizer"]["unused_steps"]
+    assert int(unused.max()) == 1 and int(unused.min()) == 0
     assert jax.tree.structure(grads) == jax.tree.structure(params)
 
     # independent computation: two separate gradients, lambda from their last-layer norms
@@ -70,14 +74,14 @@ def test_gan_grads_and_adaptive_weight(gan_setup):
 
 
 def test_gan_is_off_before_start_step(gan_setup):
-    obj, params, mstate, batch = gan_setup
-    grads, _, m = jax.jit(obj.grads)(params, mstate, batch, jax.random.key(1), jnp.asarray(2, jnp.int32))
+    obj, params, mstate, batch, grads_fn = gan_setup
+    grads, _, m = grads_fn(params, mstate, batch, jax.random.key(1), jnp.asarray(2, jnp.int32))
     assert float(m["disc_weight"]) == 0.0 and float(m["d_loss"]) == 0.0
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["disc"]))
     np.testing.assert_allclose(float(m["loss"]), float(m["recon_loss"] + m["quantizer_loss"]), rtol=1e-6)
 
 
-def test_trainer_run_checkpoint_tokenizer_and_samples(tmp_path):
+def test_trainer_run_checkpoint_tokenizer_and_samples(tmp_path, devices):
     from teal_jax.tokenizers.image import ImageTokenizer
     from teal_jax.train.trainer import train
 
@@ -91,7 +95,7 @@ def test_trainer_run_checkpoint_tokenizer_and_samples(tmp_path):
     c.train.checkpoint_every = 3
     c.train.async_checkpoints = False
     c.mesh.shape = (-1, 1, 1)
-    out = train(c, str(tmp_path))
+    out = train(c, str(tmp_path), devices=devices[:2])  # batch sharded over 2 devices (cheaper than 8 on CPU)
     for k in ("eval_heldout_psnr", "eval_heldout_ssim", "eval_heldout_usage", "eval_heldout_perplexity"):
         assert np.isfinite(out[k]), k
     assert out["eval_heldout_images"] == 256.0
@@ -106,4 +110,3 @@ def test_trainer_run_checkpoint_tokenizer_and_samples(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32), dtype=np.uint8)
     codes = tok.encode(images)
     assert codes.shape == (2, 16, 16) and int(codes.max()) < tok.vocab_size == 200
-    assert tok.decode(codes).shape == (2, 32, 32, 1)
