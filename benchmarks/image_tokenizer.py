@@ -64,7 +64,8 @@ def bench_config(config_path: str, arg: str | None, batch: int, iters: int, dtyp
     codes = tok.encode(images)
     t_enc = _time(tok.encode, images, iters=iters)
     t_dec = _time(tok.decode, codes, iters=iters)
-    print(f"[ours] {config_path}{':' + arg if arg else ''} {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} "
+    name = f"checkpoint {workdir}" if workdir else f"{config_path}{':' + arg if arg else ''}"
+    print(f"[ours] {name} {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} "
           f"-> {cfg.token_grid} tokens, dtype {cfg.dtype}, batch {batch} on {jax.devices()[0].device_kind}: "
           f"encode {batch / t_enc:.1f} images/s, decode {batch / t_dec:.1f} images/s")
     return {"encode_images_per_s": batch / t_enc, "decode_images_per_s": batch / t_dec}
