@@ -41,6 +41,24 @@ def _pad1d(x: Array, left: int, right: int, mode: str) -> Array:
     return y[:, : y.shape[1] - extra]
 
 
+def conv1d(x: Array, w: Array, stride: int = 1, dilation: int = 1) -> Array:
+    """VALID 1-D correlation ``x [b, t, i]`` * ``w [k, i, o]`` -> ``[b, (t - (k-1)d - 1) // stride + 1, o]``.
+
+    Stride-1 convs with many channels (in * out >= 2048) run as one matmul over stacked shifted slices (im2col):
+    XLA's CPU convolution computes their kernel gradient up to 50x slower (1.6 s vs 0.03 s for
+    [16, 1000, 32] x [2, 32, 128]); thin full-rate and strided convs are faster with ``lax.conv``.
+    """
+    k = w.shape[0]
+    if stride != 1 or w.shape[1] * w.shape[2] < 2048:
+        return jax.lax.conv_general_dilated(x, w, (stride,), "VALID", rhs_dilation=(dilation,),
+                                            dimension_numbers=("NWC", "WIO", "NWC"))
+    t_out = (x.shape[1] - (k - 1) * dilation - 1) // stride + 1
+    if k == 1:
+        return jnp.einsum("bti,io->bto", x[:, : (t_out - 1) * stride + 1 : stride], w[0])
+    cols = jnp.stack([x[:, j * dilation : j * dilation + (t_out - 1) * stride + 1 : stride] for j in range(k)], 2)
+    return jnp.einsum("btki,kio->bto", cols, w)
+
+
 def conv_padding(length: int, kernel: int, stride: int, dilation: int, causal: bool) -> tuple[int, int]:
     """EnCodec's (left, right) padding of a strided conv for an input of ``length`` samples."""
     k = (kernel - 1) * dilation + 1
@@ -90,9 +108,7 @@ class Conv1d(nn.Module):
                        (self.features,), self.param_dtype)
         left, right = conv_padding(x.shape[1], self.kernel_size, self.stride, self.dilation, self.causal)
         x = _pad1d(x, left, right, self.pad_mode)
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), w.astype(self.dtype), (self.stride,), "VALID", rhs_dilation=(self.dilation,),
-            dimension_numbers=("NWC", "WIO", "NWC"))
+        y = conv1d(x.astype(self.dtype), w.astype(self.dtype), self.stride, self.dilation)
         return y + b.astype(self.dtype)
 
 
@@ -125,11 +141,16 @@ class ConvTranspose1d(nn.Module):
             w = self.param("kernel", nn.with_logical_partitioning(init, names), shape, self.param_dtype)
         b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
                        (self.features,), self.param_dtype)
-        # y[t] = sum_{s, j: t = s*stride + j} x[s] w[j]: dilate the input by the stride, pad k-1 on both sides and
-        # correlate with the kernel flipped in time. Full output length (T-1)*stride + k.
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), jnp.flip(w, 0).astype(self.dtype), (1,), [(k - 1, k - 1)],
-            lhs_dilation=(self.stride,), dimension_numbers=("NWC", "WIO", "NWC"))
+        # y[t] = sum_{s, j: t = s*stride + j} x[s] w[j], full length (T-1)*stride + k. Polyphase form (much faster
+        # on CPU than a conv over a stride-dilated input): with k padded to a*stride and t = m*stride + r,
+        # y[m*stride + r] = sum_{d<a} x[m - d] w[d*stride + r]: one ordinary conv with a taps and stride*out
+        # output channels (phase-major), then interleave the phases.
+        s_, a = self.stride, -(-k // self.stride)
+        w_pad = jnp.pad(w, ((0, a * s_ - k), (0, 0), (0, 0))).reshape(a, s_, c_in, self.features)
+        kern = jnp.flip(w_pad, 0).transpose(0, 2, 1, 3).reshape(a, c_in, s_ * self.features)
+        xp = jnp.pad(x.astype(self.dtype), ((0, 0), (a - 1, a - 1), (0, 0)))
+        y = conv1d(xp, kern.astype(self.dtype))
+        y = y.reshape(y.shape[0], y.shape[1] * s_, self.features)[:, : (x.shape[1] - 1) * s_ + k]
         y = y + b.astype(self.dtype)
         total = k - self.stride
         right = math.ceil(total * self.trim_right_ratio) if self.causal else total // 2

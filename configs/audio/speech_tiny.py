@@ -1,0 +1,69 @@
+"""Tiny speech codec for the espeak-ng spoken-words data at 16 kHz: trains on a 2-core CPU in under 15 minutes.
+
+16 kHz, encoder strides 8, 5, 4 (hop 160 -> 100 frames/s), 16 base filters, no LSTM, 4 RVQ levels x 64 codes
+(factorised 8-d euclidean codes, dead-code restart, quantizer dropout 0.5 so one model serves 0.6-2.4 kbit/s),
+0.5 s crops, spectral losses only (no discriminator: it costs more than the 2 cores can give).
+Variants (``--config=configs/audio/speech_tiny.py:VARIANT``, comma-separated):
+  ``gan``  : adds the multi-scale STFT discriminator (hinge + feature matching) from step 400.
+  ``smoke``: 10 steps on the 'tiny' data config, for tests.
+"""
+
+from teal_jax.config import base_config
+
+
+def get_config(arg: str | None = None):
+    variants = set((arg or "").split(",")) - {""}
+    unknown = variants - {"gan", "smoke"}
+    if unknown:
+        raise ValueError(f"speech_tiny: unknown variant(s) {sorted(unknown)}; known: gan, smoke")
+    smoke = "smoke" in variants
+    c = base_config()
+    c.objective = "audio_codec"
+    m = c.model
+    m.sample_rate = 16000
+    m.channels = 1
+    m.num_filters = 16
+    m.hidden_size = 64
+    m.ratios = (4, 5, 8)  # decoder order; the encoder downsamples by 8, 5, 4
+    m.num_residual_layers = 1
+    m.num_lstm_layers = 0
+    m.causal = False
+    m.pad_mode = "reflect"
+    m.activation = "elu"
+    m.num_levels = 4
+    m.codebook_size = 64
+    m.code_dim = 8
+    m.l2_normalize = False  # True gives NaN gradients on silent (all-zero) latents: see docs/audio_codec.md
+    m.restart_after = 20
+    m.quantizer_dropout = 0.5
+    m.beta = 0.25
+    m.loss = dict(mel_weight=1.0, stft_weight=1.0, l1_weight=0.1, quantizer_weight=1.0)
+    m.disc = dict(enabled="gan" in variants, n_ffts=(256, 512, 1024), channels=16, periods=(), loss="hinge",
+                  start_step=400, adv_weight=1.0, fm_weight=1.0)
+
+    c.data.kind = "spoken_words"
+    c.data.config = "tiny" if smoke else "small"
+    c.data.data_dir = ""  # "" = <workdir>/data
+    c.data.crop_seconds = 0.5
+    c.data.eval_crop_seconds = 1.0
+    c.data.classifier_steps = 50 if smoke else 500
+    c.data.wav_samples = 4
+
+    c.train.steps = 10 if smoke else 1200
+    c.train.batch_size = 8 if smoke else 16
+    c.train.log_every = 5 if smoke else 50
+    c.train.eval_every = 10 if smoke else 1200
+    c.train.eval_batches = 2
+    c.train.checkpoint_every = 10 if smoke else 400
+    c.train.compute_dtype = "float32"  # CPUs have no fast bf16
+
+    c.optimizer.lr = 2e-3
+    c.optimizer.warmup_steps = 50
+    c.optimizer.decay = "cosine"
+    c.optimizer.end_lr_ratio = 0.05
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.b1 = 0.8
+    c.optimizer.b2 = 0.99
+    c.optimizer.clip_norm = 1.0
+    c.optimizers.disc = dict(lr=2e-4, weight_decay=0.0)
+    return c
