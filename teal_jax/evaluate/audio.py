@@ -81,7 +81,7 @@ def stft_distance(x: Array, y: Array, resolutions: Sequence[tuple[int, int]] = (
     total = 0.0
     for n_fft, hop in resolutions:
         sx, sy = stft_magnitude(x, n_fft, hop), stft_magnitude(y, n_fft, hop)
-        sc = jnp.sqrt(jnp.sum((sx - sy) ** 2)) / jnp.sqrt(jnp.sum(sx**2) + 1e-12)
+        sc = jnp.sqrt(jnp.sum((sx - sy) ** 2) + 1e-12) / jnp.sqrt(jnp.sum(sx**2) + 1e-12)  # eps: finite grad at x == y
         total = total + sc + jnp.mean(jnp.abs(jnp.log(sx) - jnp.log(sy)))
     return total / len(resolutions)
 

@@ -1,0 +1,179 @@
+"""Audio tokenizer / de-tokenizer: a trained (or imported) :class:`Codec` plus pre- and post-processing.
+
+``encode(waveform, sample_rate) -> (codes int32 [batch, frames, levels], frame_lengths int32 [batch])`` and
+``decode(codes, frame_lengths=None) -> (float32 [batch, samples], sample_lengths int32 [batch])``; the codec calls
+are ``jax.jit``-compiled and batched.
+
+Accepted waveforms: one clip ``[samples]``, a stereo clip ``[samples, 2]`` (only when ``channels_last=True``), a
+batch ``[batch, samples]`` / ``[batch, samples, channels]``, or a list of 1-D/2-D clips of different lengths
+(ragged: zero-padded to the longest; the returned lengths say how many frames/samples are real). int16 input is
+scaled by 1/32768, float input must lie in [-1, 1]; channels are averaged to mono; other sample rates are
+resampled (windowed sinc) to the codec's. Clips longer than ``chunk_seconds`` are encoded in chunks of whole
+frames (each chunk sees its own padding: with a non-causal model the codes at chunk seams differ slightly from a
+one-pass encoding). Empty audio, NaN/Inf samples, a truncated or non-audio file each raise a ValueError naming it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from teal_jax.audio_io import read_wav, resample
+from teal_jax.models.codec import Codec, CodecConfig
+
+
+class AudioTokenizer:
+    """Holds ``(config, params[, model_state])`` of a :class:`Codec`.
+
+    Args:
+      config: a :class:`CodecConfig`, or the ``model`` ConfigDict of an ``audio_codec`` config.
+      params: the codec's parameters (``params['model']`` of a train state, or :func:`load_encodec`'s output).
+      model_state: non-parameter collections (``{'quantizer_state': ...}``: EMA codebooks, restart offsets).
+      num_levels: RVQ levels to emit (a bitrate choice; default all).
+      chunk_seconds: longest audio encoded in one pass.
+    """
+
+    def __init__(self, config: CodecConfig | ml_collections.ConfigDict | dict, params: Any,
+                 model_state: dict | None = None, *, num_levels: int | None = None, chunk_seconds: float = 30.0):
+        if not isinstance(config, CodecConfig):
+            config = CodecConfig.from_config(config, dtype="float32")
+        self.config = config
+        self.model = Codec(config)
+        self.variables = {"params": params, **(model_state or {})}
+        self.num_levels = config.num_levels if num_levels is None else int(num_levels)
+        if not 1 <= self.num_levels <= config.num_levels:
+            raise ValueError(f"num_levels={num_levels} must be in [1, {config.num_levels}]")
+        hop = config.hop_length
+        self.chunk_samples = max(1, int(chunk_seconds * config.sample_rate) // hop) * hop
+        n = self.num_levels
+        self._encode = jax.jit(lambda v, x: self.model.apply(v, x[..., None], n, method=Codec.encode))
+        self._decode = jax.jit(lambda v, c: self.model.apply(v, c, method=Codec.decode_codes)[..., 0])
+
+    @classmethod
+    def from_checkpoint(cls, workdir: str, step: int | None = None, **kwargs) -> AudioTokenizer:
+        """Loads the newest (or ``step``) checkpoint of an ``audio_codec`` training run in ``workdir``."""
+        from teal_jax import checkpoint
+
+        config, params, model_state = checkpoint.load_params(workdir, step)
+        if config.objective != "audio_codec":
+            raise ValueError(f"{workdir}: checkpoint of objective {config.objective!r}, expected 'audio_codec'")
+        return cls(config.model, params["model"], model_state or None, **kwargs)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.config.frame_rate
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    # ---- input handling ------------------------------------------------------------------------------------
+    def _clip(self, a, sample_rate: int, name: str, channels_last: bool) -> np.ndarray:
+        """One clip -> float32 mono [samples] at the codec's rate."""
+        a = np.asarray(a)
+        if a.dtype.kind not in "iuf":
+            raise ValueError(f"{name}: audio must be int16 or float, got dtype {a.dtype}")
+        if a.ndim == 2:
+            a = a.mean(axis=1) if channels_last else a.mean(axis=0)
+        elif a.ndim != 1:
+            raise ValueError(f"{name}: expected [samples] or [samples, channels] audio, got shape {a.shape}")
+        if a.size == 0:
+            raise ValueError(f"{name}: empty audio (0 samples)")
+        if a.dtype == np.int16:
+            x = a.astype(np.float32) / 32768.0
+        elif a.dtype.kind == "f":
+            x = a.astype(np.float32)
+            if not np.all(np.isfinite(x)):
+                bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+                raise ValueError(f"{name}: {bad} NaN/Inf sample(s)")
+            peak = float(np.max(np.abs(x)))
+            if peak > 1.0 + 1e-3:
+                raise ValueError(f"{name}: float audio must lie in [-1, 1], peak is {peak:.3g}")
+        else:
+            raise ValueError(f"{name}: integer audio must be int16, got {a.dtype}")
+        if sample_rate != self.sample_rate:
+            x = resample(x, sample_rate, self.sample_rate)
+        return x
+
+    def prepare(self, waveform, sample_rate: int, *, channels_last: bool = True
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Any accepted input -> (float32 [batch, samples] zero-padded, int32 sample lengths [batch])."""
+        if int(sample_rate) <= 0:
+            raise ValueError(f"sample_rate={sample_rate} must be positive")
+        if isinstance(waveform, (list, tuple)):
+            if not waveform:
+                raise ValueError("empty batch: no clips given")
+            clips = [self._clip(w, sample_rate, f"clip {i}", channels_last) for i, w in enumerate(waveform)]
+        else:
+            w = np.asarray(waveform)
+            if w.ndim == 1 or (w.ndim == 2 and channels_last and w.shape[1] <= 2 and w.shape[0] > 2):
+                clips = [self._clip(w, sample_rate, "waveform", channels_last)]
+            elif w.ndim in (2, 3):
+                if w.shape[0] == 0:
+                    raise ValueError("empty batch: no clips given")
+                clips = [self._clip(c, sample_rate, f"clip {i}", channels_last) for i, c in enumerate(w)]
+            else:
+                raise ValueError(f"waveform: expected [samples], [batch, samples] or [batch, samples, channels], "
+                                 f"got shape {w.shape}")
+        lengths = np.asarray([c.shape[0] for c in clips], np.int32)
+        out = np.zeros((len(clips), int(lengths.max())), np.float32)
+        for i, c in enumerate(clips):
+            out[i, : c.shape[0]] = c
+        return out, lengths
+
+    # ---- API -----------------------------------------------------------------------------------------------
+    def encode(self, waveform, sample_rate: int, *, channels_last: bool = True) -> tuple[jax.Array, np.ndarray]:
+        """Waveform(s) -> (codes ``int32 [batch, frames, levels]``, real frames per clip ``int32 [batch]``)."""
+        x, lengths = self.prepare(waveform, sample_rate, channels_last=channels_last)
+        frames = np.asarray([math.ceil(n / self.config.hop_length) for n in lengths], np.int32)
+        pieces = [self._encode(self.variables, jnp.asarray(x[:, s : s + self.chunk_samples]))
+                  for s in range(0, x.shape[1], self.chunk_samples)]
+        codes = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
+        return codes, frames
+
+    def decode(self, codes, frame_lengths: Sequence[int] | None = None) -> tuple[jax.Array, np.ndarray]:
+        """Codes ``int [batch, frames, n<=levels]`` -> (float32 ``[batch, frames * hop]``, real samples per clip).
+
+        Frames beyond ``frame_lengths[i]`` are padding: their samples are zeroed."""
+        c = codes if isinstance(codes, jax.Array) else np.asarray(codes)
+        if c.ndim != 3 or c.dtype.kind not in "iu":
+            raise ValueError(f"codes must be integer [batch, frames, levels], got {c.dtype} {c.shape}")
+        if not 1 <= c.shape[2] <= self.config.num_levels:
+            raise ValueError(f"codes have {c.shape[2]} levels; this codec has {self.config.num_levels}")
+        if c.shape[1] == 0:
+            raise ValueError("codes have 0 frames")
+        lo, hi = int(jnp.min(c)), int(jnp.max(c))
+        if lo < 0 or hi >= self.codebook_size:
+            raise ValueError(f"codes must lie in [0, {self.codebook_size}); got [{lo}, {hi}]")
+        hop = self.config.hop_length
+        fl = np.full((c.shape[0],), c.shape[1], np.int32) if frame_lengths is None else np.asarray(frame_lengths)
+        chunk = self.chunk_samples // hop
+        c = jnp.asarray(c, jnp.int32)
+        pieces = [self._decode(self.variables, c[:, s : s + chunk]) for s in range(0, c.shape[1], chunk)]
+        y = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
+        mask = jnp.arange(y.shape[1])[None, :] < jnp.asarray(fl * hop)[:, None]
+        return jnp.where(mask, y, 0.0), (fl * hop).astype(np.int32)
+
+    def encode_files(self, paths: Sequence[str | os.PathLike]) -> tuple[jax.Array, np.ndarray]:
+        """Reads WAV files (any PCM rate/channels) and encodes them as one ragged batch."""
+        if not paths:
+            raise ValueError("encode_files: no paths given")
+        clips, rates = [], []
+        for p in paths:
+            x, rate = read_wav(p)  # raises ValueError naming the file (missing, truncated, not a WAV)
+            if x.shape[0] == 0:
+                raise ValueError(f"{os.fspath(p)}: empty audio (0 samples)")
+            clips.append(resample(x.mean(axis=1), rate, self.sample_rate))
+            rates.append(rate)
+        return self.encode(clips, self.sample_rate)
