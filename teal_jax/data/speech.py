@@ -189,12 +189,12 @@ class RecordAdapter(grain.transforms.Map):
         if a.ndim != 1:
             raise ValueError(f"record[{self.audio_key!r}]: expected [samples] audio, got shape {a.shape}")
         if a.dtype.kind == "f":
-            x = a.astype(np.float32)
+            x = a.astype(np.float32) * 32768.0
         else:  # integer PCM, 16-bit range (tfds Audio decodes to int64 holding int16 values)
-            x = a.astype(np.float32) / 32768.0
+            x = a.astype(np.float32)
         if self.source_rate != self.sample_rate:
             x = resample(x, self.source_rate, self.sample_rate)
-        audio = np.round(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)
+        audio = np.clip(np.round(x), -32768, 32767).astype(np.int16)  # int16 input passes through unchanged
         label = int(record.get(self.label_key, -1)) if self.label_key else -1
         text = _as_text(record.get(self.text_key, "")) if self.text_key else ""
         return {"audio": audio, "label": np.int32(label), "text": text}
