@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 import transformers
 
@@ -21,6 +22,9 @@ SHAPES = {
     "gqa_tied": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=500_000.0),
     "mqa_bias": dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False, rope_theta=1_000.0,
                      attention_bias=True, mlp_bias=True),
+    # attention biases only: our use_bias gets zero MLP biases, which must not change the logits
+    "gqa_attn_bias": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                          rope_theta=20_000.0, attention_bias=True, mlp_bias=False),
 }
 
 
@@ -92,6 +96,11 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"mlp.gate_proj.weight.*shape \(48, 32\), expected \(64, 32\)"):
         import_llama(str(tmp_path / "hf"))
     cfg_path.write_text(json.dumps(good))
+    weights = safetensors.numpy.load_file(tmp_path / "hf" / "model.safetensors")
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    safetensors.numpy.save_file(weights, tmp_path / "hf" / "model.safetensors")
+    with pytest.raises(KeyError, match=r"'model.layers.1.mlp.up_proj.weight' is missing .* in .*hf"):
+        import_llama(str(tmp_path / "hf"))
     os.remove(tmp_path / "hf" / "model.safetensors")
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         import_llama(str(tmp_path / "hf"))

@@ -40,6 +40,62 @@ def test_kv_cache_prefill_and_steps_equal_full_forward(qk_norm, use_bias, tie):
     np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-5)
 
 
+def _greedy(cfg, params, prompt, segments, steps):
+    """Prefill prompt [B, P] (segment 0 = left padding), then greedy single steps -> logits [B, steps + 1, V]."""
+    dec = TransformerLM(cfg, decode=True)
+    cache = init_cache(dec, prompt.shape[0])
+    # Positions count real tokens only, so a left-padded prompt sees the same positions as the unpadded one.
+    pos = jnp.maximum(jnp.cumsum(segments, 1) - 1, 0)
+    logits, mut = dec.apply({"params": params, "cache": cache}, prompt, pos, segments, mutable=["cache"])
+    outs, last = [logits[:, -1]], pos[:, -1]
+    for _ in range(steps):
+        tok = jnp.argmax(outs[-1], -1)[:, None]
+        last = last + 1
+        logits, mut = dec.apply({"params": params, **mut}, tok, last[:, None], jnp.ones_like(tok), mutable=["cache"])
+        outs.append(logits[:, -1])
+    return jnp.stack(outs, 1)
+
+
+def test_left_padded_batch_decodes_like_each_example_alone():
+    tokens, params = _init(CFG)
+    lengths = (7, 4)
+    prompts = [tokens[i:i + 1, :n] for i, n in enumerate(lengths)]
+    p = max(lengths)
+    batch = jnp.concatenate([jnp.pad(x, ((0, 0), (p - x.shape[1], 0))) for x in prompts])
+    seg = jnp.asarray([[0] * (p - n) + [1] * n for n in lengths])
+    batched = _greedy(CFG, params, batch, seg, steps=4)
+    for i, x in enumerate(prompts):
+        alone = _greedy(CFG, params, x, jnp.ones_like(x), steps=4)
+        # float32: same math, padded keys masked out; 1e-5 absolute.
+        np.testing.assert_allclose(batched[i:i + 1], alone, atol=1e-5)
+
+
+def test_qk_norm_and_bias_switches_change_the_tree_and_the_output():
+    tokens, params = _init(CFG)
+    cfg = dataclasses.replace(CFG, qk_norm=True, use_bias=True)
+    _, p2 = _init(cfg)
+    attn = p2["layers"]["attn"]
+    assert attn["q_norm"]["scale"].shape == (2, 8) and attn["k_norm"]["scale"].shape == (2, 8)
+    assert attn["q_proj"]["bias"].shape == (2, 4, 8) and p2["layers"]["mlp"]["up_proj"]["bias"].shape == (2, 64)
+    assert "q_norm" not in params["layers"]["attn"] and "bias" not in params["layers"]["attn"]["q_proj"]
+    # Same kernels, unit norm scales and zero biases: QK-norm alone changes the logits, zero biases do not.
+    same = jax.tree.map(lambda a: a, p2)
+    for k in ("embed", "lm_head", "final_norm"):
+        same[k] = params[k]
+    for k in ("attn_norm", "mlp_norm"):
+        same["layers"][k] = params["layers"][k]
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        same["layers"]["attn"][name]["kernel"] = params["layers"]["attn"][name]["kernel"]
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        same["layers"]["mlp"][name]["kernel"] = params["layers"]["mlp"][name]["kernel"]
+    base = TransformerLM(CFG).apply({"params": params}, tokens)
+    bias_only = TransformerLM(dataclasses.replace(CFG, use_bias=True)).apply(
+        {"params": jax.tree.map(lambda a: a, {**same, "layers": {**same["layers"], "attn": {
+            k: v for k, v in same["layers"]["attn"].items() if not k.endswith("_norm")}}})}, tokens)
+    np.testing.assert_allclose(bias_only, base, atol=1e-6)
+    assert np.abs(TransformerLM(cfg).apply({"params": same}, tokens) - base).max() > 1e-3
+
+
 def test_packed_row_equals_documents_alone():
     tokens, params = _init(CFG)
     m = TransformerLM(CFG)

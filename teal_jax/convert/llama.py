@@ -69,6 +69,7 @@ class _Tensors:
     def __init__(self, hf_dir: str):
         from safetensors import safe_open
 
+        self.hf_dir = hf_dir
         index = os.path.join(hf_dir, "model.safetensors.index.json")
         single = os.path.join(hf_dir, "model.safetensors")
         if os.path.isfile(index):
@@ -94,7 +95,7 @@ class _Tensors:
 
     def get(self, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         if key not in self.where:
-            raise KeyError(f"tensor {key!r} is missing from the checkpoint")
+            raise KeyError(f"tensor {key!r} is missing from the checkpoint in {self.hf_dir}")
         arr = np.asarray(self.handles[self.where[key]].get_tensor(key)).astype(dtype)
         if arr.shape != tuple(shape):
             raise ValueError(f"tensor {key!r} in {self.where[key]} has shape {arr.shape}, expected {tuple(shape)}")
@@ -119,8 +120,11 @@ def import_llama(hf_dir: str, *, dtype=np.float32, **config_overrides) -> tuple[
         return t.get(f"model.layers.{i}.{name}.weight", (out_dim, in_dim), dtype).T
 
     def bias(i, name, size):
+        # A group the config declares (attention_bias / mlp_bias) must be in the file; the other group becomes zeros
+        # (exact: our use_bias puts a bias on every linear layer).
         key = f"model.layers.{i}.{name}.bias"
-        return t.get(key, (size,), dtype) if t.has(key) else np.zeros((size,), dtype)
+        declared = hf.get("attention_bias" if name.startswith("self_attn") else "mlp_bias", False)
+        return t.get(key, (size,), dtype) if declared or t.has(key) else np.zeros((size,), dtype)
 
     attn = {
         "q_proj": {"kernel": stack(lambda i: lin(i, "self_attn.q_proj", h * hd, d).reshape(d, h, hd))},
