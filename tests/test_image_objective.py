@@ -13,6 +13,13 @@ from teal_jax.models.image_discriminator import hinge_d_loss, hinge_g_loss
 from teal_jax.train.image_objective import ImageVQObjective, recon_loss
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fast_prng():
+    """rbg keys: XLA:CPU takes ~2 s to compile each threefry draw, which dominates these small models' init."""
+    with jax.default_prng_impl("rbg"):
+        yield
+
+
 def _small(variant):
     c = digits_tiny.get_config(variant)
     c.model.base_channels = 8
@@ -55,8 +62,14 @@ def test_gan_grads_and_adaptive_weight(gan_setup):
         g = hinge_g_loss(obj.disc.apply({"params": params["disc"]}, recon))
         return recon_loss(x, recon, "l1+l2") + q.loss, g
 
-    g_rec = jax.jit(jax.grad(lambda p: parts(p)[0]))(params["model"])
-    g_gan = jax.jit(jax.grad(lambda p: parts(p)[1]))(params["model"])
+    def d_loss(dp):
+        recon = obj.model.apply({"params": params["model"], **mstate}, x, train=False)[0]
+        return hinge_d_loss(obj.disc.apply({"params": dp}, x), obj.disc.apply({"params": dp}, recon))
+
+    # one compiled program for the whole reference
+    g_rec, g_gan, d_ref = jax.jit(lambda p, dp: (jax.grad(lambda q: parts(q)[0])(p),
+                                                 jax.grad(lambda q: parts(q)[1])(p), d_loss(dp)))(
+        params["model"], params["disc"])
     last = lambda t: t["decoder"]["conv_out"]["kernel"]  # noqa: E731
     lam = np.linalg.norm(last(g_rec)) / (np.linalg.norm(last(g_gan)) + 1e-4)
     w = obj.disc_cfg.weight * lam
@@ -64,12 +77,7 @@ def test_gan_grads_and_adaptive_weight(gan_setup):
     want = jax.tree.map(lambda a, b: a + w * b, g_rec, g_gan)
     for a, b in zip(jax.tree.leaves(grads["model"]), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-6)
-
-    def d_loss(dp):
-        recon = obj.model.apply({"params": params["model"], **mstate}, x, train=False)[0]
-        return hinge_d_loss(obj.disc.apply({"params": dp}, x), obj.disc.apply({"params": dp}, recon))
-
-    np.testing.assert_allclose(float(m["d_loss"]), float(jax.jit(d_loss)(params["disc"])), rtol=1e-4)
+    np.testing.assert_allclose(float(m["d_loss"]), float(d_ref), rtol=1e-4)
     assert all(np.isfinite(float(v)) for v in m.values())
 
 
@@ -81,6 +89,7 @@ def test_gan_is_off_before_start_step(gan_setup):
     np.testing.assert_allclose(float(m["loss"]), float(m["recon_loss"] + m["quantizer_loss"]), rtol=1e-6)
 
 
+@pytest.mark.slow  # ~1-2 min of XLA:CPU compilation (train step, eval, on_eval, tokenizer) on the 2-core machine
 def test_trainer_run_checkpoint_tokenizer_and_samples(tmp_path, devices):
     from teal_jax.tokenizers.image import ImageTokenizer
     from teal_jax.train.trainer import train

@@ -16,6 +16,13 @@ CFG = VQGANConfig(image_size=16, in_channels=3, out_channels=3, base_channels=8,
                   quantizer="vq", codebook_size=32, l2_normalize=True)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fast_prng():
+    """rbg keys: XLA:CPU takes ~2 s to compile each threefry draw, which dominates these small models' init."""
+    with jax.default_prng_impl("rbg"):
+        yield
+
+
 @pytest.fixture(scope="module")
 def tok():
     params = nn.unbox(jax.jit(VQGAN(CFG).init)(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))["params"]
@@ -72,8 +79,9 @@ def test_sharded_batch(tok, images, devices):
     codes = tok.encode(sharded)
     np.testing.assert_array_equal(np.asarray(codes), np.asarray(tok.encode(images)))
     assert len(codes.sharding.device_set) == 8  # the batch stays spread over the devices
-    out = tok.decode(codes)
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(tok.decode(np.asarray(codes))))
+    out = np.asarray(tok.decode(codes)).astype(int)
+    # the sharded program may round a float32 pixel that sits at .5 the other way: at most 1 grey level
+    assert np.abs(out - np.asarray(tok.decode(np.asarray(codes))).astype(int)).max() <= 1
 
 
 def test_encode_files(tok, images, tmp_path):

@@ -11,6 +11,13 @@ from teal_jax.models.quantizers import FSQ, QuantizerOutput, ResidualVQ, VectorQ
 ATOL = 1e-5  # float32 math vs float64 reference on O(1) values
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fast_prng():
+    """rbg keys: XLA:CPU takes ~2 s to compile each threefry draw, which dominates these small models' init."""
+    with jax.default_prng_impl("rbg"):
+        yield
+
+
 def _init(module, *args, **kwargs):
     """init with logical-axis boxes removed (the trainer unboxes the same way)."""
     return nn.unbox(module.init(jax.random.key(0), *args, **kwargs))
