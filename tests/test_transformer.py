@@ -5,6 +5,7 @@ test_convert_llama.py); tolerances are stated per test.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,22 +19,31 @@ CFG = TransformerConfig(vocab_size=97, embed_dim=32, num_layers=2, num_heads=4, 
                         mlp_dim=64, dtype="float32", max_decode_len=32)
 
 
+@functools.cache
+def _fwd(cfg, decode=False):
+    """Jitted apply (compiled once per config and shape; eager apply re-traces the scanned layers every call)."""
+    m = TransformerLM(cfg, decode=decode)
+    if decode:
+        return jax.jit(lambda v, *a: m.apply(v, *a, mutable=["cache"]))
+    return jax.jit(lambda v, *a: m.apply(v, *a))
+
+
 def _init(cfg, t=12):
     tokens = jax.random.randint(jax.random.key(1), (2, t), 0, cfg.vocab_size)
-    return tokens, nn.unbox(TransformerLM(cfg).init(jax.random.key(0), tokens)["params"])
+    return tokens, nn.unbox(jax.jit(TransformerLM(cfg).init)(jax.random.key(0), tokens)["params"])
 
 
 @pytest.mark.parametrize("qk_norm,use_bias,tie", [(False, False, False), (True, True, True)])
 def test_kv_cache_prefill_and_steps_equal_full_forward(qk_norm, use_bias, tie):
     cfg = dataclasses.replace(CFG, qk_norm=qk_norm, use_bias=use_bias, tie_embeddings=tie)
     tokens, params = _init(cfg)
-    full = TransformerLM(cfg).apply({"params": params}, tokens)
+    full = _fwd(cfg)({"params": params}, tokens)
     dec = TransformerLM(cfg, decode=True)
     cache = init_cache(dec, 2)
     pos = jnp.broadcast_to(jnp.arange(12), (2, 12))
     outs = []
     for lo, hi in ((0, 5), (5, 6), (6, 7), (7, 12)):  # a prefill chunk, single steps, another chunk
-        logits, mut = dec.apply({"params": params, "cache": cache}, tokens[:, lo:hi], pos[:, lo:hi], mutable=["cache"])
+        logits, mut = _fwd(cfg, True)({"params": params, "cache": cache}, tokens[:, lo:hi], pos[:, lo:hi])
         cache = mut["cache"]
         outs.append(logits)
     # float32; identical math in a different order of cache writes: 1e-5 absolute.
@@ -46,12 +56,12 @@ def _greedy(cfg, params, prompt, segments, steps):
     cache = init_cache(dec, prompt.shape[0])
     # Positions count real tokens only, so a left-padded prompt sees the same positions as the unpadded one.
     pos = jnp.maximum(jnp.cumsum(segments, 1) - 1, 0)
-    logits, mut = dec.apply({"params": params, "cache": cache}, prompt, pos, segments, mutable=["cache"])
+    logits, mut = _fwd(cfg, True)({"params": params, "cache": cache}, prompt, pos, segments)
     outs, last = [logits[:, -1]], pos[:, -1]
     for _ in range(steps):
         tok = jnp.argmax(outs[-1], -1)[:, None]
         last = last + 1
-        logits, mut = dec.apply({"params": params, **mut}, tok, last[:, None], jnp.ones_like(tok), mutable=["cache"])
+        logits, mut = _fwd(cfg, True)({"params": params, **mut}, tok, last[:, None], jnp.ones_like(tok))
         outs.append(logits[:, -1])
     return jnp.stack(outs, 1)
 
@@ -88,44 +98,50 @@ def test_qk_norm_and_bias_switches_change_the_tree_and_the_output():
         same["layers"]["attn"][name]["kernel"] = params["layers"]["attn"][name]["kernel"]
     for name in ("gate_proj", "up_proj", "down_proj"):
         same["layers"]["mlp"][name]["kernel"] = params["layers"]["mlp"][name]["kernel"]
-    base = TransformerLM(CFG).apply({"params": params}, tokens)
-    bias_only = TransformerLM(dataclasses.replace(CFG, use_bias=True)).apply(
+    base = _fwd(CFG)({"params": params}, tokens)
+    bias_only = _fwd(dataclasses.replace(CFG, use_bias=True))(
         {"params": jax.tree.map(lambda a: a, {**same, "layers": {**same["layers"], "attn": {
             k: v for k, v in same["layers"]["attn"].items() if not k.endswith("_norm")}}})}, tokens)
     np.testing.assert_allclose(bias_only, base, atol=1e-6)
-    assert np.abs(TransformerLM(cfg).apply({"params": same}, tokens) - base).max() > 1e-3
+    assert np.abs(_fwd(cfg)({"params": same}, tokens) - base).max() > 1e-3
 
 
 def test_packed_row_equals_documents_alone():
     tokens, params = _init(CFG)
-    m = TransformerLM(CFG)
+    m = _fwd(CFG)
     a, b = tokens[:1, :5], tokens[1:, :7]
     row = jnp.concatenate([a, b], 1)
     seg = jnp.asarray([[1] * 5 + [2] * 7])
     pos = jnp.asarray([list(range(5)) + list(range(7))])
-    packed = m.apply({"params": params}, row, pos, seg)
-    np.testing.assert_allclose(packed[:, :5], m.apply({"params": params}, a), atol=1e-5)
-    np.testing.assert_allclose(packed[:, 5:], m.apply({"params": params}, b), atol=1e-5)
+    packed = m({"params": params}, row, pos, seg)
+    np.testing.assert_allclose(packed[:, :5], m({"params": params}, a), atol=1e-5)
+    np.testing.assert_allclose(packed[:, 5:], m({"params": params}, b), atol=1e-5)
+
+
+@functools.cache
+def _loss_and_grads(cfg):
+    tokens, params = _init(CFG)
+
+    def loss(p):
+        logits = TransformerLM(cfg).apply({"params": p}, tokens)
+        return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+    return jax.jit(jax.value_and_grad(loss))(params)
 
 
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
 def test_remat_policies_give_the_same_loss_and_grads(policy):
-    tokens, params = _init(CFG)
-
-    def loss(cfg, p):
-        logits = TransformerLM(cfg).apply({"params": p}, tokens)
-        return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
-
-    l0, g0 = jax.value_and_grad(lambda p: loss(CFG, p))(params)
-    l1, g1 = jax.value_and_grad(lambda p: loss(dataclasses.replace(CFG, remat_policy=policy), p))(params)
+    l0, g0 = _loss_and_grads(CFG)  # 'none', computed once for the three policies
+    l1, g1 = _loss_and_grads(dataclasses.replace(CFG, remat_policy=policy))
+    # float32, same math recomputed in the backward pass: loss to 1e-6 relative, grads to 1e-5 relative.
     assert float(l0) == pytest.approx(float(l1), rel=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g0, g1)
 
 
 def test_bf16_compute_stays_close_to_f32():
     tokens, params = _init(CFG)
-    f32 = TransformerLM(CFG).apply({"params": params}, tokens)
-    bf16 = TransformerLM(dataclasses.replace(CFG, dtype="bfloat16")).apply({"params": params}, tokens)
+    f32 = _fwd(CFG)({"params": params}, tokens)
+    bf16 = _fwd(dataclasses.replace(CFG, dtype="bfloat16"))({"params": params}, tokens)
     assert bf16.dtype == jnp.float32  # logits are returned in float32 whatever the compute dtype
     # bf16 has 8 mantissa bits: logits of magnitude ~0.1-1 agree to a few 1e-2.
     np.testing.assert_allclose(bf16, f32, atol=5e-2)
