@@ -1,0 +1,147 @@
+"""TEAL task templates: the one statement of how each task is laid out in unified ids.
+
+Training examples, generation prompts and evaluation all build their sequences here, so they cannot drift apart.
+Every example is a condition followed by a target; the loss is on the target span only (``loss_mask`` 1 on the
+tokens to be predicted)::
+
+    task     condition (loss 0)                        target (loss 1)
+    caption  bos <task:caption> <boi> image <eoi>      text eos
+    t2i      bos <task:t2i> text <boi>                 image <eoi>
+    asr      bos <task:asr> <boa> audio <eoa>          text eos
+    tts      bos <task:tts> text <boa>                 audio <eoa>
+    lm       bos                                       text eos
+
+``text`` is the text tokenizer's ids; ``image``/``audio`` are *unified* ids (``vocab.image_to_unified`` /
+``vocab.audio_to_unified``). The span openers ``<boi>``/``<boa>`` end the condition: a generation prompt is exactly the
+condition, and the constrained sampler (``teal_jax.teal_generate``) starts inside the span.
+
+Condition dropout (classifier-free guidance): a t2i/tts example whose condition is dropped becomes
+``<null> <boi> image <eoi>`` (or ``<null> <boa> audio <eoa>``): precisely ``teal_generate.null_prompt`` of its prompt
+followed by its target, so the unconditional rows the sampler builds are ones the model was trained on.
+
+Reasoning prompts (TEAL's MNIST generation with reasoning): the text of a t2i/tts example is a question whose answer
+is a digit, e.g. ``draw the sum of three and four`` -> an image of 7; ``say the sum of three and four`` -> speech of
+"seven". The frozen text LM has read sums in words during pretraining; adaptation only has to connect its answer to
+the image/audio span. ``REASONING_EVAL_PAIRS`` are never used for training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from teal_jax.tokenizers.vocab import UnifiedVocab
+
+TASKS = ("caption", "t2i", "asr", "tts", "lm")
+GENERATION_TASKS = ("t2i", "tts")  # condition = text, target = a modality span: condition dropout applies
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+# (a, b) with a + b <= 9: every ordered pair of digits whose sum is a digit (55 pairs). A fixed, spread-out subset is
+# held out of training and used only to evaluate reasoning prompts.
+SUM_PAIRS = tuple((a, b) for a in range(10) for b in range(10) if a + b <= 9)
+REASONING_EVAL_PAIRS = ((0, 7), (1, 5), (2, 2), (2, 6), (3, 0), (3, 4), (4, 1), (4, 5), (5, 3), (6, 1), (6, 3),
+                        (7, 2), (8, 1), (1, 8), (0, 9))
+REASONING_TRAIN_PAIRS = tuple(p for p in SUM_PAIRS if p not in REASONING_EVAL_PAIRS)
+
+
+def sum_question(a: int, b: int, modality: str) -> str:
+    """The reasoning prompt whose answer is the digit a + b: 'draw ...' for images, 'say ...' for speech."""
+    if not (0 <= a <= 9 and 0 <= b <= 9 and a + b <= 9):
+        raise ValueError(f"sum_question: {a} + {b} is not a digit")
+    verb = {"image": "draw", "audio": "say"}.get(modality)
+    if verb is None:
+        raise ValueError(f"sum_question: modality={modality!r}, expected 'image' or 'audio'")
+    return f"{verb} the sum of {DIGITS[a]} and {DIGITS[b]}"
+
+
+Example = tuple[list[int], list[float]]  # (unified ids, loss mask: 1.0 on target tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class Templates:
+    """Task layouts over one vocabulary; ``bos``/``eos`` are the text tokenizer's ids."""
+
+    vocab: UnifiedVocab
+    bos: int
+    eos: int
+
+    def __post_init__(self):
+        for name in ("bos", "eos"):
+            v = getattr(self, name)
+            if not 0 <= v < self.vocab.text_size:
+                raise ValueError(f"Templates.{name}={v} is not a text id [0, {self.vocab.text_size})")
+
+    def _check(self, ids: Sequence[int], modality: str, what: str) -> list[int]:
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        v = self.vocab
+        lo, hi = {"text": (0, v.text_size), "image": (v.image_offset, v.audio_offset),
+                  "audio": (v.audio_offset, v.used_size)}[modality]
+        bad = [i for i in ids if not lo <= i < hi]
+        if bad:
+            raise ValueError(f"{what}: {modality} ids must be in [{lo}, {hi}), got {bad[:5]}")
+        return ids
+
+    def marker(self, task: str) -> int:
+        return self.vocab.special_id(f"<task:{task}>")
+
+    # ---- prompts (the condition; what generation is given) ---------------------------------------------------
+    def prompt(self, task: str, condition: Sequence[int]) -> list[int]:
+        """The condition of ``task`` for ``condition`` ids (text ids for t2i/tts, unified image/audio ids for
+        caption/asr, text ids for lm)."""
+        v = self.vocab
+        if task == "caption":
+            return [self.bos, self.marker(task), v.boi, *self._check(condition, "image", "caption image"), v.eoi]
+        if task == "asr":
+            return [self.bos, self.marker(task), v.boa, *self._check(condition, "audio", "asr audio"), v.eoa]
+        if task == "t2i":
+            return [self.bos, self.marker(task), *self._check(condition, "text", "t2i text"), v.boi]
+        if task == "tts":
+            return [self.bos, self.marker(task), *self._check(condition, "text", "tts text"), v.boa]
+        if task == "lm":
+            return [self.bos, *self._check(condition, "text", "lm text")]
+        raise ValueError(f"unknown task {task!r}; known: {TASKS}")
+
+    def null_prompt(self, task: str) -> list[int]:
+        """The unconditional prompt of a generation task (= ``teal_generate.null_prompt`` of its prompt)."""
+        if task not in GENERATION_TASKS:
+            raise ValueError(f"null_prompt: task {task!r} has no unconditional form; only {GENERATION_TASKS}")
+        return [self.vocab.null, self.vocab.boi if task == "t2i" else self.vocab.boa]
+
+    # ---- targets -----------------------------------------------------------------------------------------------
+    def target(self, task: str, ids: Sequence[int]) -> list[int]:
+        """The target span of ``task``: text ids + eos, or unified image/audio ids + the span closer."""
+        v = self.vocab
+        if task in ("caption", "asr", "lm"):
+            return [*self._check(ids, "text", f"{task} target"), self.eos]
+        if task == "t2i":
+            return [*self._check(ids, "image", "t2i target"), v.eoi]
+        if task == "tts":
+            return [*self._check(ids, "audio", "tts target"), v.eoa]
+        raise ValueError(f"unknown task {task!r}; known: {TASKS}")
+
+    def example(self, task: str, condition: Sequence[int], target: Sequence[int], *,
+                drop_condition: bool = False) -> Example:
+        """A training example ``(ids, loss_mask)``. ``drop_condition`` (t2i/tts only) replaces the condition by
+        the null prompt. For ``lm``, ``condition`` is ignored-but-empty and every text token is a target."""
+        if task == "lm":
+            if len(condition):
+                raise ValueError("lm examples have no condition; pass the text as the target")
+            cond = [self.bos]
+        elif drop_condition:
+            cond = self.null_prompt(task)
+        else:
+            cond = self.prompt(task, condition)
+        tgt = self.target(task, target)
+        return cond + tgt, [0.0] * len(cond) + [1.0] * len(tgt)
+
+    def parse_text(self, generated: Sequence[int]) -> list[int]:
+        """The text ids of a generated text target: everything before the first eos (or the first non-text id)."""
+        out = []
+        for t in generated:
+            t = int(t)
+            if t == self.eos or not 0 <= t < self.vocab.text_size:
+                break
+            out.append(t)
+        return out
