@@ -145,3 +145,23 @@ class Templates:
                 break
             out.append(t)
         return out
+
+
+def audio_span(seconds: float, sample_rate: int, hop: int) -> tuple[int, int]:
+    """(frames, samples) of one audio span: every clip is start-aligned and zero-padded or cut to ``samples``
+    (= frames * hop) before encoding, so every span holds exactly ``frames`` codec frames, which is what
+    constrained TTS decoding must produce."""
+    if seconds <= 0 or sample_rate <= 0 or hop <= 0:
+        raise ValueError(f"audio_span: seconds={seconds}, sample_rate={sample_rate}, hop={hop} must be > 0")
+    frames = max(1, int(round(seconds * sample_rate / hop)))
+    return frames, frames * hop
+
+
+def fit_audio(waveform: np.ndarray, samples: int) -> np.ndarray:
+    """[..., n] -> [..., samples]: cut or zero-padded at the end (see :func:`audio_span`)."""
+    w = np.asarray(waveform)
+    n = w.shape[-1]
+    if n >= samples:
+        return w[..., :samples]
+    pad = [(0, 0)] * (w.ndim - 1) + [(0, samples - n)]
+    return np.pad(w, pad)
