@@ -66,6 +66,17 @@ class AudioTokenizer:
             raise ValueError(f"{workdir}: checkpoint of objective {config.objective!r}, expected 'audio_codec'")
         return cls(config.model, params["model"], model_state or None, **kwargs)
 
+    def code_vectors(self) -> np.ndarray:
+        """float32 ``[num_levels, codebook_size, D]``: each RVQ level's codes decoded to the latent space (a
+        level's ``decode_codes``; the sum over levels of one code per level is the quantized latent). TEAL's
+        codebook-initialised joint embedding projects these (``embedding_init='codebook'``)."""
+        codes = jnp.arange(self.codebook_size, dtype=jnp.int32)
+
+        def per_level(m, c):
+            return jnp.stack([m.quantizer.levels[l].decode_codes(c) for l in range(self.num_levels)])
+
+        return np.asarray(self.model.apply(self.variables, codes, method=per_level), np.float32)
+
     @property
     def sample_rate(self) -> int:
         return self.config.sample_rate

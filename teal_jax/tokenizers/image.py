@@ -100,6 +100,14 @@ class ImageTokenizer:
     def vocab_size(self) -> int:
         return self.config.num_codes
 
+    def code_vectors(self) -> np.ndarray:
+        """float32 ``[num_codes, embed_dim]``: what each code decodes to in the latent space (the quantizer's
+        ``decode_codes`` of every code; for FSQ the grid values, projected out when factorised). TEAL's
+        codebook-initialised joint embedding projects these (``embedding_init='codebook'``)."""
+        codes = jnp.arange(self.vocab_size, dtype=jnp.int32)
+        out = self.model.apply(self.variables, codes, method=lambda m, c: m.quantizer.decode_codes(c))
+        return np.asarray(out, np.float32)
+
     def encode(self, images) -> jax.Array:
         """Images (see module docstring) -> codes ``int32 [batch, h, w]``."""
         images = images if isinstance(images, jax.Array) else np.asarray(images)
