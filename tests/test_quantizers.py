@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from teal_jax.models.quantizers import FSQ, QuantizerOutput, ResidualVQ, VectorQuantizer
+from teal_jax.models.quantizers import FSQ, QuantizerOutput, ResidualVQ, VectorQuantizer, l2_normalize
 
 ATOL = 1e-5  # float32 math vs float64 reference on O(1) values
 
@@ -301,3 +301,47 @@ def test_vq_entropy_loss_matches_numpy():
     _, zq, _ = _nn_numpy(x, cb, False)
     np.testing.assert_allclose(float(out.metrics["entropy_loss"]), ent, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(float(out.loss), 1.25 * np.mean((z - zq) ** 2) + 0.5 * ent, rtol=1e-4)
+
+
+def test_l2_normalize_values_and_gradients_match_numpy():
+    """Values = float64 numpy ``x / max(||x||, eps)``; Jacobian = ``(I - n n^T) / ||x||`` away from 0; at an all-zero
+    vector the value is 0 and the gradient finite (``I / eps``), where ``x / jnp.linalg.norm(x)`` gives NaN."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    x[1] *= 1e-3
+    x[3] = 0.0  # an exactly zero vector
+    eps = 1e-6
+    x[4] = np.float32(1e-8)  # ||x|| = 2.4e-8 < eps: the eps branch, x / eps
+    got = np.asarray(jax.jit(lambda v: l2_normalize(v, eps=eps))(x))
+    x64 = x.astype(np.float64)
+    ref = x64 / np.maximum(np.linalg.norm(x64, axis=1, keepdims=True), eps)
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)  # float32 rounding of O(1) values
+    assert np.all(got[3] == 0)
+    jac = np.asarray(jax.jacobian(lambda v: l2_normalize(v, eps=eps))(jnp.asarray(x)))  # [5, 6, 5, 6]
+    assert np.all(np.isfinite(jac))
+    for i in (0, 1, 2):
+        norm = np.linalg.norm(x64[i])
+        n = x64[i] / norm
+        np.testing.assert_allclose(jac[i, :, i, :], (np.eye(6) - np.outer(n, n)) / norm, rtol=1e-4, atol=1e-4)
+    for i in (3, 4):  # eps branch: d(x / eps)/dx = I / eps
+        np.testing.assert_allclose(jac[i, :, i, :], np.eye(6) / eps, rtol=1e-5)
+    # default eps (1e-12, torch's F.normalize) at zero: finite as well, and in bfloat16 (eps^2 would underflow there)
+    g = jax.grad(lambda v: jnp.sum(l2_normalize(v) * jnp.arange(1.0, 7.0)))(jnp.zeros((6,)))
+    assert np.all(np.isfinite(np.asarray(g)))
+    gb = jax.grad(lambda v: jnp.sum(l2_normalize(v).astype(jnp.float32)))(jnp.zeros((6,), jnp.bfloat16))
+    assert np.all(np.isfinite(np.asarray(gb, np.float32)))
+
+
+def test_rvq_l2_normalized_gradients_finite_at_zero_latents():
+    """A silent input with zero biases gives exactly zero latents: the l2-normalised RVQ's gradients stay finite."""
+    rvq = ResidualVQ(num_levels=2, codebook_size=8, code_dim=3, features=6, l2_normalize=True)
+    x = jax.random.normal(jax.random.key(1), (2, 4, 6)).at[0].set(0.0)
+    variables = _init(rvq, x, train=False)
+
+    def loss(p, x):
+        out = rvq.apply({"params": p}, x, train=False)
+        return jnp.sum(out.quantized**2) + out.loss
+
+    gp, gx = jax.grad(loss, argnums=(0, 1))(variables["params"], x)
+    for leaf in jax.tree.leaves((gp, gx)):
+        assert np.all(np.isfinite(np.asarray(leaf)))

@@ -49,8 +49,15 @@ class QuantizerOutput:
 
 
 def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
-    """``x / max(||x||, eps)`` (torch's F.normalize)."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+    """``x / max(||x||, eps)`` (torch's F.normalize), as ``x * rsqrt(max(sum(x^2), eps^2))``.
+
+    The gradient is finite everywhere: at ``x = 0`` it is ``I / eps`` (the limit of the ``eps`` branch), where
+    ``x / jnp.linalg.norm(x)`` gives NaN (the norm's gradient at 0 is 0/0). ``eps^2`` is computed in float32 at
+    least (``1e-24`` underflows to 0 in bfloat16/float16 otherwise).
+    """
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    sq = jnp.sum(jnp.square(x.astype(dtype)), axis=axis, keepdims=True)
+    return (x.astype(dtype) * jax.lax.rsqrt(jnp.maximum(sq, jnp.asarray(eps, dtype) ** 2))).astype(x.dtype)
 
 
 def code_counts(codes: Array, num_codes: int, mask: Array | None = None) -> Array:
