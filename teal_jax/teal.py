@@ -1,0 +1,437 @@
+"""``TealModel``: a trained TEAL model with its tokenizers, ready for inference (what ``teal_jax.load`` returns for a
+workdir of objective ``'teal'``).
+
+Every prompt is built by :class:`teal_jax.data.templates.Templates` (the one statement of the task layouts), decoded
+by the constrained KV-cache sampler :func:`teal_jax.teal_generate.sample` and de-tokenized::
+
+    caption(images)            bos <task:caption> <boi> image <eoi>   ->  text eos          -> list[str]
+    transcribe(waves, rate)    bos <task:asr> <boa> audio <eoa>       ->  text eos          -> list[str]
+    generate_image(texts)      bos <task:t2i> text <boi>              ->  h*w codes <eoi>   -> uint8 [B, H, W, C]
+    generate_speech(texts)     bos <task:tts> text <boa>              ->  frames codes <eoa> -> float32 [B, samples]
+    generate_text(prompts)     bos text                               ->  text eos          -> list[str]
+
+Text outputs are sampled with image/audio spans disabled (only text ids are allowed, so the answer is pure text) and
+stop at the text tokenizer's eos; greedy by default. Image/speech spans are exactly ``h*w`` image codes (the image
+tokenizer's token grid) or ``audio_frames * kept_levels`` audio codes, then the closer is forced and sampling stops
+there (``SamplingConfig.eos_id`` = ``<eoi>``/``<eoa>``). Classifier-free guidance (``guidance_scale != 1``) uses the
+unconditional prompt ``Templates.null_prompt(task)`` (``<null> <boi>`` / ``<null> <boa>``): what training's
+condition dropout produces.
+
+Audio spans have a fixed length (``templates.audio_span``: ``config.data.audio_seconds`` at the codec's rate).
+``transcribe`` resamples each clip to the codec's rate, then cuts or zero-pads it to the span
+(``templates.fit_audio``), exactly as the training examples were made; a clip longer than the span is cut and a
+``UserWarning`` names it (the model never saw audio past the span).
+
+Large batches run in chunks of ``max_batch`` prompts; when there is more than one chunk, the last one is padded with
+copies of its last prompt so that every chunk has one shape (one compilation).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import linen as nn
+
+from teal_jax import teal_generate
+from teal_jax.data import templates as templates_lib
+from teal_jax.generate import SamplingConfig
+from teal_jax.models.teal import TealConfig, TealLM
+from teal_jax.tokenizers import vocab as vocab_lib
+
+
+def _require_texts(texts: Sequence[str], what: str) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError(f"{what}: pass a list of strings, not one string ({texts[:30]!r})")
+    texts = list(texts)
+    if not texts:
+        raise ValueError(f"{what}: empty list of texts")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"{what}: texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str")
+    return texts
+
+
+def _config_path(config: ml_collections.ConfigDict, field: str) -> str:
+    """``config.data.<field>`` as a string ('' when unset)."""
+    data = config.get("data") or {}
+    value = data.get(field) if hasattr(data, "get") else None
+    return os.fspath(value) if value else ""
+
+
+def _find_text_tokenizer(config: ml_collections.ConfigDict, workdir: str, depth: int = 0) -> str:
+    """The SentencePiece model of a TEAL run: ``config.data.text_tokenizer``, else the base LM's (through
+    ``config.model.base_lm_workdir``, following TEAL-on-TEAL continuations) or ``<base_lm_hf>/tokenizer.model``."""
+    from teal_jax import checkpoint
+    from teal_jax.api import find_tokenizer_model
+
+    path = _config_path(config, "text_tokenizer")
+    if path:
+        return path
+    model = config.get("model") or {}
+    base, hf = model.get("base_lm_workdir"), model.get("base_lm_hf")
+    if base and depth < 8:
+        try:
+            base_cfg = checkpoint.read_config(base)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{workdir}: config.data.text_tokenizer is '' and the base LM named by "
+                                    f"config.model.base_lm_workdir={base!r} cannot be read ({e})") from e
+        if base_cfg.get("objective", "lm") == "teal":
+            return _find_text_tokenizer(base_cfg, base, depth + 1)
+        found = find_tokenizer_model(base, base_cfg)
+        if found:
+            return found
+    if hf and os.path.isfile(os.path.join(hf, "tokenizer.model")):
+        return os.path.join(hf, "tokenizer.model")
+    raise FileNotFoundError(
+        f"{workdir}: no text tokenizer: config.data.text_tokenizer is '' and none was found through "
+        f"config.model.base_lm_workdir={base!r} / base_lm_hf={hf!r}; set config.data.text_tokenizer to the "
+        "SentencePiece .model path")
+
+
+def _load_tokenizer(kind: str, path: str):
+    """ImageTokenizer/AudioTokenizer from the workdir ``path`` named by ``config.data.<kind>_tokenizer``."""
+    field = f"config.data.{kind}_tokenizer"
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{field}={path!r}: no such directory (expected the workdir of an "
+                                f"{'image_vq' if kind == 'image' else 'audio_codec'} training run)")
+    if kind == "image":
+        from teal_jax.tokenizers.image import ImageTokenizer as cls
+    else:
+        from teal_jax.tokenizers.audio import AudioTokenizer as cls
+    try:
+        return cls.from_checkpoint(path)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
+        raise type(e)(f"{field}={path!r}: cannot load the {kind} tokenizer: {e}") from e
+
+
+class TealModel:
+    """A TEAL model + its text, image and audio tokenizers (see the module docstring).
+
+    Args:
+      config: the model's :class:`TealConfig` (or the run's ConfigDict, converted with
+        ``teal_objective.teal_config_from``).
+      params: ``TealLM`` parameters (boxed or not; ``{'model': tree}`` as in a train state is accepted too).
+      text_tokenizer: a :class:`teal_jax.tokenizers.text.TextTokenizer` whose ids are the LM's text ids
+        (``vocab_size <= config.lm.vocab_size``).
+      image_tokenizer: an ImageTokenizer with ``vocab.image_codebook_size`` codes, or None (no image tasks).
+      audio_tokenizer: an AudioTokenizer with ``vocab.audio_codebook_size`` codes per level, or None.
+      audio_frames: codec frames per audio span (``templates.audio_span``); required with an audio tokenizer.
+      run_config: the training run's ConfigDict (kept for reference, e.g. the base LM's workdir).
+      max_batch: prompts per sampler call (larger batches run in chunks).
+    """
+
+    def __init__(self, config: TealConfig | ml_collections.ConfigDict, params: Any, text_tokenizer,
+                 image_tokenizer=None, audio_tokenizer=None, audio_frames: int = 0, *,
+                 run_config: ml_collections.ConfigDict | None = None, max_batch: int = 64):
+        if isinstance(config, ml_collections.ConfigDict):
+            from teal_jax.train.teal_objective import teal_config_from
+
+            run_config = config if run_config is None else run_config
+            config = teal_config_from(config)
+        if not isinstance(config, TealConfig):
+            raise TypeError(f"config must be a TealConfig or the run's ConfigDict, got {type(config).__name__}")
+        self.config, self.vocab, self.run_config = config, config.vocab, run_config
+        if isinstance(params, dict) and set(params) == {"model"}:
+            params = params["model"]
+        self.params = jax.tree.map(jnp.asarray, nn.unbox(params))
+        v = self.vocab
+        if text_tokenizer is None:
+            raise ValueError("TealModel needs a text tokenizer (config.data.text_tokenizer)")
+        if text_tokenizer.vocab_size > v.text_size:
+            raise ValueError(f"the text tokenizer has {text_tokenizer.vocab_size} ids but the LM's text range is "
+                             f"[0, {v.text_size}) (config.model.lm.vocab_size): wrong tokenizer for this model")
+        self.text_tokenizer = text_tokenizer
+        self.templates = templates_lib.Templates(v, bos=text_tokenizer.bos_id, eos=text_tokenizer.eos_id)
+        if image_tokenizer is not None and image_tokenizer.vocab_size != v.image_codebook_size:
+            raise ValueError(f"the image tokenizer has {image_tokenizer.vocab_size} codes but "
+                             f"config.model.vocab.image_codebook_size={v.image_codebook_size}")
+        self.image_tokenizer = image_tokenizer
+        self.audio_frames = int(audio_frames)
+        if audio_tokenizer is not None:
+            c = audio_tokenizer.config
+            if audio_tokenizer.codebook_size != v.audio_codebook_size:
+                raise ValueError(f"the audio tokenizer has {audio_tokenizer.codebook_size} codes per level but "
+                                 f"config.model.vocab.audio_codebook_size={v.audio_codebook_size}")
+            if v.audio_scheme == "interleave" and c.num_levels != v.audio_num_levels:
+                raise ValueError(f"the audio codec has {c.num_levels} RVQ levels but config.model.vocab."
+                                 f"audio_num_levels={v.audio_num_levels} (audio_scheme='interleave' keeps all)")
+            if c.num_levels < v.audio_levels_used:
+                raise ValueError(f"the audio codec has {c.num_levels} RVQ levels, the vocabulary keeps "
+                                 f"{v.audio_levels_used}")
+            if self.audio_frames < 1:
+                raise ValueError(f"audio_frames={audio_frames}: an audio tokenizer needs the span length in frames "
+                                 "(templates.audio_span(config.data.audio_seconds, ...))")
+        self.audio_tokenizer = audio_tokenizer
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch} must be >= 1")
+        self.max_batch = int(max_batch)
+        self._logits = jax.jit(lambda p, t: TealLM(config).apply({"params": p}, t))
+
+    # ---- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, workdir: str, step: int | None = None, **kwargs) -> TealModel:
+        """Loads the newest (or ``step``) checkpoint of a ``teal`` run and the tokenizers its config names
+        (``config.data.text_tokenizer`` / ``image_tokenizer`` / ``audio_tokenizer`` / ``audio_seconds``)."""
+        from teal_jax import checkpoint
+        from teal_jax.tokenizers.text import TextTokenizer
+        from teal_jax.train.teal_objective import teal_config_from
+
+        config, params, _ = checkpoint.load_params(workdir, step)
+        if config.get("objective") != "teal":
+            raise ValueError(f"{workdir}: checkpoint of objective {config.get('objective')!r}, expected 'teal'")
+        teal_config = teal_config_from(config)
+        text_path = _find_text_tokenizer(config, workdir)
+        try:
+            text = TextTokenizer.load(text_path)
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"config.data.text_tokenizer (resolved to {text_path!r}): {e}") from e
+        image_path, audio_path = _config_path(config, "image_tokenizer"), _config_path(config, "audio_tokenizer")
+        image = _load_tokenizer("image", image_path) if image_path else None
+        audio, frames = None, 0
+        if audio_path:
+            audio = _load_tokenizer("audio", audio_path)
+            seconds = config.data.get("audio_seconds")
+            if not seconds or float(seconds) <= 0:
+                raise ValueError(f"{workdir}: config.data.audio_tokenizer is set but config.data.audio_seconds="
+                                 f"{seconds!r}; it must be the (positive) audio span length in seconds")
+            frames, _ = templates_lib.audio_span(float(seconds), audio.sample_rate, audio.config.hop_length)
+        return cls(teal_config, params["model"], text, image, audio, frames, run_config=config, **kwargs)
+
+    # ---- properties --------------------------------------------------------------------------------------------
+    @property
+    def image_grid(self) -> tuple[int, int]:
+        """(h, w) codes per image span."""
+        return tuple(self._image().token_grid)
+
+    @property
+    def image_size(self) -> int:
+        return self._image().config.image_size
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate (Hz) of ``generate_speech`` output (the codec's)."""
+        return self._audio().sample_rate
+
+    @property
+    def audio_samples(self) -> int:
+        """Samples per audio span at :attr:`sample_rate` (= audio_frames * hop)."""
+        return self.audio_frames * self._audio().config.hop_length
+
+    def _image(self):
+        if self.image_tokenizer is None or not self.vocab.image_codebook_size:
+            raise ValueError("this TEAL model has no image tokenizer (config.data.image_tokenizer is '' or the "
+                             "vocabulary has no image codes): image tasks are unavailable")
+        return self.image_tokenizer
+
+    def _audio(self):
+        if self.audio_tokenizer is None or not self.vocab.audio_ids:
+            raise ValueError("this TEAL model has no audio tokenizer (config.data.audio_tokenizer is '' or the "
+                             "vocabulary has no audio codes): audio tasks are unavailable")
+        return self.audio_tokenizer
+
+    # ---- the sampler -------------------------------------------------------------------------------------------
+    def _sample(self, prompts: list[list[int]], sampling: SamplingConfig, spans: teal_generate.SpanConfig,
+                seed: int, uncond: list[int] | None = None) -> np.ndarray:
+        """Runs ``teal_generate.sample`` in chunks of ``max_batch``; int32 [B, max_new_tokens]."""
+        key = jax.random.key(seed)
+        n, size = len(prompts), self.max_batch
+        outs = []
+        for c, start in enumerate(range(0, n, size)):
+            chunk = prompts[start : start + size]
+            real = len(chunk)
+            if n > size and real < size:  # same shape for every chunk: one compilation
+                chunk = chunk + [chunk[-1]] * (size - real)
+            out = teal_generate.sample(self.config, self.params, chunk, sampling, spans,
+                                       rng=jax.random.fold_in(key, c),
+                                       uncond_prompts=None if uncond is None else [uncond] * len(chunk))
+            outs.append(np.asarray(out)[:real])
+        return np.concatenate(outs, axis=0)
+
+    def _decode_text(self, rows: np.ndarray) -> list[str]:
+        """Generated rows -> strings: text before the first eos (``Templates.parse_text``); ids the tokenizer does
+        not have (an LM vocabulary padded past the tokenizer's) are dropped."""
+        n = self.text_tokenizer.vocab_size
+        out = []
+        for row in rows:
+            ids = [i for i in self.templates.parse_text(row) if i < n]
+            out.append(self.text_tokenizer.decode(ids))
+        return out
+
+    def _text_task(self, prompts, max_new_tokens, temperature, top_k, top_p, seed) -> list[str]:
+        sampling = SamplingConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                                  top_k=int(top_k), top_p=float(top_p), eos_id=self.templates.eos,
+                                  pad_id=self.text_tokenizer.pad_id)
+        # Spans disabled: only text ids may be sampled, so the answer is text.
+        return self._decode_text(self._sample(prompts, sampling, teal_generate.SpanConfig(), seed))
+
+    # ---- image -> text -----------------------------------------------------------------------------------------
+    def caption(self, images, *, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
+                top_p: float = 1.0, seed: int = 0) -> list[str]:
+        """Captions images: uint8 [0, 255] or float [0, 1], shaped [H, W] (one grayscale image), [B, H, W]
+        (grayscale batch) or [B, H, W, C] (C in 1, 3, 4) -> B strings. Greedy by default."""
+        tok = self._image()
+        x = np.asarray(images)
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3, 4)):
+            raise ValueError(f"caption: images must be [H, W], [B, H, W] or [B, H, W, 1|3|4], got shape {x.shape}")
+        if x.shape[0] == 0:
+            raise ValueError("caption: empty batch of images")
+        if x.dtype != np.uint8:
+            if x.dtype.kind != "f":
+                raise ValueError(f"caption: images must be uint8 or float in [0, 1], got dtype {x.dtype}")
+            if not np.all(np.isfinite(x)):
+                raise ValueError("caption: images contain NaN/Inf values")
+        codes = np.asarray(tok.encode(x))  # [B, h, w]
+        ids = self.vocab.image_to_unified(codes)
+        prompts = [self.templates.prompt("caption", row) for row in ids]
+        return self._text_task(prompts, max_new_tokens, temperature, top_k, top_p, seed)
+
+    # ---- speech -> text ----------------------------------------------------------------------------------------
+    def fit_waveforms(self, waveforms, sample_rate: int) -> np.ndarray:
+        """Clips -> float32 [B, audio_samples] at the codec's rate: resampled, mono, start-aligned, cut or
+        zero-padded to the span (a cut clip raises a UserWarning). ``waveforms``: one clip [samples], a batch
+        [B, samples] / [B, samples, channels], or a list of [samples] / [samples, channels] clips (int16 or float
+        in [-1, 1]); NaN/Inf or empty clips raise ValueError."""
+        tok = self._audio()
+        if isinstance(waveforms, (list, tuple)):
+            clips = list(waveforms)
+        else:
+            w = np.asarray(waveforms)
+            if w.ndim == 1:
+                clips = [w]
+            elif w.ndim in (2, 3):
+                clips = list(w)
+            else:
+                raise ValueError(f"waveforms must be [samples], [B, samples] or [B, samples, channels], got shape "
+                                 f"{w.shape}")
+        if not clips:
+            raise ValueError("empty batch: no clips given")
+        x, lengths = tok.prepare(clips, sample_rate)  # validates, resamples to the codec's rate
+        samples = self.audio_samples
+        long = [i for i, n in enumerate(lengths) if n > samples]
+        if long:
+            warnings.warn(f"clip(s) {long[:8]} are longer than the audio span ({samples} samples = "
+                          f"{samples / tok.sample_rate:.3g} s at {tok.sample_rate} Hz, config.data.audio_seconds): "
+                          "cut to the span, as training examples are (templates.fit_audio)", UserWarning,
+                          stacklevel=3)
+        return templates_lib.fit_audio(x, samples).astype(np.float32)
+
+    def audio_to_ids(self, waveforms, sample_rate: int) -> np.ndarray:
+        """Clips (see :meth:`fit_waveforms`) -> unified audio ids int32 [B, audio_frames * kept_levels]."""
+        tok = self._audio()
+        x = self.fit_waveforms(waveforms, sample_rate)
+        codes, _ = tok.encode(x, tok.sample_rate)
+        codes = np.asarray(codes)
+        if codes.shape[1] != self.audio_frames:
+            raise RuntimeError(f"the codec gave {codes.shape[1]} frames for a {x.shape[1]}-sample span, expected "
+                               f"{self.audio_frames}")
+        return self.vocab.audio_to_unified(codes)
+
+    def transcribe(self, waveforms, sample_rate: int, *, max_new_tokens: int = 32, temperature: float = 0.0,
+                   top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+        """Speech -> B transcripts (greedy by default). Input forms: see :meth:`fit_waveforms`."""
+        ids = self.audio_to_ids(waveforms, sample_rate)
+        prompts = [self.templates.prompt("asr", row) for row in ids]
+        return self._text_task(prompts, max_new_tokens, temperature, top_k, top_p, seed)
+
+    # ---- text -> image / speech --------------------------------------------------------------------------------
+    def _span_task(self, task: str, texts, guidance_scale, temperature, top_k, top_p, seed) -> np.ndarray:
+        """Samples one image/audio span per text -> unified ids int32 [B, span length] (without the markers)."""
+        self._image() if task == "t2i" else self._audio()
+        texts = _require_texts(texts, f"generate_{'image' if task == 't2i' else 'speech'}")
+        v = self.vocab
+        image_tokens = int(np.prod(self.image_grid)) if self.image_tokenizer is not None else 0
+        audio_frames = self.audio_frames if self.audio_tokenizer is not None else 0
+        length = image_tokens if task == "t2i" else audio_frames * v.audio_levels_used
+        opener, closer, modality = ((v.boi, v.eoi, vocab_lib.IMAGE) if task == "t2i"
+                                    else (v.boa, v.eoa, vocab_lib.AUDIO))
+        prompts = [self.templates.prompt(task, self.text_tokenizer.encode(t)) for t in texts]
+        spans = teal_generate.SpanConfig(image_tokens=image_tokens, audio_frames=audio_frames,
+                                         guidance_scale=float(guidance_scale))
+        sampling = SamplingConfig(max_new_tokens=length + 1, temperature=float(temperature), top_k=int(top_k),
+                                  top_p=float(top_p), eos_id=closer, pad_id=self.text_tokenizer.pad_id)
+        uncond = self.templates.null_prompt(task) if float(guidance_scale) != 1.0 else None
+        rows = self._sample(prompts, sampling, spans, seed, uncond)
+        out = []
+        for i, row in enumerate(rows):
+            found = teal_generate.extract_spans(v, [opener, *row.tolist()], modality)
+            if len(found) != 1 or found[0].size != length:
+                raise RuntimeError(f"text {i}: the sampler did not produce one span of {length} codes: "
+                                   f"{row.tolist()[:12]}...")
+            out.append(found[0])
+        return np.stack(out)
+
+    def generate_image(self, texts: Sequence[str], *, guidance_scale: float = 1.0, temperature: float = 1.0,
+                       top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> np.ndarray:
+        """Texts -> uint8 images [B, H, W, C] (the image tokenizer's size and channels): one span of exactly h*w
+        codes per text, de-tokenized. ``guidance_scale != 1``: classifier-free guidance inside the span."""
+        ids = self._span_task("t2i", texts, guidance_scale, temperature, top_k, top_p, seed)
+        h, w = self.image_grid
+        codes = self.vocab.unified_to_image(ids, h, w)  # [B, h, w]
+        return np.asarray(self.image_tokenizer.decode(codes))
+
+    def generate_speech(self, texts: Sequence[str], *, guidance_scale: float = 1.0, temperature: float = 1.0,
+                        top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> np.ndarray:
+        """Texts -> float32 waveforms [B, audio_frames * hop] at :attr:`sample_rate`: one span of
+        ``audio_frames * kept_levels`` codes per text, decoded with the kept RVQ levels."""
+        ids = self._span_task("tts", texts, guidance_scale, temperature, top_k, top_p, seed)
+        codes = self.vocab.unified_to_audio(ids)  # [B, frames, kept]
+        wave, _ = self.audio_tokenizer.decode(codes)
+        return np.asarray(wave, np.float32)
+
+    # ---- text -> text ------------------------------------------------------------------------------------------
+    def generate_text(self, prompts: Sequence[str], *, max_new_tokens: int = 32, temperature: float = 0.0,
+                      top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+        """Plain text continuation (``lm`` template: bos + text) through the TEAL model: only text ids are
+        allowed, so this is the LM's own text distribution (bitwise, while the LM is frozen). Greedy by default."""
+        prompts = _require_texts(prompts, "generate_text")
+        ids = [self.templates.prompt("lm", self.text_tokenizer.encode(p)) for p in prompts]
+        return self._text_task(ids, max_new_tokens, temperature, top_k, top_p, seed)
+
+    def logits(self, tokens) -> np.ndarray:
+        """Unified ids int [B, T] -> float32 logits [B, T, vocab.size] (full forward, no cache)."""
+        t = np.asarray(tokens)
+        if t.ndim != 2 or t.dtype.kind not in "iu":
+            raise ValueError(f"tokens must be integer [B, T], got {t.dtype} {t.shape}")
+        return np.asarray(self._logits(self.params, jnp.asarray(t, jnp.int32)))
+
+    # ---- files -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def save_png(images, paths: Sequence[str | os.PathLike]) -> list[str]:
+        """Writes uint8 images [B, H, W] or [B, H, W, 1|3|4] to ``paths`` (one per image) as PNG."""
+        from teal_jax.data.digits import png_bytes
+
+        x = np.asarray(images)
+        if x.dtype != np.uint8 or x.ndim not in (3, 4):
+            raise ValueError(f"save_png: images must be uint8 [B, H, W] or [B, H, W, C], got {x.dtype} {x.shape}")
+        if len(paths) != x.shape[0]:
+            raise ValueError(f"save_png: {x.shape[0]} images but {len(paths)} paths")
+        out = []
+        for img, p in zip(x, paths, strict=True):
+            p = os.fspath(p)
+            os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
+            with open(p, "wb") as f:
+                f.write(png_bytes(img))
+            out.append(p)
+        return out
+
+    def save_wav(self, waves, paths: Sequence[str | os.PathLike]) -> list[str]:
+        """Writes float waveforms [B, samples] (at :attr:`sample_rate`) to ``paths`` as 16-bit PCM WAV."""
+        from teal_jax.audio_io import write_wav
+
+        x = np.asarray(waves)
+        if x.ndim != 2:
+            raise ValueError(f"save_wav: waves must be [B, samples], got shape {x.shape}")
+        if len(paths) != x.shape[0]:
+            raise ValueError(f"save_wav: {x.shape[0]} waveforms but {len(paths)} paths")
+        for wave, p in zip(x, paths, strict=True):
+            write_wav(p, wave, self.sample_rate)
+        return [os.fspath(p) for p in paths]
