@@ -1,0 +1,357 @@
+"""The TEAL demo's evaluation on held-out data: captioning, text-to-image, ASR, TTS, reasoning and text perplexity.
+
+Every function takes a model with the :class:`teal_jax.teal.TealModel` methods it uses (any object with them works,
+which is how the tests check the scoring rules) plus held-out arrays, returns plain Python numbers/lists/dicts
+(JSON-serialisable) and can write samples to ``sample_dir``. Generation options (``guidance_scale``,
+``temperature``, ``top_k``, ``top_p``, ``seed``) pass through ``**sampling`` to the model's method.
+
+Definitions (all over the examples given; ``DIGITS = ("zero", ..., "nine")``):
+
+- words(text): lowercase ``[a-z0-9']+`` tokens; a lone numeral ``0``..``9`` counts as its digit word.
+- **caption accuracy**: a caption is correct iff the set of digit words among its words is exactly
+  ``{DIGITS[label]}`` (the right digit named, no other digit named; other words are free, so "a seven" and "seven"
+  are correct, "seven or one" is not). **caption exact match**: ``words(caption) == words(reference)``, the
+  reference defaulting to ``DIGITS[label]``.
+- **text-to-image accuracy**: the independent digit classifier's prediction on the generated image equals the
+  digit of the prompt (prompt = ``prompt_format.format(word=DIGITS[d])``, ``per_class`` images per digit).
+- **ASR WER**: ``jiwer`` word error rate (substitutions + deletions + insertions over reference words, pooled over
+  the corpus) of ``words(hypothesis)`` against ``words(reference)``; also the sentence exact-match rate.
+- **TTS accuracy**: the independent spoken-word classifier (``teal_jax.evaluate.speech_classifier``) on the
+  generated speech (resampled to its 16 kHz when the codec's rate differs) equals the prompt's digit.
+- **reasoning accuracy**: prompts ``templates.sum_question(a, b, modality)`` for the held-out
+  ``templates.REASONING_EVAL_PAIRS``; correct iff the classifier (digit / speech) says ``a + b``.
+- **text perplexity**: ``exp(mean NLL)`` of ``bos text eos`` (targets: the text ids and eos) under the base LM
+  (``TransformerLM`` with the base parameters) and under the TEAL model's text rows (log-softmax over
+  ``logits[..., :text_size]``), with whether the two logit arrays are bitwise equal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from teal_jax.data import templates as templates_lib
+from teal_jax.data.templates import DIGITS
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+# ---- scoring rules -------------------------------------------------------------------------------------------------
+def words(text: str) -> list[str]:
+    """Lowercase word tokens of ``text``; a lone numeral 0-9 becomes its digit word."""
+    out = []
+    for w in _WORD.findall(str(text).lower()):
+        out.append(DIGITS[int(w)] if len(w) == 1 and w.isdigit() else w)
+    return out
+
+
+def digit_words(text: str) -> set[str]:
+    """The digit words named in ``text``."""
+    return {w for w in words(text) if w in DIGITS}
+
+
+def caption_correct(caption: str, label: int) -> bool:
+    """True iff ``caption`` names exactly one digit, the right one (see module docstring)."""
+    return digit_words(caption) == {DIGITS[int(label)]}
+
+
+def _check_labels(labels, n: int, what: str) -> np.ndarray:
+    y = np.asarray(labels).astype(np.int64).reshape(-1)
+    if y.shape[0] != n:
+        raise ValueError(f"{what}: {n} examples but {y.shape[0]} labels")
+    if np.any((y < 0) | (y > 9)):
+        raise ValueError(f"{what}: labels must be digits 0..9, got {sorted(set(y.tolist()))[:10]}")
+    return y
+
+
+def _per_class(labels: np.ndarray, correct: np.ndarray) -> dict[str, float]:
+    return {DIGITS[d]: float(np.mean(correct[labels == d])) for d in range(10) if np.any(labels == d)}
+
+
+def _confusion(labels: np.ndarray, predictions: np.ndarray) -> list[list[int]]:
+    m = np.zeros((10, 10), np.int64)
+    np.add.at(m, (labels, predictions), 1)
+    return m.tolist()
+
+
+def _write_tsv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\t".join(header) + "\n")
+        for r in rows:
+            f.write("\t".join(str(v).replace("\t", " ").replace("\n", " ") for v in r) + "\n")
+
+
+# ---- captioning ----------------------------------------------------------------------------------------------------
+def caption_accuracy(model, images, labels, *, references: Sequence[str] | None = None,
+                     sample_dir: str | None = None, max_samples: int = 16, **sampling) -> dict[str, Any]:
+    """Captions held-out ``images`` ([n, H, W] / [n, H, W, C]) with digit ``labels`` [n] -> {'accuracy',
+    'exact_match', 'n', 'per_class'}. Writes ``captions.tsv`` (all) and the first ``max_samples`` images as PNG to
+    ``sample_dir``."""
+    images = np.asarray(images)
+    if images.ndim < 3 or images.shape[0] == 0:
+        raise ValueError(f"caption_accuracy: images must be a non-empty batch [n, H, W(, C)], got {images.shape}")
+    y = _check_labels(labels, images.shape[0], "caption_accuracy")
+    refs = [DIGITS[d] for d in y] if references is None else list(references)
+    if len(refs) != len(y):
+        raise ValueError(f"caption_accuracy: {len(y)} images but {len(refs)} references")
+    captions = model.caption(images, **sampling)
+    correct = np.asarray([caption_correct(c, d) for c, d in zip(captions, y, strict=True)])
+    exact = np.asarray([words(c) == words(r) for c, r in zip(captions, refs, strict=True)])
+    if sample_dir:
+        os.makedirs(sample_dir, exist_ok=True)
+        _write_tsv(os.path.join(sample_dir, "captions.tsv"), ("index", "label", "correct", "caption"),
+                   [(i, DIGITS[d], int(c), cap) for i, (d, c, cap) in enumerate(zip(y, correct, captions,
+                                                                                     strict=True))])
+        k = min(max_samples, len(y))
+        if k:
+            model.save_png(images[:k].astype(np.uint8) if images.dtype == np.uint8
+                           else np.clip(np.round(images[:k] * 255), 0, 255).astype(np.uint8),
+                           [os.path.join(sample_dir, f"caption_{i:03d}_{DIGITS[y[i]]}.png") for i in range(k)])
+    return {"accuracy": float(correct.mean()), "exact_match": float(exact.mean()), "n": int(len(y)),
+            "per_class": _per_class(y, correct)}
+
+
+# ---- text -> image ---------------------------------------------------------------------------------------------
+def image_prompt_accuracy(model, classifier, prompts: Sequence[str], labels, *, sample_dir: str | None = None,
+                          prefix: str = "t2i", max_samples: int = 20, **sampling) -> dict[str, Any]:
+    """Generates one image per prompt; correct iff ``classifier.predict`` gives the prompt's digit label.
+    -> {'accuracy', 'n', 'per_class', 'confusion' (10x10, rows = asked digit)}. Writes the first ``max_samples``
+    images (``{prefix}_{i}_{asked}_as_{predicted}.png``) and ``{prefix}.tsv`` to ``sample_dir``."""
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("image_prompt_accuracy: no prompts")
+    y = _check_labels(labels, len(prompts), "image_prompt_accuracy")
+    images = np.asarray(model.generate_image(prompts, **sampling))
+    pred = np.asarray(classifier.predict(images)).astype(np.int64)
+    correct = pred == y
+    if sample_dir:
+        os.makedirs(sample_dir, exist_ok=True)
+        _write_tsv(os.path.join(sample_dir, f"{prefix}.tsv"), ("index", "prompt", "asked", "predicted"),
+                   [(i, p, DIGITS[a], DIGITS[b]) for i, (p, a, b) in enumerate(zip(prompts, y, pred, strict=True))])
+        k = min(max_samples, len(prompts))
+        model.save_png(images[:k], [os.path.join(sample_dir, f"{prefix}_{i:03d}_{DIGITS[y[i]]}_as_{DIGITS[pred[i]]}"
+                                                 ".png") for i in range(k)])
+    return {"accuracy": float(correct.mean()), "n": int(len(y)), "per_class": _per_class(y, correct),
+            "confusion": _confusion(y, pred)}
+
+
+def digit_prompts(per_class: int, prompt_format: str = "{word}") -> tuple[list[str], list[int]]:
+    """``per_class`` prompts for each digit 0..9 (digit-major) and their labels."""
+    if per_class < 1:
+        raise ValueError(f"per_class={per_class} must be >= 1")
+    labels = [d for d in range(10) for _ in range(per_class)]
+    return [prompt_format.format(word=DIGITS[d]) for d in labels], labels
+
+
+def reasoning_prompts(modality: str, pairs: Sequence[tuple[int, int]] = templates_lib.REASONING_EVAL_PAIRS,
+                      per_pair: int = 1) -> tuple[list[str], list[int]]:
+    """``templates.sum_question`` prompts for ``pairs`` (``per_pair`` each) and their answers a + b."""
+    if per_pair < 1:
+        raise ValueError(f"per_pair={per_pair} must be >= 1")
+    pairs = [(int(a), int(b)) for a, b in pairs for _ in range(per_pair)]
+    return [templates_lib.sum_question(a, b, modality) for a, b in pairs], [a + b for a, b in pairs]
+
+
+def text_to_image_accuracy(model, classifier, *, per_class: int = 10, prompt_format: str = "{word}",
+                           sample_dir: str | None = None, **sampling) -> dict[str, Any]:
+    """Text-to-image accuracy: ``per_class`` images for each digit word (see module docstring)."""
+    prompts, labels = digit_prompts(per_class, prompt_format)
+    return image_prompt_accuracy(model, classifier, prompts, labels, sample_dir=sample_dir, prefix="t2i",
+                                 **sampling)
+
+
+def reasoning_image_accuracy(model, classifier, *, pairs=templates_lib.REASONING_EVAL_PAIRS, per_pair: int = 4,
+                             sample_dir: str | None = None, **sampling) -> dict[str, Any]:
+    """'draw the sum of a and b' -> an image the digit classifier reads as a + b (held-out pairs)."""
+    prompts, labels = reasoning_prompts("image", pairs, per_pair)
+    return image_prompt_accuracy(model, classifier, prompts, labels, sample_dir=sample_dir,
+                                 prefix="reasoning_image", **sampling)
+
+
+# ---- text -> speech --------------------------------------------------------------------------------------------
+def speech_prompt_accuracy(model, speech_classifier, prompts: Sequence[str], labels, *,
+                           sample_dir: str | None = None, prefix: str = "tts", max_samples: int = 20,
+                           **sampling) -> dict[str, Any]:
+    """Generates speech per prompt; correct iff the spoken-word classifier gives the prompt's digit label.
+    -> {'accuracy', 'n', 'per_class', 'confusion'}. Writes WAVs + ``{prefix}.tsv`` to ``sample_dir``."""
+    from teal_jax.evaluate import speech_classifier as sc
+
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("speech_prompt_accuracy: no prompts")
+    y = _check_labels(labels, len(prompts), "speech_prompt_accuracy")
+    waves = np.asarray(model.generate_speech(prompts, **sampling), np.float32)
+    clf_in = waves
+    if model.sample_rate != sc.SAMPLE_RATE:
+        from teal_jax.audio_io import resample
+
+        clf_in = resample(waves, model.sample_rate, sc.SAMPLE_RATE)
+    pred = np.asarray(speech_classifier.predict(clf_in)).astype(np.int64)
+    correct = pred == y
+    if sample_dir:
+        os.makedirs(sample_dir, exist_ok=True)
+        _write_tsv(os.path.join(sample_dir, f"{prefix}.tsv"), ("index", "prompt", "asked", "predicted"),
+                   [(i, p, DIGITS[a], DIGITS[b]) for i, (p, a, b) in enumerate(zip(prompts, y, pred, strict=True))])
+        k = min(max_samples, len(prompts))
+        model.save_wav(waves[:k], [os.path.join(sample_dir, f"{prefix}_{i:03d}_{DIGITS[y[i]]}_as_{DIGITS[pred[i]]}"
+                                                ".wav") for i in range(k)])
+    return {"accuracy": float(correct.mean()), "n": int(len(y)), "per_class": _per_class(y, correct),
+            "confusion": _confusion(y, pred)}
+
+
+def tts_accuracy(model, speech_classifier, *, per_class: int = 10, prompt_format: str = "{word}",
+                 sample_dir: str | None = None, **sampling) -> dict[str, Any]:
+    """TTS accuracy: ``per_class`` utterances for each digit word, judged by the spoken-word classifier."""
+    prompts, labels = digit_prompts(per_class, prompt_format)
+    return speech_prompt_accuracy(model, speech_classifier, prompts, labels, sample_dir=sample_dir, prefix="tts",
+                                  **sampling)
+
+
+def reasoning_speech_accuracy(model, speech_classifier, *, pairs=templates_lib.REASONING_EVAL_PAIRS,
+                              per_pair: int = 4, sample_dir: str | None = None, **sampling) -> dict[str, Any]:
+    """'say the sum of a and b' -> speech the spoken-word classifier hears as a + b (held-out pairs)."""
+    prompts, labels = reasoning_prompts("audio", pairs, per_pair)
+    return speech_prompt_accuracy(model, speech_classifier, prompts, labels, sample_dir=sample_dir,
+                                  prefix="reasoning_speech", **sampling)
+
+
+# ---- speech -> text ----------------------------------------------------------------------------------------------
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, Any]:
+    """Corpus WER with jiwer over :func:`words`-normalised texts -> {'wer', 'substitutions', 'deletions',
+    'insertions', 'reference_words', 'exact_match', 'n'}. An empty reference is an error (WER is undefined)."""
+    import jiwer
+
+    refs, hyps = list(references), list(hypotheses)
+    if len(refs) != len(hyps):
+        raise ValueError(f"word_error_rate: {len(refs)} references but {len(hyps)} hypotheses")
+    if not refs:
+        raise ValueError("word_error_rate: no references")
+    refs = [" ".join(words(r)) for r in refs]
+    hyps = [" ".join(words(h)) for h in hyps]
+    empty = [i for i, r in enumerate(refs) if not r]
+    if empty:
+        raise ValueError(f"word_error_rate: references {empty[:5]} have no words")
+    out = jiwer.process_words(refs, hyps)
+    n_ref = out.substitutions + out.deletions + out.hits
+    return {"wer": float(out.wer), "substitutions": int(out.substitutions), "deletions": int(out.deletions),
+            "insertions": int(out.insertions), "reference_words": int(n_ref),
+            "exact_match": float(np.mean([r == h for r, h in zip(refs, hyps, strict=True)])), "n": len(refs)}
+
+
+def asr_wer(model, waveforms, transcripts: Sequence[str], sample_rate: int, *, sample_dir: str | None = None,
+            **sampling) -> dict[str, Any]:
+    """Transcribes held-out speech (``waveforms``: [n, samples] or a list of clips) and scores it against
+    ``transcripts`` (see :func:`word_error_rate`). Writes ``asr.tsv`` (reference, hypothesis) to ``sample_dir``."""
+    transcripts = list(transcripts)
+    n = len(waveforms)
+    if n != len(transcripts):
+        raise ValueError(f"asr_wer: {n} clips but {len(transcripts)} transcripts")
+    hyps = model.transcribe(waveforms, sample_rate, **sampling)
+    result = word_error_rate(transcripts, hyps)
+    if sample_dir:
+        os.makedirs(sample_dir, exist_ok=True)
+        _write_tsv(os.path.join(sample_dir, "asr.tsv"), ("index", "reference", "hypothesis"),
+                   [(i, r, h) for i, (r, h) in enumerate(zip(transcripts, hyps, strict=True))])
+    return result
+
+
+# ---- text perplexity -------------------------------------------------------------------------------------------
+def load_base_lm_params(workdir: str) -> Any:
+    """The text LM parameters of a checkpoint: an 'lm' run's ``params['model']``, or a 'teal' run's
+    ``params['model']['lm']``."""
+    from teal_jax import checkpoint
+
+    config, params, _ = checkpoint.load_params(workdir)
+    kind = config.get("objective", "lm")
+    if kind == "lm":
+        return params["model"]
+    if kind == "teal":
+        return params["model"]["lm"]
+    raise ValueError(f"{workdir}: checkpoint of objective {kind!r}, expected 'lm' or 'teal'")
+
+
+def _has_bias(params) -> bool:
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    return any(str(getattr(p[-1], "key", p[-1])) == "bias" for p, _ in paths)
+
+
+def _nll_sums(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> float:
+    """Sum over masked positions of -log softmax(logits)[target], in float64."""
+    x = logits.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    lse = np.log(np.exp(x - m).sum(-1)) + m[..., 0]
+    picked = np.take_along_axis(x, targets[..., None], -1)[..., 0]
+    return float(((lse - picked) * mask).sum())
+
+
+def text_perplexity(model, texts: Sequence[str], *, base_lm_params: Any = None, max_len: int = 128,
+                    batch_size: int = 8) -> dict[str, Any]:
+    """Perplexity of held-out ``texts`` under the base LM and under the TEAL model's text rows.
+
+    ``base_lm_params``: the base ``TransformerLM`` parameters (default: read from the run's
+    ``config.model.base_lm_workdir`` with :func:`load_base_lm_params`). Each text becomes ``bos ids eos``, cut to
+    ``max_len`` ids; rows are right-padded to one length (a multiple of 16, at most ``max_len``) and run in batches of
+    ``batch_size`` (the last padded with empty rows), so each model compiles once. -> {'base_ppl', 'teal_ppl',
+    'base_nll', 'teal_nll', 'tokens', 'logits_bitwise_equal', 'max_abs_logit_diff'} (the logit comparison is over
+    real positions: base logits vs TEAL ``logits[..., :text_size]``)."""
+    from teal_jax.models.transformer import TransformerLM
+
+    texts = list(texts)
+    if not texts:
+        raise ValueError("text_perplexity: no texts")
+    if base_lm_params is None:
+        base = (model.run_config.model.get("base_lm_workdir") if getattr(model, "run_config", None) is not None
+                else None)
+        if not base:
+            raise ValueError("text_perplexity: pass base_lm_params (the run names no config.model.base_lm_workdir)")
+        base_lm_params = load_base_lm_params(base)
+    tok = model.text_tokenizer
+    rows = [[tok.bos_id, *tok.encode(t), tok.eos_id][:max_len] for t in texts]
+    short = [i for i, r in enumerate(rows) if len(r) < 2]
+    if short:
+        raise ValueError(f"text_perplexity: texts {short[:5]} give fewer than 2 ids (max_len={max_len})")
+    length = min(max_len, -(-max(len(r) for r in rows) // 16) * 16)
+    n = len(rows)
+    size = min(batch_size, n)
+    padded_n = -(-n // size) * size
+    tokens = np.zeros((padded_n, length), np.int32)
+    mask = np.zeros((padded_n, length), np.float64)  # mask[:, t] = 1: token t is a target (predicted from t-1)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = r
+        mask[i, 1 : len(r)] = 1.0
+    lm_config = model.config.lm
+    if lm_config.use_bias != _has_bias(base_lm_params):
+        import dataclasses
+
+        lm_config = dataclasses.replace(lm_config, use_bias=_has_bias(base_lm_params))
+    base_params = jax.tree.map(jnp.asarray, base_lm_params)
+    base_fn = jax.jit(lambda p, t: TransformerLM(lm_config).apply({"params": p}, t))
+    text_size = model.vocab.text_size
+    base_sum = teal_sum = 0.0
+    equal, max_diff = True, 0.0
+    for s in range(0, padded_n, size):
+        chunk, m = tokens[s : s + size], mask[s : s + size]
+        teal_logits = np.asarray(model.logits(chunk))[..., :text_size]
+        base_logits = np.asarray(base_fn(base_params, jnp.asarray(chunk)))
+        if base_logits.shape != teal_logits.shape:
+            raise ValueError(f"base LM logits {base_logits.shape} vs TEAL text logits {teal_logits.shape}: the base "
+                             "parameters do not fit the TEAL model's LM")
+        real = np.zeros(m.shape, bool)  # positions whose logits are read: inputs 0 .. len-2
+        real[:, :-1] = m[:, 1:] > 0
+        equal = equal and bool(np.array_equal(teal_logits[real], base_logits[real]))
+        if real.any():
+            max_diff = max(max_diff, float(np.abs(teal_logits[real] - base_logits[real]).max()))
+        targets, tmask = chunk[:, 1:], m[:, 1:]
+        base_sum += _nll_sums(base_logits[:, :-1], targets, tmask)
+        teal_sum += _nll_sums(teal_logits[:, :-1], targets, tmask)
+    count = float(mask.sum())
+    return {"base_ppl": float(np.exp(base_sum / count)), "teal_ppl": float(np.exp(teal_sum / count)),
+            "base_nll": base_sum / count, "teal_nll": teal_sum / count, "tokens": int(count),
+            "logits_bitwise_equal": equal, "max_abs_logit_diff": max_diff}
+
