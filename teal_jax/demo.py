@@ -1,14 +1,20 @@
 """The one-command demo: every stage of TEAL on data made on this machine, resumable stage by stage.
 
-  python -m teal_jax.demo --workdir=runs/demo            # the default demo
-  python -m teal_jax.demo --workdir=/tmp/q --variant=quick   # minutes: what CI runs end to end
+  python -m teal_jax.demo --workdir=runs/demo                 # the default demo (<= 30 min on 2 CPU cores)
+  python -m teal_jax.demo --workdir=/tmp/q --variant=quick    # minutes: what CI runs end to end
 
-Stages (each trains through the one trainer into ``<workdir>/<stage>/`` and is skipped when its final checkpoint
-exists, so re-running the command resumes where it stopped):
-  text_lm          a small Llama-shaped LM on the generated English corpus (SentencePiece tokenizer trained first)
-  image_tokenizer  the VQ image tokenizer on scikit-learn's handwritten digits (configs/image/digits_tiny.py)
-  audio_codec      the neural audio codec on espeak-ng speech (configs/audio/speech_tiny.py)
-A markdown report with every stage's figures and wall time is written to ``<workdir>/report.md``.
+Stages, in order (each trains through the one trainer into ``<workdir>/<stage>/`` and is skipped when it has
+finished, so re-running the command resumes where it stopped, mid-stage from the newest checkpoint):
+  text_lm            a small Llama-shaped LM on the generated English corpus (its SentencePiece model first)
+  image_tokenizer    the image tokenizer on scikit-learn's handwritten digits (configs/image/digits_tiny.py)
+  audio_codec        the neural audio codec on espeak-ng speech (configs/audio/speech_tiny.py)
+  teal_stage1        TEAL with the text LM frozen: non-text rows, heads (configs/teal/demo.py)
+  teal_stage2        + bias/norm tuning, starting from stage 1 (configs/teal/demo.py:stage2)
+  ablation_codebook  stage 1 with codebook-initialised non-text embeddings (the paper's ablation)
+  ablation_full      stage 1's data with full fine-tuning (frozen vs not)
+  evaluate           held-out evaluation of every TEAL run, samples (PNG/WAV) and ``<workdir>/report.md`` + plots
+
+The shared data (digits, speech) is built once under ``<workdir>/data``.
 """
 
 from __future__ import annotations
@@ -21,19 +27,25 @@ import time
 from collections.abc import Callable
 
 import ml_collections
+import numpy as np
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Where every stage writes its run directory and the report.")
 flags.DEFINE_enum("variant", "default", ["default", "quick"], "'quick' shrinks every stage to run in minutes.")
-flags.DEFINE_list("stages", None, "Run only these stages (default: all available).")
+flags.DEFINE_list("stages", None, "Run only these stages (default: all, in order).")
 
 
 def _config(module: str, arg: str | None = None) -> ml_collections.ConfigDict:
     return importlib.import_module(module).get_config(arg)
 
 
-def text_lm_config(variant: str) -> ml_collections.ConfigDict:
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+# ---- stage configs: (variant, demo workdir) -> config ---------------------------------------------------------------
+def text_lm_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
     c = _config("configs.lm.tiny")
     if variant == "quick":
         c.data.num_docs = 2000
@@ -46,87 +58,168 @@ def text_lm_config(variant: str) -> ml_collections.ConfigDict:
     return c
 
 
-def image_tokenizer_config(variant: str) -> ml_collections.ConfigDict:
-    return _config("configs.image.digits_tiny", "quick" if variant == "quick" else None)
+def image_tokenizer_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
+    c = _config("configs.image.digits_tiny", "smoke" if variant == "quick" else None)
+    c.data.data_dir = os.path.join(workdir, "data")
+    return c
 
 
-def audio_codec_config(variant: str) -> ml_collections.ConfigDict:
-    return _config("configs.audio.speech_tiny", "quick" if variant == "quick" else None)
+def audio_codec_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
+    c = _config("configs.audio.speech_tiny", "smoke" if variant == "quick" else _audio_demo_variant())
+    c.data.data_dir = os.path.join(workdir, "data")
+    return c
 
 
-STAGES: dict[str, Callable[[str], ml_collections.ConfigDict]] = {
+def _audio_demo_variant() -> str | None:
+    """speech_tiny's time-budgeted 'demo' variant where this checkout has one."""
+    try:
+        _config("configs.audio.speech_tiny", "demo")
+        return "demo"
+    except ValueError:
+        return None
+
+
+def _teal_config(variant: str, workdir: str, teal_variant: str) -> ml_collections.ConfigDict:
+    arg = ",".join(v for v in (teal_variant, "quick" if variant == "quick" else "") if v)
+    c = _config("configs.teal.demo", arg)
+    data_dir = os.path.join(workdir, "data")
+    c.model.base_lm_workdir = os.path.join(workdir, "text_lm")
+    c.data.image_tokenizer = os.path.join(workdir, "image_tokenizer")
+    c.data.audio_tokenizer = os.path.join(workdir, "audio_codec")
+    c.data.image_source.data_dir = data_dir
+    c.data.audio_source.data_dir = data_dir
+    c.data.tokens_dir = os.path.join(workdir, "tokens")  # shared by every TEAL run: tokenized once
+    return c
+
+
+def teal_stage1_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
+    return _teal_config(variant, workdir, "")
+
+
+def teal_stage2_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
+    c = _teal_config(variant, workdir, "stage2")
+    c.model.base_lm_workdir = os.path.join(workdir, "teal_stage1")  # every TEAL parameter from stage 1
+    return c
+
+
+def ablation_codebook_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
+    c = _teal_config(variant, workdir, "codebook")
+    c.model.image_codebook = os.path.join(workdir, "codebooks", "image.npy")
+    c.model.audio_codebook = os.path.join(workdir, "codebooks", "audio.npy")
+    return c
+
+
+def ablation_full_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
+    return _teal_config(variant, workdir, "full")
+
+
+TRAIN_STAGES: dict[str, Callable[[str, str], ml_collections.ConfigDict]] = {
     "text_lm": text_lm_config,
     "image_tokenizer": image_tokenizer_config,
     "audio_codec": audio_codec_config,
+    "teal_stage1": teal_stage1_config,
+    "teal_stage2": teal_stage2_config,
+    "ablation_codebook": ablation_codebook_config,
+    "ablation_full": ablation_full_config,
+}
+STAGE_ORDER = (*TRAIN_STAGES, "evaluate")
+# What a stage needs to have finished first.
+REQUIRES = {
+    "teal_stage1": ("text_lm", "image_tokenizer", "audio_codec"),
+    "teal_stage2": ("teal_stage1",),
+    "ablation_codebook": ("text_lm", "image_tokenizer", "audio_codec"),
+    "ablation_full": ("text_lm", "image_tokenizer", "audio_codec"),
+    "evaluate": ("teal_stage1",),
 }
 
 
-def available_stages() -> list[str]:
-    """Stages whose config module exists in this checkout."""
-    names = []
-    for name, fn in STAGES.items():
-        try:
-            fn("quick")
-        except ModuleNotFoundError:
-            continue
-        names.append(name)
-    return names
+def _done_file(workdir: str, name: str) -> str:
+    return os.path.join(workdir, name, "stage_result.json")
+
+
+def stage_done(workdir: str, name: str, config: ml_collections.ConfigDict | None = None) -> bool:
+    """A stage is done when its result file exists and its newest checkpoint is the final step."""
+    if not os.path.exists(_done_file(workdir, name)):
+        return False
+    if config is None:
+        return True
+    from teal_jax.checkpoint import Checkpointer
+
+    return Checkpointer(os.path.join(workdir, name), async_save=False).latest_step() == config.train.steps
+
+
+def write_codebooks(workdir: str) -> None:
+    """The tokenizers' code vectors as .npy for the codebook-init ablation (written once)."""
+    out = os.path.join(workdir, "codebooks")
+    paths = {m: os.path.join(out, f"{m}.npy") for m in ("image", "audio")}
+    if all(os.path.exists(p) for p in paths.values()):
+        return
+    from teal_jax.tokenizers.audio import AudioTokenizer
+    from teal_jax.tokenizers.image import ImageTokenizer
+
+    os.makedirs(out, exist_ok=True)
+    arrays = {"image": ImageTokenizer.from_checkpoint(os.path.join(workdir, "image_tokenizer")).code_vectors(),
+              "audio": AudioTokenizer.from_checkpoint(os.path.join(workdir, "audio_codec")).code_vectors()}
+    for m, a in arrays.items():
+        tmp = paths[m] + ".tmp.npy"
+        np.save(tmp, a)
+        os.replace(tmp, paths[m])  # a killed run leaves no half-written file under the final name
 
 
 def run_stage(name: str, workdir: str, variant: str) -> dict:
-    from teal_jax.checkpoint import Checkpointer
     from teal_jax.train import trainer
 
-    config = STAGES[name](variant)
+    missing = [r for r in REQUIRES.get(name, ()) if not stage_done(workdir, r)]
+    if missing:
+        raise RuntimeError(f"stage {name} needs {missing} to have finished first (run them, or all stages)")
+    config = TRAIN_STAGES[name](variant, workdir)
     stage_dir = os.path.join(workdir, name)
-    done_file = os.path.join(stage_dir, "stage_result.json")
-    if os.path.exists(done_file):
-        ckpt = Checkpointer(stage_dir, async_save=False)
-        if ckpt.latest_step() == config.train.steps:
-            print(f"[demo] {name}: already trained ({done_file}); skipping", flush=True)
-            with open(done_file) as f:
-                return json.load(f)
-    print(f"[demo] === stage {name}: {config.objective}, {config.train.steps} steps -> {stage_dir}", flush=True)
+    if stage_done(workdir, name, config):
+        _say(f"{name}: already trained ({_done_file(workdir, name)}); skipping")
+        with open(_done_file(workdir, name)) as f:
+            return json.load(f)
+    if name == "ablation_codebook":
+        write_codebooks(workdir)
+    _say(f"=== stage {name}: {config.objective}, {config.train.steps} steps -> {stage_dir}")
     t0 = time.time()
     metrics = trainer.train(config, stage_dir)
     result = {"stage": name, "wall_s": round(time.time() - t0, 1), "steps": config.train.steps,
               "metrics": {k: float(v) for k, v in metrics.items()}}
-    with open(done_file, "w") as f:
+    tmp = _done_file(workdir, name) + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(result, f, indent=1)
+    os.replace(tmp, _done_file(workdir, name))
+    _say(f"{name}: done in {result['wall_s']} s")
     return result
-
-
-def write_report(workdir: str, results: list[dict]) -> str:
-    lines = ["# teal_jax demo report", ""]
-    for r in results:
-        lines += [f"## {r['stage']}", "", f"- steps: {r['steps']}, wall time of the last run: {r['wall_s']} s", ""]
-        lines += ["| metric | value |", "| --- | --- |"]
-        lines += [f"| {k} | {v:.4g} |" for k, v in sorted(r["metrics"].items())]
-        lines.append("")
-    path = os.path.join(workdir, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-    return path
 
 
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    stages = FLAGS.stages or available_stages()
-    unknown = [s for s in stages if s not in STAGES]
+    workdir = FLAGS.workdir
+    os.makedirs(workdir, exist_ok=True)
+    stages = FLAGS.stages or list(STAGE_ORDER)
+    unknown = [s for s in stages if s not in STAGE_ORDER]
     if unknown:
-        sys.exit(f"unknown stage(s) {unknown}; known: {list(STAGES)}")
-    results = [run_stage(s, FLAGS.workdir, FLAGS.variant) for s in stages]
-    path = write_report(FLAGS.workdir, results)
-    if "text_lm" in stages:
-        import teal_jax
+        sys.exit(f"unknown stage(s) {unknown}; known: {list(STAGE_ORDER)}")
+    t0 = time.time()
+    results = {}
+    for s in [s for s in STAGE_ORDER if s in stages]:
+        if s == "evaluate":
+            from teal_jax import demo_report
 
-        lm = teal_jax.load(os.path.join(FLAGS.workdir, "text_lm"))
-        prompts = ["three plus four is", "the red"]
-        for p, out in zip(prompts, lm.generate(prompts, max_new_tokens=16), strict=True):
-            print(f"[demo] sample: {p!r} -> {out!r}", flush=True)
-    print(f"[demo] report: {path}", flush=True)
+            results[s] = demo_report.evaluate_stage(workdir, FLAGS.variant, results)
+        else:
+            results[s] = run_stage(s, workdir, FLAGS.variant)
+    if stages == ["text_lm"] or "evaluate" not in stages:
+        if "text_lm" in stages:
+            import teal_jax
+
+            lm = teal_jax.load(os.path.join(workdir, "text_lm"))
+            prompts = ["three plus four is", "the red"]
+            for p, out in zip(prompts, lm.generate(prompts, max_new_tokens=16), strict=True):
+                _say(f"sample: {p!r} -> {out!r}")
+    _say(f"all requested stages finished in {time.time() - t0:.0f} s (this run)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""TEAL on the demo data: the tiny text LM (configs/lm/tiny.py) kept frozen, adapted to scikit-learn's digits
+(configs/image/digits_tiny.py tokens) and espeak-ng speech (configs/audio/speech_tiny.py tokens).
+
+``teal_jax.demo`` fills the paths (``model.base_lm_workdir``, ``data.image_tokenizer``, ``data.audio_tokenizer``,
+the sources' ``data_dir``) from its run directory; to run a stage by hand, set them on the command line:
+
+  python -m teal_jax.main --config=configs/teal/demo.py --workdir=runs/demo/teal_stage1 \
+      --config.model.base_lm_workdir=runs/demo/text_lm --config.data.image_tokenizer=runs/demo/image_tokenizer \
+      --config.data.audio_tokenizer=runs/demo/audio_codec
+
+Variants (``--config=configs/teal/demo.py:VARIANT``, comma-separated):
+  ``stage2``  : LLaMA-Adapter-V2-style bias/norm tuning on top of stage 1 (``lm.use_bias=True``; set
+                ``model.base_lm_workdir`` to the stage-1 run so every TEAL parameter starts from it).
+  ``codebook``: non-text embeddings initialised from the tokenizers' code vectors through a learned projection
+                (the paper's ablation; the demo writes the ``.npy`` files from the tokenizers).
+  ``full``    : full fine-tuning (the LM is not frozen): the ablation against the frozen stages.
+  ``quick``   : a few steps on the tiny data (CI runs the whole demo with it).
+"""
+
+import ml_collections
+
+from configs.lm import tiny as tiny_lm
+from teal_jax.config import base_config
+
+_VARIANTS = {"stage2", "codebook", "full", "quick"}
+
+
+def get_config(arg: str | None = None):
+    variants = set((arg or "").split(",")) - {""}
+    unknown = variants - _VARIANTS
+    if unknown:
+        raise ValueError(f"teal demo: unknown variant(s) {sorted(unknown)}; known: {sorted(_VARIANTS)}")
+    quick = "quick" in variants
+    c = base_config()
+    c.objective = "teal"
+
+    lm = tiny_lm.get_config().model
+    if quick:  # the quick text LM of teal_jax.demo
+        lm.vocab_size = 512
+        lm.num_layers = 2
+    c.model.lm = ml_collections.ConfigDict({k: lm[k] for k in (
+        "vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim", "rope_theta",
+        "norm_eps", "qk_norm", "tie_embeddings", "attention_impl", "remat_policy", "max_decode_len")})
+    c.model.lm.max_decode_len = 512
+    c.model.lm.use_bias = "stage2" in variants
+    c.model.vocab = ml_collections.ConfigDict(dict(
+        image_codebook_size=200,  # digits_tiny: FSQ [8, 5, 5]
+        audio_codebook_size=64,  # speech_tiny
+        audio_num_levels=4,
+        audio_scheme="first_levels",  # one id per 10 ms frame: the coarsest RVQ level carries the words
+        audio_keep_levels=1,
+        pad_multiple=128))
+    c.model.embedding_init = "codebook" if "codebook" in variants else "random"
+    c.model.image_code_dim = 3 if "codebook" in variants else 0  # FSQ grid values
+    c.model.audio_code_dim = 64 if "codebook" in variants else 0  # the codec's latent width (hidden_size)
+    c.model.image_codebook = ml_collections.config_dict.placeholder(str)
+    c.model.audio_codebook = ml_collections.config_dict.placeholder(str)
+    c.model.stage = "full" if "full" in variants else ("frozen_stage2" if "stage2" in variants else "frozen_stage1")
+    c.model.base_lm_workdir = ml_collections.config_dict.placeholder(str)
+    c.model.base_lm_hf = ml_collections.config_dict.placeholder(str)
+    c.model.z_loss = 0.0
+    c.model.loss_weights = ml_collections.ConfigDict(dict(text=1.0, special=1.0, image=1.0, audio=1.0))
+
+    c.data.kind = "tasks"
+    c.data.text_tokenizer = ""  # '': the base LM's SentencePiece model
+    c.data.image_tokenizer = ""
+    c.data.audio_tokenizer = ""
+    c.data.image_source = ml_collections.ConfigDict(dict(kind="digits", image_size=32, data_dir=""))
+    c.data.audio_source = ml_collections.ConfigDict(dict(kind="spoken_words", config="tiny" if quick else "small",
+                                                         data_dir=""))
+    c.data.audio_seconds = 1.0
+    c.data.tokens_dir = ""
+    c.data.tasks = ml_collections.ConfigDict(dict(caption=1.0, t2i=1.0, asr=1.0, tts=1.0, lm=0.5, reason_t2i=0.5,
+                                                  reason_tts=0.5))
+    c.data.cond_dropout = 0.1
+    c.data.seq_len = 256
+
+    c.train.steps = 12 if quick else 800
+    c.train.batch_size = 8 if quick else 16
+    c.train.log_every = 4 if quick else 50
+    c.train.eval_every = 12 if quick else 400
+    c.train.eval_batches = 2 if quick else 4
+    c.train.checkpoint_every = 400
+    c.train.compute_dtype = "float32"  # CPUs have no fast bf16
+    c.optimizer.lr = 3e-3
+    c.optimizer.warmup_steps = 4 if quick else 50
+    c.optimizer.weight_decay = 0.0  # new rows start small; decay would only pull them to zero
+    if "stage2" in variants:
+        c.train.steps = 8 if quick else 400
+        c.optimizer.lr = 1e-3
+    if "full" in variants:
+        c.optimizer.lr = 1e-3
+    c.sample.prompts = ("",)
+    return c
