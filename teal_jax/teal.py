@@ -18,9 +18,10 @@ unconditional prompt ``Templates.null_prompt(task)`` (``<null> <boi>`` / ``<null
 condition dropout produces.
 
 Audio spans have a fixed length (``templates.audio_span``: ``config.data.audio_seconds`` at the codec's rate).
-``transcribe`` resamples each clip to the codec's rate, then cuts or zero-pads it to the span
-(``templates.fit_audio``), exactly as the training examples were made; a clip longer than the span is cut and a
-``UserWarning`` names it (the model never saw audio past the span).
+``transcribe`` resamples each clip to the codec's rate and zero-pads it at the end to the span
+(``templates.fit_audio``), as the training examples were made. A clip longer than the span (training skips such
+clips: the model never saw speech past the span) is cut to the span, and a ``UserWarning`` names it, so a batch of
+held-out clips still runs; check the warning when evaluating.
 
 Large batches run in chunks of ``max_batch`` prompts; when there is more than one chunk, the last one is padded with
 copies of its last prompt so that every chunk has one shape (one compilation).
@@ -28,6 +29,7 @@ copies of its last prompt so that every chunk has one shape (one compilation).
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Sequence
@@ -111,6 +113,13 @@ def _load_tokenizer(kind: str, path: str):
         raise type(e)(f"{field}={path!r}: cannot load the {kind} tokenizer: {e}") from e
 
 
+@functools.lru_cache(maxsize=8)
+def _forward(config: TealConfig):
+    """The jitted full forward ``(params, tokens [B, T]) -> logits [B, T, vocab.size]``, shared by models of one
+    config (one compilation per shape)."""
+    return jax.jit(lambda p, t: TealLM(config).apply({"params": p}, t))
+
+
 class TealModel:
     """A TEAL model + its text, image and audio tokenizers (see the module docstring).
 
@@ -172,7 +181,7 @@ class TealModel:
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} must be >= 1")
         self.max_batch = int(max_batch)
-        self._logits = jax.jit(lambda p, t: TealLM(config).apply({"params": p}, t))
+        self._logits = _forward(config)
 
     # ---- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -297,9 +306,9 @@ class TealModel:
     # ---- speech -> text ----------------------------------------------------------------------------------------
     def fit_waveforms(self, waveforms, sample_rate: int) -> np.ndarray:
         """Clips -> float32 [B, audio_samples] at the codec's rate: resampled, mono, start-aligned, cut or
-        zero-padded to the span (a cut clip raises a UserWarning). ``waveforms``: one clip [samples], a batch
-        [B, samples] / [B, samples, channels], or a list of [samples] / [samples, channels] clips (int16 or float
-        in [-1, 1]); NaN/Inf or empty clips raise ValueError."""
+        zero-padded to the span (a cut clip gives a UserWarning; see the module docstring). ``waveforms``: one clip
+        [samples], a batch [B, samples] / [B, samples, channels], or a list of [samples] / [samples, channels] clips
+        (int16 or float in [-1, 1]); NaN/Inf or empty clips raise ValueError."""
         tok = self._audio()
         if isinstance(waveforms, (list, tuple)):
             clips = list(waveforms)
@@ -320,8 +329,8 @@ class TealModel:
         if long:
             warnings.warn(f"clip(s) {long[:8]} are longer than the audio span ({samples} samples = "
                           f"{samples / tok.sample_rate:.3g} s at {tok.sample_rate} Hz, config.data.audio_seconds): "
-                          "cut to the span, as training examples are (templates.fit_audio)", UserWarning,
-                          stacklevel=3)
+                          "cut to the span (training skips such clips; the model never heard speech past it)",
+                          UserWarning, stacklevel=3)
         return templates_lib.fit_audio(x, samples).astype(np.float32)
 
     def audio_to_ids(self, waveforms, sample_rate: int) -> np.ndarray:

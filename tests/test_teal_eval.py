@@ -212,3 +212,29 @@ def test_text_perplexity_bitwise_and_against_a_direct_computation(model):
         E.text_perplexity(model, [], base_lm_params=base)
     with pytest.raises(ValueError, match="pass base_lm_params"):
         E.text_perplexity(model, texts)
+
+
+def test_base_lm_params_from_the_runs_base_workdir(model, tmp_path):
+    """text_perplexity without base_lm_params reads config.model.base_lm_workdir (here a 'teal' checkpoint: its
+    params['model']['lm'])."""
+    from test_teal_api import tiny_parts
+
+    from teal_jax.checkpoint import Checkpointer
+
+    p = tiny_parts()
+    ckpt = Checkpointer(str(tmp_path / "base"), async_save=False)
+    ckpt.save(1, {"params": {"model": jax.tree.map(np.asarray, p["params"])}}, {}, p["config"])
+    ckpt.close()
+    loaded = E.load_base_lm_params(str(tmp_path / "base"))
+    jax.tree.map(np.testing.assert_array_equal, loaded, jax.tree.map(np.asarray, p["params"]["lm"]))
+    cfg = p["config"].copy_and_resolve_references()
+    cfg.model.base_lm_workdir = str(tmp_path / "base")
+    m = TealModel(p["teal_config"], p["params"], p["text"], run_config=cfg)
+    r = E.text_perplexity(m, ["one two three", "seven", "draw the sum of two and three"], batch_size=2)
+    assert r["logits_bitwise_equal"] and r["base_ppl"] == r["teal_ppl"]
+    other = p["image_run"].copy_and_resolve_references()
+    ckpt = Checkpointer(str(tmp_path / "img"), async_save=False)
+    ckpt.save(0, {"params": {"model": {"w": np.zeros(2, np.float32)}}}, {}, other)
+    ckpt.close()
+    with pytest.raises(ValueError, match="checkpoint of objective 'image_vq', expected 'lm' or 'teal'"):
+        E.load_base_lm_params(str(tmp_path / "img"))

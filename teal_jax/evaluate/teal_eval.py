@@ -27,6 +27,7 @@ Definitions (all over the examples given; ``DIGITS = ("zero", ..., "nine")``):
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Sequence
@@ -276,6 +277,14 @@ def load_base_lm_params(workdir: str) -> Any:
     raise ValueError(f"{workdir}: checkpoint of objective {kind!r}, expected 'lm' or 'teal'")
 
 
+@functools.lru_cache(maxsize=8)
+def _lm_forward(config):
+    """The jitted ``TransformerLM(config)`` forward ``(params, tokens [B, T]) -> logits``, one per config."""
+    from teal_jax.models.transformer import TransformerLM
+
+    return jax.jit(lambda p, t: TransformerLM(config).apply({"params": p}, t))
+
+
 def _has_bias(params) -> bool:
     paths = jax.tree_util.tree_flatten_with_path(params)[0]
     return any(str(getattr(p[-1], "key", p[-1])) == "bias" for p, _ in paths)
@@ -300,8 +309,6 @@ def text_perplexity(model, texts: Sequence[str], *, base_lm_params: Any = None, 
     ``batch_size`` (the last padded with empty rows), so each model compiles once. -> {'base_ppl', 'teal_ppl',
     'base_nll', 'teal_nll', 'tokens', 'logits_bitwise_equal', 'max_abs_logit_diff'} (the logit comparison is over
     real positions: base logits vs TEAL ``logits[..., :text_size]``)."""
-    from teal_jax.models.transformer import TransformerLM
-
     texts = list(texts)
     if not texts:
         raise ValueError("text_perplexity: no texts")
@@ -331,7 +338,7 @@ def text_perplexity(model, texts: Sequence[str], *, base_lm_params: Any = None, 
 
         lm_config = dataclasses.replace(lm_config, use_bias=_has_bias(base_lm_params))
     base_params = jax.tree.map(jnp.asarray, base_lm_params)
-    base_fn = jax.jit(lambda p, t: TransformerLM(lm_config).apply({"params": p}, t))
+    base_fn = _lm_forward(lm_config)
     text_size = model.vocab.text_size
     base_sum = teal_sum = 0.0
     equal, max_diff = True, 0.0
