@@ -1,0 +1,520 @@
+"""TEAL task data: pre-tokenized token datasets (exact codes, skipped long clips, idempotent), the packed task stream
+(layouts/loss masks per segment, condition dropout, resume, host shards, held-out eval), config errors, generic tfds
+sources through tfds.testing.mock_data, and a short trainer run on data.kind='tasks'.
+
+The tokenizers are randomly initialised from the smoke configs and saved as checkpoints (no training), so the
+objective's real path (``from_checkpoint``) is used; every code they emit is still a deterministic function of the
+input, which is all the data path needs."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from flax import linen as nn
+
+from configs.audio import speech_tiny
+from configs.image import digits_tiny
+from teal_jax import teal_generate
+from teal_jax.checkpoint import Checkpointer
+from teal_jax.data import lm as lm_data
+from teal_jax.data import speech
+from teal_jax.data import teal_data as TD
+from teal_jax.data import templates as T
+from teal_jax.data.image_pipeline import center_crop_resize, convert_channels
+from teal_jax.models.codec import Codec, CodecConfig
+from teal_jax.models.vqgan import VQGAN, VQGANConfig
+from teal_jax.tokenizers.audio import AudioTokenizer
+from teal_jax.tokenizers.image import ImageTokenizer
+from teal_jax.tokenizers.text import TextTokenizer
+from teal_jax.tokenizers.vocab import UnifiedVocab
+
+SECONDS = 0.5  # 50 codec frames at 16 kHz / hop 160; many spoken-words clips are longer (skipped)
+BATCH = 16  # tokenize_batch
+TEXT_SIZE = 320
+ALL_TASKS = {t: 1.0 for t in TD.TASKS}
+
+
+# ---- fixtures -----------------------------------------------------------------------------------------------------
+def _save_run(workdir, config, variables):
+    """A checkpoint of randomly initialised tokenizer parameters (what from_checkpoint reads)."""
+    state = {"step": np.int32(1), "params": {"model": jax.tree.map(np.asarray, variables["params"])}}
+    rest = {k: jax.tree.map(np.asarray, v) for k, v in variables.items() if k != "params"}
+    if rest:
+        state["model_state"] = rest
+    ckpt = Checkpointer(workdir, async_save=False)
+    ckpt.save(1, state, {}, config)
+    ckpt.wait()
+    ckpt.close()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teal_data")
+    data_dir = str(root / "data")
+    ic = digits_tiny.get_config("smoke")
+    ic.model.image_size = ic.data.image_size = 16
+    ic.model.attn_levels, ic.model.mid_attention = (), False  # fewer ops to compile; still 4x4 FSQ codes
+    ic.data.data_dir = data_dir
+    ac = speech_tiny.get_config("smoke")
+    ac.data.data_dir = data_dir
+    with jax.default_prng_impl("rbg"):  # threefry draws compile slowly on XLA:CPU
+        iv = nn.unbox(jax.jit(VQGAN(VQGANConfig.from_config(ic.model)).init)(jax.random.key(0),
+                                                                              jnp.zeros((1, 16, 16, 1))))
+        ccfg = CodecConfig.from_config(ac.model, dtype="float32")
+        codec_init = jax.jit(lambda k: Codec(ccfg).init({"params": k, "dropout": k}, jnp.zeros((1, 320, 1)),
+                                                        train=False))
+        av = nn.unbox(codec_init(jax.random.key(1)))
+    image_run, audio_run = str(root / "image_run"), str(root / "audio_run")
+    _save_run(image_run, ic, iv)
+    _save_run(audio_run, ac, av)
+    image_tok = ImageTokenizer.from_checkpoint(image_run)
+    audio_tok = AudioTokenizer.from_checkpoint(audio_run)
+
+    lm_cfg = lm_data.default_data_config()
+    lm_cfg.num_docs, lm_cfg.vocab_size, lm_cfg.eval_fraction = 400, TEXT_SIZE, 0.05
+    lm_paths = lm_data.prepare_lm_data(lm_cfg, str(root / "lm"), verbose=False)
+    text_tok = TextTokenizer.load(lm_paths["tokenizer_model"])
+
+    tokens_dir = str(root / "tokens")
+    image = TD.pretokenize_images(image_tok, {"kind": "digits"}, tokens_dir, data_dir=data_dir, batch_size=BATCH)
+    audio = TD.pretokenize_audio(audio_tok, {"kind": "spoken_words", "config": "tiny"}, tokens_dir, seconds=SECONDS,
+                                 data_dir=data_dir, batch_size=BATCH)
+    vocab = UnifiedVocab(text_size=TEXT_SIZE, image_codebook_size=image_tok.vocab_size,
+                         audio_codebook_size=audio_tok.codebook_size, audio_num_levels=audio_tok.num_levels)
+    return dict(root=root, data_dir=data_dir, image_run=image_run, audio_run=audio_run, image_tok=image_tok,
+                audio_tok=audio_tok, lm_paths=lm_paths, text_tok=text_tok, tokens_dir=tokens_dir, image=image,
+                audio=audio, vocab=vocab)
+
+
+def _lm_source(env, split):
+    return tfds.data_source(env["lm_paths"]["dataset"], split=split, data_dir=env["lm_paths"]["tfds_dir"])
+
+
+def _stream(env, split="train", *, tasks=None, seq_len=256, batch_size=4, seed=0, p=0, n=1, dropout=0.5,
+            vocab=None):
+    token_split = "train" if split == "train" else "test"
+    return TD.TealTaskStream(
+        vocab=vocab or env["vocab"], text_tokenizer=env["text_tok"], tasks=tasks or ALL_TASKS, split=split,
+        batch_size=batch_size, seq_len=seq_len, seed=seed, image=TD.token_source(env["image"], token_split),
+        audio=TD.token_source(env["audio"], token_split), lm_docs=_lm_source(env, "train" if split == "train" else
+                                                                              "eval"),
+        cond_dropout=dropout, process_index=p, process_count=n)
+
+
+def _speech_source(env, split):
+    return tfds.data_source("spoken_words/tiny", split=split, data_dir=env["data_dir"])
+
+
+# ---- pre-tokenization ---------------------------------------------------------------------------------------------
+def test_image_tokens_are_the_tokenizers_codes_of_every_digit(env):
+    tok, man = env["image_tok"], env["image"]
+    for split in TD.SPLITS:
+        src = tfds.data_source("digits_images/16px", split=split, data_dir=env["data_dir"])
+        tokens = TD.token_source(man, split)
+        assert len(tokens) == len(src) == man["records"][split] and man["skipped"][split] == 0
+        want = np.asarray(tok.encode(np.stack([src[i]["image"] for i in range(BATCH)]))).reshape(BATCH, -1)
+        got = np.stack([tokens[i]["codes"] for i in range(BATCH)])
+        assert got.dtype == np.int32 and got.shape == (BATCH, 16)
+        np.testing.assert_array_equal(got, want)
+        for i in range(0, len(src), 37):
+            r = tokens[i]
+            assert int(r["index"]) == i and int(r["label"]) == int(src[i]["label"])
+            assert r["text"].decode() == T.DIGITS[int(src[i]["label"])]
+    assert 1 < len(np.unique(got)) and got.max() < tok.vocab_size
+
+
+def test_audio_tokens_are_the_codecs_codes_of_fixed_spans_and_long_clips_are_skipped(env, capsys):
+    tok, man = env["audio_tok"], env["audio"]
+    frames, samples = T.audio_span(SECONDS, tok.sample_rate, tok.config.hop_length)
+    assert man["code_shape"] == [frames, tok.num_levels] and man["span"]["frames"] == frames
+    for split in TD.SPLITS:
+        src, tokens = _speech_source(env, split), TD.token_source(man, split)
+        kept = [i for i in range(len(src)) if len(src[i]["audio"]) <= samples]
+        assert 0 < len(kept) < len(src)  # some clips are longer than the span
+        assert man["skipped"][split] == len(src) - len(kept) and man["records"][split] == len(kept) == len(tokens)
+        assert [int(tokens[j]["index"]) for j in range(len(tokens))] == kept
+        for j in range(0, len(kept), 5):
+            r, s = tokens[j], src[kept[j]]
+            assert r["text"] == s["text"] and int(r["label"]) == int(s["label"])
+        clips = np.stack([T.fit_audio(src[i]["audio"], samples) for i in kept[:BATCH]])
+        want, _ = tok.encode(clips, tok.sample_rate)
+        got = np.stack([tokens[j]["codes"] for j in range(BATCH)])
+        assert got.shape == (BATCH, frames, tok.num_levels)
+        np.testing.assert_array_equal(got, np.asarray(want))
+
+
+def test_pretokenization_is_idempotent_and_keyed_by_its_inputs(env, capsys):
+    stamps = {f: os.path.getmtime(os.path.join(env["tokens_dir"], f)) for f in os.listdir(env["tokens_dir"])}
+    again = TD.pretokenize_images(env["image_tok"], {"kind": "digits"}, env["tokens_dir"], data_dir=env["data_dir"],
+                                  batch_size=BATCH)
+    assert again == env["image"]
+    assert "records" not in capsys.readouterr().out  # nothing was built
+    assert {f: os.path.getmtime(os.path.join(env["tokens_dir"], f)) for f in os.listdir(env["tokens_dir"])} == stamps
+    # Another span is another dataset; the same span reuses the files.
+    assert env["audio"]["dataset"] != env["image"]["dataset"]
+    other = TD._digest({"a": 1}) != TD._digest({"a": 2})
+    assert other and "tensorflow" not in sys.modules
+
+
+# ---- the task stream ------------------------------------------------------------------------------------------------
+def _segments(batch, b):
+    """[(segment id, tokens, mask, positions)] of row b; asserts ids are 1, 2, ... then padding."""
+    seg = batch["segment_ids"][b]
+    ids = [s for s in np.unique(seg) if s > 0]
+    assert ids == list(range(1, len(ids) + 1))
+    n = int((seg > 0).sum())
+    assert np.all(seg[:n] > 0) and np.all(seg[n:] == 0) and np.all(batch["tokens"][b, n:] == 0)
+    assert np.all(batch["loss_mask"][b, n:] == 0)
+    out = []
+    for s in ids:
+        sel = np.nonzero(seg == s)[0]
+        assert np.all(np.diff(sel) == 1)  # contiguous
+        np.testing.assert_array_equal(batch["positions"][b, sel], np.arange(len(sel)))
+        out.append((s, batch["tokens"][b, sel].tolist(), batch["loss_mask"][b, sel].tolist()))
+    return out
+
+
+def _parse(v, tok, toks, mask, hw, alen):
+    """Independent statement of the layouts: (task, condition span ids, target span ids); asserts the loss mask is
+    1 exactly on the target."""
+    is_text = lambda i: 0 <= i < v.text_size  # noqa: E731
+    is_img = lambda i: v.image_offset <= i < v.audio_offset  # noqa: E731
+    is_aud = lambda i: v.audio_offset <= i < v.used_size  # noqa: E731
+    marker = {v.special_id(f"<task:{t}>"): t for t in ("caption", "t2i", "asr", "tts")}
+    if toks[0] == v.null:
+        task = {v.boi: "t2i", v.boa: "tts"}[toks[1]]
+        cond_end, cond = 2, None
+    else:
+        assert toks[0] == tok.bos_id
+        task = marker.get(toks[1], "lm")
+        if task == "lm":
+            cond_end, cond = 1, None
+        elif task in ("caption", "asr"):
+            opener, closer, n, ok = ((v.boi, v.eoi, hw, is_img) if task == "caption" else (v.boa, v.eoa, alen, is_aud))
+            assert toks[2] == opener and toks[3 + n] == closer and all(ok(i) for i in toks[3:3 + n])
+            cond_end, cond = 4 + n, toks[3:3 + n]
+        else:
+            opener = v.boi if task == "t2i" else v.boa
+            k = toks.index(opener)
+            assert all(is_text(i) for i in toks[2:k])
+            cond_end, cond = k + 1, toks[2:k]
+    assert mask == [0.0] * cond_end + [1.0] * (len(toks) - cond_end)
+    tgt = toks[cond_end:]
+    if task in ("caption", "asr", "lm"):
+        assert all(is_text(i) for i in tgt)
+        assert tgt[-1] == tok.eos_id or task == "lm" and tok.eos_id not in tgt  # lm: cut documents have no eos
+        tgt = tgt[:-1] if tgt[-1] == tok.eos_id else tgt
+    elif task == "t2i":
+        assert len(tgt) == hw + 1 and tgt[-1] == v.eoi and all(is_img(i) for i in tgt[:-1])
+        tgt = tgt[:-1]
+    else:
+        assert len(tgt) == alen + 1 and tgt[-1] == v.eoa and all(is_aud(i) for i in tgt[:-1])
+        tgt = tgt[:-1]
+    return task, cond, tgt
+
+
+def _check_batches(env, stream, batches, token_split, pairs, lm_split):
+    v, tok = stream.vocab, env["text_tok"]
+    img_src, aud_src = TD.token_source(env["image"], token_split), TD.token_source(env["audio"], token_split)
+    lm_src = _lm_source(env, lm_split)
+    hw, alen = 16, env["audio"]["code_shape"][0] * v.audio_levels_used
+    seen = set()
+    for batch, draws in batches:
+        assert all(batch[k].shape == (stream.batch_size, stream.row) for k in batch)
+        np.testing.assert_array_equal(batch["modality"], v.modality_of(batch["tokens"]))
+        by_seg = {(d["row"], d["segment"]): d for d in draws}
+        for b in range(stream.batch_size):
+            segs = _segments(batch, b)
+            assert segs, "every row holds at least one example"
+            for s, toks, mask in segs:
+                d = by_seg.pop((b, s))
+                task, cond, tgt = _parse(v, tok, toks, mask, hw, alen)
+                seen.add(d["task"])
+                if d["dropped"]:
+                    seen.add(d["task"] + "/dropped")
+                assert task == TD._TEMPLATE_TASK[d["task"]]
+                assert (toks[0] == v.null) == d["dropped"]
+                if d["task"] == "lm":
+                    doc = tok.encode(lm_src[d["index"]]["text"].decode())
+                    assert tgt == doc[: len(tgt)] and (len(tgt) == len(doc) or len(toks) == stream.row)
+                    continue
+                m = "image" if d["task"] in TD.IMAGE_TASKS else "audio"
+                rec = (img_src if m == "image" else aud_src)[d["index"]]
+                span = (v.image_to_unified(rec["codes"].reshape(1, -1)) if m == "image"
+                        else v.audio_to_unified(rec["codes"])).tolist()
+                assert (cond if task in ("caption", "asr") else tgt) == span
+                text = tgt if task in ("caption", "asr") else cond
+                if d["dropped"]:  # <null> + opener: the sampler's unconditional prompt, then the target
+                    opener = v.boi if task == "t2i" else v.boa
+                    assert toks == teal_generate.null_prompt(v, [tok.bos_id, 5, opener]) + span + [toks[-1]]
+                elif d["task"].startswith("reason_"):
+                    a, b_ = d["pair"]
+                    assert (a, b_) in pairs and int(rec["label"]) == a + b_
+                    assert tok.decode(text) == T.sum_question(a, b_, m)
+                else:
+                    assert tok.decode(text) in rec["text"].decode().split("\n")
+        assert not by_seg, "every draw is a segment"
+    return seen
+
+
+def test_train_rows_pack_whole_examples_with_loss_on_targets_only(env):
+    stream = _stream(env, "train", dropout=0.5)
+    batches = []
+    for _ in range(6):
+        batch = next(stream)
+        batches.append((batch, stream.last_draws))
+    seen = _check_batches(env, stream, batches, "train", T.REASONING_TRAIN_PAIRS, "train")
+    assert set(TD.TASKS) <= seen  # every task appears
+    assert {"t2i/dropped", "tts/dropped"} & seen  # condition dropout happens on the train split
+    mask = np.concatenate([b["loss_mask"] for b, _ in batches])
+    assert 0 < mask.mean() < 1
+
+
+def test_eval_draws_only_held_out_records_and_eval_pairs(env):
+    stream = _stream(env, "eval", dropout=0.5)
+    batches = [(next(stream), stream.last_draws) for _ in range(4)]
+    seen = _check_batches(env, stream, batches, "test", T.REASONING_EVAL_PAIRS, "eval")
+    assert {"reason_t2i", "reason_tts", "caption", "asr"} <= seen
+    assert not any(s.endswith("/dropped") for s in seen)  # no condition dropout in evaluation
+    n_test = {m: env[m]["records"]["test"] for m in ("image", "audio")}
+    for m in ("image", "audio"):
+        np.testing.assert_array_equal(stream.records[m].indices, np.arange(n_test[m]))
+
+
+def test_resume_is_exact_and_batches_are_a_function_of_seed_host_and_index(env):
+    a = _stream(env, seed=3)
+    first = next(a)
+    next(a)
+    state = a.get_state()
+    want = [next(a) for _ in range(2)]
+    b = _stream(env, seed=3)
+    b.set_state(state)
+    for w in want:
+        got = next(b)
+        for k in w:
+            np.testing.assert_array_equal(got[k], w[k])
+    np.testing.assert_array_equal(next(_stream(env, seed=3))["tokens"], first["tokens"])
+    assert not np.array_equal(next(_stream(env, seed=4))["tokens"], first["tokens"])
+    assert not np.array_equal(next(_stream(env, seed=3, p=1, n=2))["tokens"], first["tokens"])
+
+
+def test_host_shards_are_disjoint_and_hosts_draw_only_their_records(env):
+    hosts = [_stream(env, p=p, n=2) for p in range(2)]
+    for m in ("image", "audio"):
+        a, b = (set(h.records[m].indices.tolist()) for h in hosts)
+        assert not a & b and a | b == set(range(env[m]["records"]["train"]))
+    la, lb = (set(h.lm_indices.tolist()) for h in hosts)
+    assert not la & lb and la | lb == set(range(len(_lm_source(env, "train"))))
+    for h in hosts:
+        for _ in range(2):
+            next(h)
+            for d in h.last_draws:
+                m = "image" if d["task"] in TD.IMAGE_TASKS else "audio" if d["task"] in TD.AUDIO_TASKS else None
+                allowed = h.lm_indices if m is None else h.records[m].indices
+                assert d["index"] in set(allowed.tolist())
+
+
+def test_task_weights_and_first_levels_scheme(env):
+    v = UnifiedVocab(text_size=TEXT_SIZE, image_codebook_size=env["image_tok"].vocab_size,
+                     audio_codebook_size=env["audio_tok"].codebook_size, audio_num_levels=env["audio_tok"].num_levels,
+                     audio_scheme="first_levels", audio_keep_levels=1)
+    stream = _stream(env, tasks={"tts": 3.0, "asr": 1.0, "t2i": 0.0}, seq_len=80, vocab=v, batch_size=8)
+    batches = [(next(stream), stream.last_draws) for _ in range(3)]
+    _check_batches(env, stream, batches, "train", (), "train")
+    tasks = [d["task"] for _, draws in batches for d in draws]
+    assert set(tasks) == {"tts", "asr"} and tasks.count("tts") > tasks.count("asr")
+
+
+# ---- errors --------------------------------------------------------------------------------------------------------
+def test_an_example_longer_than_a_row_is_a_clear_error(env):
+    with pytest.raises(ValueError, match=r"a (asr|tts|reason_tts) example needs \d+ tokens.*config.data.seq_len=120"):
+        _stream(env, seq_len=120)
+    with pytest.raises(ValueError, match="unknown tasks"):
+        _stream(env, tasks={"translate": 1.0})
+    with pytest.raises(ValueError, match="needs audio token records"):
+        TD.TealTaskStream(vocab=env["vocab"], text_tokenizer=env["text_tok"], tasks={"asr": 1.0}, split="train",
+                          batch_size=2, seq_len=256, seed=0)
+    with pytest.raises(ValueError, match="text tokenizer .* has \\d+ pieces but .* has 64"):
+        _stream(env, vocab=UnifiedVocab(text_size=64, image_codebook_size=200, audio_codebook_size=64,
+                                        audio_num_levels=4))
+
+
+def _task_config(env, **data):
+    from teal_jax.train import teal_objective as TO
+
+    fields = dict(text_tokenizer=env["lm_paths"]["tokenizer_model"], lm_data_dir=env["lm_paths"]["data_dir"],
+                  tokens_dir=env["tokens_dir"], audio_source=dict(config="tiny"), audio_seconds=SECONDS,
+                  tokenize_batch=BATCH)
+    c = TO.teal_task_config(image_tokenizer=env["image_run"], audio_tokenizer=env["audio_run"], **{**fields, **data})
+    c.model.lm.vocab_size = TEXT_SIZE
+    return c
+
+
+def test_vocab_tokenizer_mismatch_and_missing_tokenizer_are_clear_errors(env, tmp_path):
+    from teal_jax.train import teal_objective as TO
+
+    c = _task_config(env)
+    assert c.model.vocab.image_codebook_size == 200 and c.model.vocab.audio_codebook_size == 64
+    assert c.model.vocab.audio_num_levels == 4
+    c.model.vocab.image_codebook_size = 256
+    with pytest.raises(ValueError, match=r"image_codebook_size=256 but the image tokenizer at .* has 200 codes"):
+        TO.TealObjective(c).prepare(str(tmp_path))
+    c = _task_config(env)
+    c.model.vocab.audio_num_levels = 2
+    with pytest.raises(ValueError, match=r"audio_num_levels=2 but the audio tokenizer .* emits 4 levels"):
+        TO.TealObjective(c).prepare(str(tmp_path))
+    c = _task_config(env)
+    c.data.image_tokenizer = str(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"config.data.image_tokenizer=.*nowhere.*no such directory"):
+        TO.TealObjective(c).prepare(str(tmp_path))
+    c.data.image_tokenizer = env["audio_run"]
+    with pytest.raises(ValueError, match="objective 'audio_codec', expected 'image_vq'"):
+        TO.TealObjective(c).prepare(str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    c.data.image_tokenizer = str(tmp_path / "empty")
+    with pytest.raises(ValueError, match=r"config.data.image_tokenizer=.*empty.*no checkpoint"):
+        TO.TealObjective(c).prepare(str(tmp_path))
+    c = _task_config(env)
+    c.data.text_tokenizer = ""
+    with pytest.raises(ValueError, match="no text tokenizer: set config.data.text_tokenizer"):
+        TO.TealObjective(c).prepare(str(tmp_path))
+    with pytest.raises(ValueError, match="unknown data field"):
+        TO.teal_task_config(tokenz_dir="x")
+    c = _task_config(env, seq_len=60)
+    with pytest.raises(ValueError, match=r"example needs \d+ tokens .*config.data.seq_len=60"):
+        TO.TealObjective(c).make_data("train", batch_size=2, process_index=0, process_count=1)
+
+
+def test_text_tokenizer_and_documents_are_found_through_the_base_lm(env, tmp_path):
+    """data.text_tokenizer / lm_data_dir '' = those of model.base_lm_workdir (its saved config names the data dir)."""
+    from teal_jax.config import base_config
+
+    lm_run = str(tmp_path / "lm_run")
+    cfg = base_config()
+    cfg.data = lm_data.default_data_config()
+    cfg.data.data_dir = env["lm_paths"]["data_dir"]
+    ckpt = Checkpointer(lm_run, async_save=False)
+    ckpt.save(1, {"step": np.int32(1), "params": {"model": {"w": np.zeros(2, np.float32)}}}, {}, cfg)
+    ckpt.wait()
+    ckpt.close()
+    c = _task_config(env, text_tokenizer="", lm_data_dir="")
+    c.model.base_lm_workdir = lm_run
+    assert TD.resolve_text_tokenizer(c) == os.path.abspath(env["lm_paths"]["tokenizer_model"])
+    assert TD.resolve_lm_data(c) == {"dataset": env["lm_paths"]["dataset"], "tfds_dir": env["lm_paths"]["tfds_dir"]}
+    c.model.base_lm_workdir = None
+    assert TD.resolve_lm_data(c) is None
+    c.data.lm_data_dir = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="has no lm_data.json"):
+        TD.resolve_lm_data(c)
+
+
+# ---- generic tfds sources (tfds.testing.mock_data) -------------------------------------------------------------------
+class CocoLike(tfds.core.GeneratorBasedBuilder):
+    """coco_captions-shaped features: RGB images of any size, several captions each."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "captions": tfds.features.Sequence({"id": np.int64, "text": tfds.features.Text()}),
+        }))
+
+    def _split_generators(self, dl_manager):
+        raise NotImplementedError  # only ever mocked
+
+    def _generate_examples(self):
+        raise NotImplementedError
+
+
+class LibriLike(tfds.core.GeneratorBasedBuilder):
+    """librispeech-shaped decoded records: int64 PCM ``speech`` + ``text`` (tfds' Audio feature needs TensorFlow)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "speech": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+            "text": tfds.features.Text(),
+            "speaker_id": np.int64,
+        }))
+
+    def _split_generators(self, dl_manager):
+        raise NotImplementedError
+
+    def _generate_examples(self):
+        raise NotImplementedError
+
+
+def test_generic_tfds_sources_through_mock_data(env, tmp_path):
+    coco = {"kind": "tfds", "name": "coco_like", "data_dir": str(tmp_path), "text_key": "captions/text",
+            "label_key": "", "eval_split": "val"}
+    libri = {"kind": "tfds", "name": "libri_like", "data_dir": str(tmp_path), "audio_key": "speech",
+             "text_key": "text", "label_key": "", "eval_split": "test_clean", "source_rate": 16000}
+    with tfds.testing.mock_data(num_examples=5):
+        img_src = TD.open_sources(coco, "image")
+        aud_src = TD.open_sources(libri, "audio")
+    tok, atok = env["image_tok"], env["audio_tok"]
+    tokens_dir = str(tmp_path / "tokens")
+    man = TD.pretokenize_images(tok, coco, tokens_dir, sources=img_src, batch_size=BATCH)
+    aman = TD.pretokenize_audio(atok, libri, tokens_dir, seconds=SECONDS, sources=aud_src, batch_size=BATCH)
+    frames, samples = T.audio_span(SECONDS, atok.sample_rate, atok.config.hop_length)
+    for split in TD.SPLITS:
+        tokens, src = TD.token_source(man, split), img_src[split]
+        assert len(tokens) == len(src) == 5
+        imgs = np.stack([center_crop_resize(convert_channels(src[i]["image"], 1), 16) for i in range(5)])
+        want = np.asarray(tok.encode(np.concatenate([imgs, np.zeros((BATCH - 5, 16, 16, 1), np.uint8)])))[:5]
+        np.testing.assert_array_equal(np.stack([tokens[i]["codes"] for i in range(5)]), want.reshape(5, -1))
+        for i in range(5):
+            caps = [str(c) for c in src[i]["captions"]["text"]]
+            assert tokens[i]["text"].decode().split("\n") == caps and int(tokens[i]["label"]) == -1
+        atokens, asrc = TD.token_source(aman, split), aud_src[split]
+        assert len(atokens) + aman["skipped"][split] == 5
+        clips = [speech.RecordAdapter(audio_key="speech", label_key=None).map(asrc[int(atokens[j]["index"])])["audio"]
+                 for j in range(len(atokens))]
+        batch = np.zeros((BATCH, samples), np.int16)
+        batch[: len(clips)] = np.stack([T.fit_audio(c, samples) for c in clips])
+        want = np.asarray(atok.encode(batch, atok.sample_rate)[0])[: len(clips)]
+        np.testing.assert_array_equal(np.stack([atokens[j]["codes"] for j in range(len(atokens))]), want)
+        assert [atokens[j]["text"].decode() for j in range(len(atokens))] == [
+            str(asrc[int(atokens[j]["index"])]["text"]) for j in range(len(atokens))]
+    # Unlabelled sources feed caption/t2i/asr/tts; reasoning needs labels and says so.
+    kw = dict(vocab=env["vocab"], text_tokenizer=env["text_tok"], split="train", batch_size=2, seq_len=256, seed=0,
+              image=TD.token_source(man, "train"), audio=TD.token_source(aman, "train"))
+    stream = TD.TealTaskStream(tasks={"caption": 1.0, "t2i": 1.0, "asr": 1.0, "tts": 1.0}, **kw)
+    next(stream)
+    assert {d["task"] for d in stream.last_draws} <= {"caption", "t2i", "asr", "tts"}
+    with pytest.raises(ValueError, match="reason_t2i.*no labelled image record"):
+        TD.TealTaskStream(tasks={"reason_t2i": 1.0}, **kw)
+
+
+# ---- through the trainer -------------------------------------------------------------------------------------------
+def test_trainer_runs_on_task_data_and_reuses_the_token_datasets(env, tmp_path, devices):
+    from teal_jax.train import teal_objective as TO
+    from teal_jax.train import trainer as trainer_lib
+
+    c = _task_config(env, seq_len=80, tasks=dict(reason_t2i=0.5, reason_tts=0.5, lm=0.5))
+    c.model.vocab.audio_scheme, c.model.vocab.audio_keep_levels = "first_levels", 1  # 50 ids per clip
+    c.train.steps, c.train.batch_size, c.train.log_every = 3, 8, 1
+    c.train.eval_every, c.train.checkpoint_every, c.train.async_checkpoints = 0, 1000, False
+    manifests = [os.path.join(env["tokens_dir"], f) for f in os.listdir(env["tokens_dir"]) if f.endswith(".json")]
+    stamps = {f: os.path.getmtime(f) for f in manifests}
+    with jax.default_prng_impl("rbg"):  # one device and rbg keys: the cheapest compile of the step and the init
+        metrics = trainer_lib.train(c, str(tmp_path / "teal"), devices=jax.devices()[:1])
+    assert np.isfinite(metrics["loss"]) and metrics["targets/image"] > 0 and metrics["targets/audio"] > 0
+    assert {f: os.path.getmtime(f) for f in manifests} == stamps  # same tokenizers + sources: nothing rebuilt
+    obj = TO.TealObjective(c)
+    obj.prepare(str(tmp_path / "teal"))
+    assert obj._tasks["image"]["dataset"] == env["image"]["dataset"]
+    assert obj._tasks["audio"]["dataset"] == env["audio"]["dataset"]
+    ev = obj.make_data("eval", batch_size=4, process_index=0, process_count=1)
+    batch = next(ev)
+    assert batch["tokens"].shape == (4, 81) and ev.split == "eval"
+    test_idx = set(range(env["image"]["records"]["test"]))
+    assert all(d["index"] in test_idx for d in ev.last_draws if d["task"] in TD.IMAGE_TASKS)
