@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from teal_jax.models.quantizers import FSQ, QuantizerOutput, ResidualVQ, VectorQuantizer, l2_normalize
+from teal_jax.models.quantizers import FSQ, QuantizerOutput, ResidualVQ, VectorQuantizer, kmeans, l2_normalize
 
 ATOL = 1e-5  # float32 math vs float64 reference on O(1) values
 
@@ -345,3 +345,132 @@ def test_rvq_l2_normalized_gradients_finite_at_zero_latents():
     gp, gx = jax.grad(loss, argnums=(0, 1))(variables["params"], x)
     for leaf in jax.tree.leaves((gp, gx)):
         assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def _clustered(n_per, centres, spread, seed):
+    rng = np.random.default_rng(seed)
+    centres = np.asarray(centres, np.float64)
+    pts = np.concatenate([c + spread * rng.standard_normal((n_per, centres.shape[1])) for c in centres])
+    return pts[rng.permutation(len(pts))].astype(np.float32)
+
+
+def _lloyd_numpy(x, init, iters, mask):
+    """float64 Lloyd's k-means from given centroids (empty clusters keep theirs); also the smallest assignment
+    margin seen (so the test can check float32 cannot flip an assignment)."""
+    x = np.asarray(x, np.float64)[mask]
+    c = np.asarray(init, np.float64).copy()
+    margin = np.inf
+    for _ in range(iters):
+        d = ((x[:, None] - c[None]) ** 2).sum(-1)
+        ds = np.sort(d, 1)
+        margin = min(margin, float((ds[:, 1] - ds[:, 0]).min()))
+        a = d.argmin(1)
+        for k in range(len(c)):
+            if (a == k).any():
+                c[k] = x[a == k].mean(0)
+    return c, margin
+
+
+def _distortion(x, c):
+    x, c = np.asarray(x, np.float64), np.asarray(c, np.float64)
+    return float(((x[:, None] - c[None]) ** 2).sum(-1).min(1).mean())
+
+
+def test_kmeans_matches_numpy_lloyd():
+    centres = [[4.0 * i, 3.0 * (i % 2), -2.0 * i] for i in range(6)]
+    x = _clustered(20, centres, 0.3, seed=0)  # [120, 3]
+    mask = np.ones(len(x), bool)
+    mask[::7] = False  # unselected rows never become or move centroids
+    x[~mask] += 100.0
+    key = jax.random.key(3)
+    c0, n0 = jax.jit(lambda x, m: kmeans(x, 8, 0, key, m))(x, mask)
+    c0 = np.asarray(c0)
+    rows = {tuple(r) for r in x[mask]}
+    assert all(tuple(r) in rows for r in c0) and len({tuple(r) for r in c0}) == 8  # 8 distinct selected rows
+    np.testing.assert_array_equal(np.asarray(n0), np.ones(8))
+    c, sizes = jax.jit(lambda x, m: kmeans(x, 8, 6, key, m))(x, mask)
+    ref, margin = _lloyd_numpy(x, c0, 6, mask)
+    assert margin > 1e-3, margin  # no near-ties: float32 assigns as float64 does
+    np.testing.assert_allclose(np.asarray(c), ref, atol=1e-5)  # float32 means of O(10) values
+    d = ((x[mask][:, None].astype(np.float64) - ref[None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(np.asarray(sizes), np.bincount(d, minlength=8))
+    # k-means lowers the distortion a lot compared with its random-row start on clustered data
+    assert _distortion(x[mask], ref) < 0.5 * _distortion(x[mask], c0)
+    # fewer selected rows than clusters: every selected row is used, then they repeat
+    few = np.zeros(len(x), bool)
+    few[:3] = True
+    c_few, _ = kmeans(jnp.asarray(x), 8, 0, key, jnp.asarray(few))
+    assert {tuple(r) for r in np.asarray(c_few)} == {tuple(r) for r in x[:3]}
+
+
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_vq_kmeans_init_on_first_training_batch(use_ema):
+    K, C = 6, 2
+    vq = VectorQuantizer(codebook_size=K, code_dim=C, use_ema=use_ema, kmeans_init=True, kmeans_iters=20)
+    x = jnp.asarray(_clustered(16, [[5.0 * np.cos(a), 5.0 * np.sin(a)] for a in np.arange(K) * 2 * np.pi / K],
+                               0.2, seed=1))
+    variables = _init(vq, x, train=True)
+    assert int(variables["quantizer_state"]["initialized"]) == 0  # init does not run k-means
+    effective = lambda v: np.asarray(vq.apply(v, method=VectorQuantizer.raw_codebook), np.float64)  # noqa: E731
+    random_cb = effective(variables)
+    # train=True without a mutable state collection: nothing changes, no error
+    out_imm = vq.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)})
+    np.testing.assert_array_equal(np.asarray(out_imm.codes), np.asarray(vq.apply(variables, x, train=False).codes))
+    step = jax.jit(lambda v, k: vq.apply(v, x, train=True, mutable=["quantizer_state"], rngs={"dropout": k}))
+    out, st = step(variables, jax.random.key(1))
+    v1 = {**variables, **st}
+    cb = effective(v1)
+    assert int(v1["quantizer_state"]["initialized"]) == 1
+    # a k-means fixed point (float64 check): every code is the mean of the vectors assigned to it
+    xd = np.asarray(x, np.float64)
+    a = ((xd[:, None] - cb[None]) ** 2).sum(-1).argmin(1)
+    assert len(set(a.tolist())) == K  # one code per cluster
+    for k in range(K):
+        np.testing.assert_allclose(cb[k], xd[a == k].mean(0), atol=1e-5)
+    assert _distortion(xd, cb) < 0.05 * _distortion(xd, random_cb)
+    # that call already quantized with the new codebook
+    np.testing.assert_array_equal(np.asarray(out.codes), a)
+    np.testing.assert_allclose(np.asarray(out.quantized), cb[a], atol=1e-5)
+    if not use_ema:  # the parameter itself is untouched (the offset carries the difference) and still learns
+        np.testing.assert_array_equal(np.asarray(v1["params"]["codebook"]), np.asarray(variables["params"]["codebook"]))
+    # the second training call does not initialise again
+    x2 = x + 1.0
+    _, st2 = vq.apply(v1, x2, train=True, mutable=["quantizer_state"], rngs={"dropout": jax.random.key(2)})
+    cb2 = effective({**v1, **st2})
+    if use_ema:
+        # the first call reset the counts to 1 and ema_sum to the centroids, then made its EMA step with them
+        st1 = v1["quantizer_state"]
+        np.testing.assert_allclose(np.asarray(st1["ema_count"]), 0.99 + 0.01 * np.bincount(a, minlength=K), rtol=1e-6)
+        # the second is an ordinary EMA step (numpy, float64)
+        x2d = np.asarray(x2, np.float64)
+        onehot = np.eye(K)[((x2d[:, None] - cb[None]) ** 2).sum(-1).argmin(1)]
+        count = 0.99 * np.asarray(st1["ema_count"], np.float64) + 0.01 * onehot.sum(0)
+        ema_sum = 0.99 * np.asarray(st1["ema_sum"], np.float64) + 0.01 * onehot.T @ x2d
+        n = count.sum()
+        ref = ema_sum / ((count + 1e-5) / (n + K * 1e-5) * n)[:, None]
+        np.testing.assert_allclose(cb2, ref, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(cb2, cb)
+
+
+def test_rvq_kmeans_init_levels_use_residuals_and_dropout_mask():
+    """kmeans_iters=0 (data init): level 0's codes are rows of x; level 1's are rows of the residual x - q0(x)
+    of the examples that keep >= 2 levels under quantizer dropout."""
+    L, K, D = 2, 4, 3
+    rvq = ResidualVQ(num_levels=L, codebook_size=K, code_dim=D, kmeans_init=True, kmeans_iters=0, dropout_rate=1.0)
+    x = jax.random.normal(jax.random.key(1), (6, 5, D))
+    variables = _init(rvq, x, train=True)
+    out, st = rvq.apply(variables, x, train=True, mutable=["quantizer_state"], rng=jax.random.key(7),
+                        rngs={"dropout": jax.random.key(8)})
+    v = {**variables, **st}
+    cbs = [np.asarray(rvq.apply(v, method=lambda m, l=l: m.levels[l].raw_codebook())) for l in range(L)]
+    xd = np.asarray(x)
+    rows0 = {tuple(r) for r in xd.reshape(-1, D).round(5)}
+    assert all(tuple(r) in rows0 for r in cbs[0].round(5))
+    # which examples kept level 1: their output is not the level-0 code alone
+    q0 = cbs[0][np.asarray(out.codes[..., 0])]
+    keep1 = ~np.all(np.isclose(np.asarray(out.quantized), q0, atol=1e-6), axis=(1, 2))
+    assert 0 < keep1.sum() < len(keep1)
+    resid = (xd - q0)[keep1].reshape(-1, D)
+    rows1 = {tuple(r) for r in resid.round(5)}
+    assert all(tuple(r) in rows1 for r in cbs[1].round(5)), (cbs[1], keep1)

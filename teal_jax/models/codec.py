@@ -66,6 +66,8 @@ class CodecConfig:
     ema_decay: float = 0.99
     beta: float = 0.25
     restart_after: int = 0
+    kmeans_init: bool = False  # k-means codebook initialisation on the first training batch (see quantizers.py)
+    kmeans_iters: int = 10
     quantizer_dropout: float = 0.0
     dtype: str = "float32"
 
@@ -102,6 +104,8 @@ class CodecConfig:
         if self.num_levels < 1 or self.codebook_size < 2:
             raise ValueError(f"model.num_levels={self.num_levels} must be >= 1 and model.codebook_size="
                              f"{self.codebook_size} >= 2")
+        if self.kmeans_iters < 0:
+            raise ValueError(f"model.kmeans_iters={self.kmeans_iters} must be >= 0")
         if self.dtype not in _DTYPES:
             raise ValueError(f"model dtype {self.dtype!r}: choose one of {sorted(_DTYPES)}")
         if not self.causal and self.trim_right_ratio != 1.0:
@@ -201,7 +205,8 @@ class Codec(nn.Module):
             num_levels=c.num_levels, codebook_size=c.codebook_size,
             code_dim=c.code_dim or c.hidden_size, features=c.hidden_size, l2_normalize=c.l2_normalize,
             use_ema=c.use_ema, ema_decay=c.ema_decay, beta=c.beta, restart_after=c.restart_after,
-            dropout_rate=c.quantizer_dropout, dtype=_DTYPES[c.dtype])
+            dropout_rate=c.quantizer_dropout, kmeans_init=c.kmeans_init, kmeans_iters=c.kmeans_iters,
+            dtype=_DTYPES[c.dtype])
 
     def _check(self, audio: Array) -> None:
         if audio.ndim != 3 or audio.shape[-1] != self.config.channels:

@@ -88,6 +88,39 @@ def entropy_loss(dist: Array, temperature: float, mask: Array | None = None) -> 
     return per_vector - batch
 
 
+def kmeans(x: Array, num_clusters: int, iters: int, key: Array, mask: Array | None = None) -> tuple[Array, Array]:
+    """Lloyd's k-means of ``x [N, C]`` (float32) -> (centroids ``[num_clusters, C]``, cluster sizes ``[num_clusters]``).
+
+    Starts from ``num_clusters`` distinct random rows of ``x`` (among the rows where ``mask``; rows repeat only when
+    fewer than ``num_clusters`` are selected), then ``iters`` rounds of: assign every selected row to its nearest
+    centroid (squared euclidean), move each centroid to the mean of its rows; a centroid without rows stays where
+    it is. ``iters=0`` returns the sampled rows (data initialisation). Sizes are those of the last assignment
+    (ones when ``iters=0``).
+    """
+    x = x.astype(jnp.float32)
+    n = x.shape[0]
+    valid = jnp.ones((n,), bool) if mask is None else mask.reshape(n).astype(bool)
+    w = valid.astype(jnp.float32)
+    order = jnp.argsort(jnp.where(valid, jax.random.uniform(key, (n,)), 2.0))  # selected rows first, shuffled
+    n_valid = jnp.maximum(jnp.sum(valid.astype(jnp.int32)), 1)
+    centroids = x[order[jnp.arange(num_clusters) % n_valid]]
+
+    def assign(c):
+        d = jnp.sum(x**2, 1, keepdims=True) - 2.0 * x @ c.T + jnp.sum(c**2, 1)[None, :]
+        return jax.nn.one_hot(jnp.argmin(d, axis=1), num_clusters, dtype=jnp.float32) * w[:, None]  # [N, K]
+
+    def step(_, c):
+        onehot = assign(c)
+        sizes = jnp.sum(onehot, axis=0)
+        means = (onehot.T @ x) / jnp.maximum(sizes, 1.0)[:, None]
+        return jnp.where(sizes[:, None] > 0, means, c)
+
+    if iters == 0:
+        return centroids, jnp.ones((num_clusters,), jnp.float32)
+    centroids = jax.lax.fori_loop(0, iters, step, centroids)
+    return centroids, jnp.sum(assign(centroids), axis=0)
+
+
 def _masked_mean(x: Array, mask: Array | None) -> Array:
     """Mean over all entries of ``x [..., D]``; with ``mask [...]`` only over the selected vectors."""
     if mask is None:
@@ -121,6 +154,12 @@ class VectorQuantizer(nn.Module):
         ``p_i = softmax(-||z_i - e||^2 / entropy_temperature)`` (MaskGIT/MAGVIT style): confident assignments per
         vector, spread over the codebook in the batch. 0 disables it (and its cost).
       codebook_init_scale: std of the normal codebook initialisation.
+      kmeans_init: data initialisation of the codebook (SoundStream / EnCodec): at the first training call with
+        ``'quantizer_state'`` mutable, the codebook becomes the :func:`kmeans` centroids of that batch's (selected,
+        projected, normalised when ``l2_normalize``) vectors, and that call already quantizes with them. A learned
+        codebook gets the difference as its non-trainable offset (as a restart does), an EMA codebook is replaced
+        (EMA counts reset to 1). The ``initialized`` state flag makes later calls skip it.
+      kmeans_iters: Lloyd iterations of that initialisation; 0 = the codes are random vectors of the batch.
     """
 
     codebook_size: int
@@ -137,11 +176,19 @@ class VectorQuantizer(nn.Module):
     entropy_weight: float = 0.0
     entropy_temperature: float = 0.01
     codebook_init_scale: float = 1.0
+    kmeans_init: bool = False
+    kmeans_iters: int = 10
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
+    @property
+    def _has_offset(self) -> bool:
+        return not self.use_ema and (self.restart_after > 0 or self.kmeans_init)
+
     def setup(self):
         K, C = self.codebook_size, self.code_dim
+        if self.kmeans_iters < 0:
+            raise ValueError(f"kmeans_iters={self.kmeans_iters} must be >= 0")
         init = nn.initializers.normal(self.codebook_init_scale)
         if self.use_ema:
             # EMA codebook = ema_sum / smoothed ema_count; both start from the initial codebook with count 1.
@@ -157,15 +204,17 @@ class VectorQuantizer(nn.Module):
                 (K, C),
                 self.param_dtype,
             )
-            if self.restart_after > 0:
-                # A learned codebook is a parameter the module cannot overwrite; a restart instead sets
-                # a non-trainable offset so that (codebook + offset) equals the new vector; the
-                # parameter keeps learning underneath.
+            if self._has_offset:
+                # A learned codebook is a parameter the module cannot overwrite; a restart (or the k-means
+                # initialisation) instead sets a non-trainable offset so that (codebook + offset) equals the new
+                # vector; the parameter keeps learning underneath.
                 self.restart_offset = self.variable(
                     STATE, "restart_offset", lambda: jnp.zeros((K, C), jnp.float32)
                 )
         if self.restart_after > 0:
             self.unused_steps = self.variable(STATE, "unused_steps", lambda: jnp.zeros((K,), jnp.int32))
+        if self.kmeans_init:
+            self.initialized = self.variable(STATE, "initialized", lambda: jnp.zeros((), jnp.int32))
         self.factorised = self.features is not None and self.features != C
         if self.factorised:
             dense = lambda n, names: nn.Dense(  # noqa: E731
@@ -182,9 +231,29 @@ class VectorQuantizer(nn.Module):
         if self.use_ema:
             return self.codebook_var.value.astype(jnp.float32)
         cb = jnp.asarray(self.codebook, jnp.float32)
-        if self.restart_after > 0:
+        if self._has_offset:
             cb = cb + jax.lax.stop_gradient(self.restart_offset.value)
         return cb
+
+    def _kmeans_init(self, flat: Array, mask: Array | None) -> None:
+        """Sets the codebook to the k-means centroids of ``flat [N, C]`` unless already initialised (see
+        ``kmeans_init``)."""
+        done = self.initialized.value > 0
+        key = self.make_rng(self.rng_name)
+        current = self.raw_codebook()
+        new, _ = jax.lax.cond(
+            done,
+            lambda: (current, jnp.zeros((self.codebook_size,), jnp.float32)),
+            lambda: kmeans(jax.lax.stop_gradient(flat), self.codebook_size, self.kmeans_iters, key, mask),
+        )
+        if self.use_ema:
+            self.codebook_var.value = new
+            self.ema_sum.value = jnp.where(done, self.ema_sum.value, new)
+            self.ema_count.value = jnp.where(done, self.ema_count.value, 1.0)
+        else:
+            base = jnp.asarray(self.codebook, jnp.float32)
+            self.restart_offset.value = jnp.where(done, self.restart_offset.value, new - base)
+        self.initialized.value = jnp.ones((), jnp.int32)
 
     def __call__(self, x: Array, *, train: bool, mask: Array | None = None) -> QuantizerOutput:
         """``x [..., D]`` -> quantized ``[..., D]``, codes ``int32 [...]``.
@@ -198,9 +267,14 @@ class VectorQuantizer(nn.Module):
         z = (self.project_in(x) if self.factorised else x).astype(jnp.float32)  # [..., C]
         lead = z.shape[:-1]
         flat = z.reshape(-1, self.code_dim)  # [N, C]
-        codebook = self.raw_codebook()  # [K, C]
+        flat_mask = None if mask is None else mask.reshape(-1)
         if self.l2_normalize:
             flat = l2_normalize(flat)
+        update = train and not self.is_initializing() and self.is_mutable_collection(STATE)
+        if self.kmeans_init and update:
+            self._kmeans_init(flat, flat_mask)
+        codebook = self.raw_codebook()  # [K, C]
+        if self.l2_normalize:
             codebook = l2_normalize(codebook)
         # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2, argmin over the K codes.
         dist = (
@@ -210,7 +284,6 @@ class VectorQuantizer(nn.Module):
         )
         codes = jnp.argmin(dist, axis=1).astype(jnp.int32)  # [N]
         z_q = codebook[codes]  # [N, C]
-        flat_mask = None if mask is None else mask.reshape(-1)
 
         commit = _masked_mean((flat - jax.lax.stop_gradient(z_q)) ** 2, flat_mask)
         if self.use_ema:
@@ -227,7 +300,7 @@ class VectorQuantizer(nn.Module):
         z_q_st = flat + jax.lax.stop_gradient(z_q - flat)
 
         counts = code_counts(codes, self.codebook_size, flat_mask)
-        if train and not self.is_initializing():
+        if update:
             self._update_state(flat, codes, counts, flat_mask)
 
         quantized = z_q_st.reshape(*lead, self.code_dim).astype(self.dtype)
@@ -291,7 +364,8 @@ class ResidualVQ(nn.Module):
 
     Attributes (the VQ ones apply to every level): num_levels (L), codebook_size, code_dim, features (D;
     each level projects ``D -> code_dim -> D`` when they differ, as in DAC), l2_normalize (False = plain
-    euclidean on raw codebooks, as in EnCodec), use_ema, ema_decay, beta, restart_after.
+    euclidean on raw codebooks, as in EnCodec), use_ema, ema_decay, beta, restart_after, kmeans_init, kmeans_iters
+    (level l is initialised on the residual left by levels < l, already quantized with their new codebooks).
       dropout_rate: quantizer dropout (SoundStream/DAC): at train time each example, with this
         probability, keeps only the first n levels, n ~ U{1..L}; levels beyond n contribute nothing
         (no output, loss or statistics).
@@ -309,6 +383,8 @@ class ResidualVQ(nn.Module):
     beta: float = 0.25
     restart_after: int = 0
     dropout_rate: float = 0.0
+    kmeans_init: bool = False
+    kmeans_iters: int = 10
     rng_name: str = "dropout"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -324,6 +400,8 @@ class ResidualVQ(nn.Module):
                 ema_decay=self.ema_decay,
                 beta=self.beta,
                 restart_after=self.restart_after,
+                kmeans_init=self.kmeans_init,
+                kmeans_iters=self.kmeans_iters,
                 rng_name=self.rng_name,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
