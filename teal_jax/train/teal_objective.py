@@ -15,9 +15,13 @@ as lm_loss), plus optional z-loss. Metrics per modality (loss/accuracy over that
 perplexity over the *text rows only*: ``exp(mean over text targets of logsumexp(logits[:text_size]) - logit)``, which
 for a frozen LM is exactly the original LM's perplexity.
 
-Data this round: ``data.kind='synthetic'``, a deterministic stream of class-conditioned "image"/"audio" code patterns
-paired with two text ids (captioning, text-to-image, ASR, TTS templates), packed with segment ids. Task templates on
-real tokenized datasets come with the data stage.
+Data: ``data.kind='tasks'`` (:mod:`teal_jax.data.teal_data`): image/audio datasets pre-tokenized once by the
+trained tokenizers (``data.image_tokenizer`` / ``data.audio_tokenizer``: workdirs of image_vq / audio_codec runs) into
+tfds token datasets under ``data.tokens_dir``, then a packed, exactly resumable stream of caption / t2i / asr / tts /
+lm / reasoning examples (``data.tasks`` weights) built by :mod:`teal_jax.data.templates`; ``prepare`` runs the
+pre-tokenization and checks ``model.vocab`` against the tokenizers. :func:`teal_task_config` fills these fields.
+``data.kind='synthetic'``: a deterministic stream of class-conditioned "image"/"audio" code patterns paired with two
+text ids (captioning, text-to-image, ASR, TTS templates), packed with segment ids (tests, smoke runs).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from teal_jax.train.objective import DataIterator, Objective
 
 MODALITIES = ("text", "special", "image", "audio")  # indices = vocab_lib.TEXT .. vocab_lib.AUDIO
 TASKS = ("caption", "t2i", "asr", "tts")
+DATA_KINDS = ("synthetic", "tasks")  # 'tasks': teal_jax.data.teal_data
 
 
 # ---- config ----------------------------------------------------------------------------------------------------------
@@ -80,6 +85,49 @@ def synthetic_config(stage: str = "frozen_stage1") -> ml_collections.ConfigDict:
     c.train.compute_dtype = "float32"
     c.optimizer.lr = 3e-3
     c.optimizer.warmup_steps = 10
+    return c
+
+
+def teal_task_config(config: ml_collections.ConfigDict | None = None, *, base_lm_workdir: str | None = None,
+                     image_tokenizer: str = "", audio_tokenizer: str = "", fill_vocab: bool = True,
+                     **data_fields) -> ml_collections.ConfigDict:
+    """A TEAL config on real task data (``data.kind='tasks'``): ``config`` (default :func:`synthetic_config`) with
+    ``config.data`` replaced by ``teal_data.default_task_data_config()`` updated with the tokenizer workdirs and
+    ``data_fields`` (any field of it, e.g. ``tasks=dict(...)``, ``audio_seconds=0.5``, ``seq_len=512``,
+    ``image_source=dict(kind='tfds', name='coco_captions', text_key='captions/text', label_key='')``).
+
+    ``base_lm_workdir`` sets ``model.base_lm_workdir`` (its SentencePiece model and text documents are then found
+    from it). With ``fill_vocab``, ``model.vocab``'s image/audio sizes are read from the tokenizer runs' saved configs,
+    so they match by construction (``prepare`` checks them either way)."""
+    from teal_jax.data import teal_data
+
+    c = ml_collections.ConfigDict(synthetic_config().to_dict() if config is None else config.to_dict())
+    data = teal_data.default_task_data_config()
+    data.image_tokenizer, data.audio_tokenizer = image_tokenizer or "", audio_tokenizer or ""
+    data.seq_len = int(c.data.get("seq_len", data.seq_len)) if config is not None else data.seq_len
+    for key, value in data_fields.items():
+        if key not in data:
+            raise ValueError(f"teal_task_config: unknown data field {key!r}; known: {sorted(data)}")
+        if key in ("image_source", "audio_source", "tasks"):
+            sub = data[key]
+            for k, v in dict(value).items():
+                if key != "tasks" and k not in sub:
+                    raise ValueError(f"teal_task_config: unknown field {key}.{k}; known: {sorted(sub)}")
+                sub[k] = float(v) if key == "tasks" else v
+        else:
+            data[key] = value
+    c.data = data
+    if base_lm_workdir is not None:
+        c.model.base_lm_workdir = base_lm_workdir
+    if fill_vocab:
+        if image_tokenizer:
+            c.model.vocab.image_codebook_size = teal_data.tokenizer_run_vocab(image_tokenizer, "image")["codebook_size"]
+        if audio_tokenizer:
+            sizes = teal_data.tokenizer_run_vocab(audio_tokenizer, "audio")
+            c.model.vocab.audio_codebook_size = sizes["codebook_size"]
+            c.model.vocab.audio_num_levels = sizes["num_levels"]
+            if c.model.vocab.get("audio_scheme") == "first_levels":
+                c.model.vocab.audio_keep_levels = min(int(c.model.vocab.audio_keep_levels), sizes["num_levels"])
     return c
 
 
@@ -309,9 +357,10 @@ class TealObjective(Objective):
         self.loss_weights = tuple(float(lw.get(m, 1.0)) for m in MODALITIES)
         self.z_loss = float(config.model.get("z_loss", 0.0))
         self.seq_len = int(config.data.seq_len)
-        if config.data.get("kind", "synthetic") != "synthetic":
-            raise ValueError(f"config.data.kind={config.data.kind!r}: only 'synthetic' exists so far (task "
-                             "datasets come with the TEAL data stage)")
+        self.data_kind = config.data.get("kind", "synthetic")
+        if self.data_kind not in DATA_KINDS:
+            raise ValueError(f"config.data.kind={self.data_kind!r}: choose one of {DATA_KINDS}")
+        self._tasks: dict[str, Any] | None = None  # prepare_task_data's result (data.kind='tasks')
         self._codebooks = codebooks
         self._base: Any = False  # False: not loaded yet
         self._printed = False
@@ -328,6 +377,16 @@ class TealObjective(Objective):
     def prepare(self, workdir: str) -> None:
         super().prepare(workdir)
         self._load_host_arrays()
+        if self.data_kind == "tasks":
+            self._prepare_tasks()
+
+    def _prepare_tasks(self) -> dict[str, Any]:
+        """Checks the vocabulary against the tokenizers and pre-tokenizes what is missing (idempotent)."""
+        from teal_jax.data import teal_data
+
+        self._tasks = teal_data.prepare_task_data(self.config, self.workdir, self.vocab,
+                                                  verbose=jax.process_index() == 0)
+        return self._tasks
 
     # ---- model -------------------------------------------------------------------------------------------------
     def init(self, rng, batch):
@@ -373,6 +432,13 @@ class TealObjective(Objective):
     # ---- data --------------------------------------------------------------------------------------------------
     def make_data(self, split, *, batch_size, process_index, process_count):
         seed = self.config.seed + (0 if split == "train" else 1_000_003)
+        if self.data_kind == "tasks":
+            from teal_jax.data import teal_data
+
+            prepared = self._tasks if self._tasks is not None else self._prepare_tasks()
+            return teal_data.make_task_stream(self.config, prepared, self.vocab, split, batch_size=batch_size,
+                                              process_index=process_index, process_count=process_count, seed=seed,
+                                              verbose=process_index == 0)
         return SyntheticTealTasks(self.vocab, self.config.data, batch_size=batch_size, seq_len=self.seq_len + 1,
                                   seed=seed, process_index=process_index)
 
