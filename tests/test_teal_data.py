@@ -150,16 +150,33 @@ def test_audio_tokens_are_the_codecs_codes_of_fixed_spans_and_long_clips_are_ski
 
 
 def test_pretokenization_is_idempotent_and_keyed_by_its_inputs(env, capsys):
-    stamps = {f: os.path.getmtime(os.path.join(env["tokens_dir"], f)) for f in os.listdir(env["tokens_dir"])}
+    files = lambda: {os.path.join(r, f): os.path.getmtime(os.path.join(r, f))  # noqa: E731
+                     for r, _, fs in os.walk(env["tokens_dir"]) for f in fs}
+    before = files()
     again = TD.pretokenize_images(env["image_tok"], {"kind": "digits"}, env["tokens_dir"], data_dir=env["data_dir"],
                                   batch_size=BATCH)
     assert again == env["image"]
     assert "records" not in capsys.readouterr().out  # nothing was built
-    assert {f: os.path.getmtime(os.path.join(env["tokens_dir"], f)) for f in os.listdir(env["tokens_dir"])} == stamps
-    # Another span is another dataset; the same span reuses the files.
-    assert env["audio"]["dataset"] != env["image"]["dataset"]
-    other = TD._digest({"a": 1}) != TD._digest({"a": 2})
-    assert other and "tensorflow" not in sys.modules
+    assert files() == before
+    # Another source (here: a subset of the records) is another dataset, built beside the first one.
+    digits = {s: tfds.data_source("digits_images/16px", split=s, data_dir=env["data_dir"]) for s in TD.SPLITS}
+    subset = {s: [digits[s][i] for i in range(20)] for s in TD.SPLITS}
+    small = TD.pretokenize_images(env["image_tok"], {"kind": "digits"}, env["tokens_dir"], sources=subset,
+                                  batch_size=BATCH)
+    assert small["dataset"] != env["image"]["dataset"] and small["records"] == {"train": 20, "test": 20}
+    assert all(before[f] == t for f, t in files().items() if f in before)  # the first dataset is untouched
+    big, sub = TD.token_source(env["image"], "test"), TD.token_source(small, "test")
+    np.testing.assert_array_equal(np.stack([sub[i]["codes"] for i in range(20)]),
+                                  np.stack([big[i]["codes"] for i in range(20)]))
+    # Another tokenizer (one parameter changed) has another fingerprint, hence another dataset name.
+    tok = env["image_tok"]
+    params = jax.tree.map(np.array, tok.variables["params"])  # copies
+    leaf = jax.tree_util.tree_leaves(params)[0]
+    leaf.reshape(-1)[0] += 1.0
+    changed = ImageTokenizer(tok.config, params)
+    assert TD.tokenizer_fingerprint(changed) != TD.tokenizer_fingerprint(tok)
+    assert TD.tokenizer_fingerprint(ImageTokenizer(tok.config, tok.variables["params"])) == \
+        TD.tokenizer_fingerprint(tok)
 
 
 # ---- the task stream ------------------------------------------------------------------------------------------------
@@ -251,8 +268,8 @@ def _check_batches(env, stream, batches, token_split, pairs, lm_split):
                 assert (cond if task in ("caption", "asr") else tgt) == span
                 text = tgt if task in ("caption", "asr") else cond
                 if d["dropped"]:  # <null> + opener: the sampler's unconditional prompt, then the target
-                    opener = v.boi if task == "t2i" else v.boa
-                    assert toks == teal_generate.null_prompt(v, [tok.bos_id, 5, opener]) + span + [toks[-1]]
+                    prompt = stream.templates.prompt(task, [5])
+                    assert toks == teal_generate.null_prompt(v, prompt) + span + [toks[-1]]
                 elif d["task"].startswith("reason_"):
                     a, b_ = d["pair"]
                     assert (a, b_) in pairs and int(rec["label"]) == a + b_
@@ -386,6 +403,17 @@ def test_vocab_tokenizer_mismatch_and_missing_tokenizer_are_clear_errors(env, tm
         TO.TealObjective(c).prepare(str(tmp_path))
     with pytest.raises(ValueError, match="unknown data field"):
         TO.teal_task_config(tokenz_dir="x")
+    c = _task_config(env)
+    c.data.image_tokenizr = "x"
+    with pytest.raises(ValueError, match=r"config.data.image_tokenizr .* did you mean config.data.image_tokenizer"):
+        TO.TealObjective(c)
+    c = _task_config(env)
+    c.data.image_source.imagekey = "picture"
+    with pytest.raises(ValueError, match=r"config.data.image_source has unknown fields \['imagekey'\]"):
+        TO.TealObjective(c)
+    c = _task_config(env, tasks=dict(captions=1.0))
+    with pytest.raises(ValueError, match=r"unknown tasks \['captions'\]"):
+        TO.TealObjective(c)
     c = _task_config(env, seq_len=60)
     with pytest.raises(ValueError, match=r"example needs \d+ tokens .*config.data.seq_len=60"):
         TO.TealObjective(c).make_data("train", batch_size=2, process_index=0, process_count=1)
@@ -518,3 +546,8 @@ def test_trainer_runs_on_task_data_and_reuses_the_token_datasets(env, tmp_path, 
     assert batch["tokens"].shape == (4, 81) and ev.split == "eval"
     test_idx = set(range(env["image"]["records"]["test"]))
     assert all(d["index"] in test_idx for d in ev.last_draws if d["task"] in TD.IMAGE_TASKS)
+
+
+def test_no_tensorflow_was_imported():
+    """Runs last: building, reading and streaming the token datasets never imported TensorFlow."""
+    assert "tensorflow" not in sys.modules

@@ -128,6 +128,38 @@ def default_task_data_config() -> ml_collections.ConfigDict:
     ))
 
 
+def task_weights(tasks: Any) -> dict[str, float]:
+    """``config.data.tasks`` as ``{task: weight}``: a mapping of weights, or a list of task names (weight 1 each)."""
+    if tasks is None:
+        return dict(default_task_data_config().tasks.items())
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if isinstance(tasks, (list, tuple)):
+        return {str(t): 1.0 for t in tasks}
+    items = tasks.items() if hasattr(tasks, "items") else None
+    if items is None:
+        raise ValueError(f"config.data.tasks={tasks!r}: expected a mapping task -> weight or a list of tasks")
+    return {str(t): float(w) for t, w in items}
+
+
+def validate_task_data_config(data) -> None:
+    """Typos fail early: a ``config.data`` field close to a known one (e.g. ``image_tokenizr``), an unknown field of
+    a source, or an unknown task raises ValueError naming it. Other extra fields are left to whoever reads them."""
+    import difflib
+
+    known = list(default_task_data_config().keys())
+    for key in sorted(set(data.keys()) - set(known)):
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        if close:
+            raise ValueError(f"config.data.{key} is not a field of data.kind='tasks'; did you mean "
+                             f"config.data.{close[0]}?")
+    for m in ("image", "audio"):
+        _source_dict(data.get(f"{m}_source"), m)
+    bad = sorted(set(task_weights(data.get("tasks"))) - set(TASKS))
+    if bad:
+        raise ValueError(f"config.data.tasks has unknown tasks {bad}; known: {TASKS}")
+
+
 def _source_dict(source: Mapping[str, Any] | None, modality: str) -> dict[str, Any]:
     """A validated source dict: the defaults of ``modality`` overridden by ``source``."""
     base = default_source_config(modality).to_dict()
@@ -507,8 +539,8 @@ class TealTaskStream(DataIterator):
     Batches: ``tokens`` int32, ``loss_mask`` float32 (1 on target tokens), ``segment_ids`` int32 (1, 2, ... per
     example; 0 on padding), ``positions`` int32 (restarting at 0 per example), ``modality`` int32, all
     ``[batch_size, seq_len + 1]``. ``last_draws`` lists what the last batch holds: one dict per example with
-    ``row``, ``segment``, ``task``, ``index`` (record index in its split; for lm the document index), ``pair``
-    (reasoning) and ``dropped`` (condition dropout).
+    ``row``, ``segment``, ``task``, ``index`` (the record's position in its token split, i.e. ``source[index]``;
+    for lm the document's position in its split), ``pair`` (reasoning) and ``dropped`` (condition dropout).
 
     Examples never exceed a row except lm documents, which are cut to the row (their prefix); any other example
     that cannot fit raises ValueError at construction.
@@ -536,7 +568,7 @@ class TealTaskStream(DataIterator):
         self.seed, self.process_index, self.process_count = int(seed), int(process_index), int(process_count)
         self.dropout = float(cond_dropout) if split == "train" else 0.0
         self.max_tries = int(max_tries)
-        weights = {str(t): float(w) for t, w in dict(tasks).items()}
+        weights = task_weights(tasks)
         unknown = sorted(set(weights) - set(TASKS))
         if unknown:
             raise ValueError(f"config.data.tasks has unknown tasks {unknown}; known: {TASKS}")
@@ -558,6 +590,7 @@ class TealTaskStream(DataIterator):
 
         self.records: dict[str, _Records] = {}
         self._code_len: dict[str, int] = {}
+        self._text_ids: dict[str, list[list[int]]] = {}
         for m, src in (("image", image), ("audio", audio)):
             if src is not None and any(t in self.tasks for t in (IMAGE_TASKS if m == "image" else AUDIO_TASKS)):
                 self.records[m] = self._read(m, src)
@@ -591,11 +624,26 @@ class TealTaskStream(DataIterator):
             raise ValueError(f"the {self.split} {modality} records have no record for host {p} of {n} "
                              f"({len(source)} records)")
         labels, texts = [], []
-        for i in range(len(shard)):
-            rec = shard[i]
-            labels.append(int(rec["label"]))
-            lines = [line.strip() for line in _as_text(rec["text"]).split("\n") if line.strip()]
-            texts.append([list(ids) for ids in self.tok.encode(lines)] if lines else [])
+        indices = np.arange(p, len(source), n)
+        getitems = getattr(source, "__getitems__", None)  # tfds data sources read many records at once
+        for start in range(0, len(indices), 1024):
+            chunk = indices[start : start + 1024].tolist()
+            recs = getitems(chunk) if getitems is not None else [source[i] for i in chunk]
+            for rec in recs:
+                self._meta(rec, labels, texts)
+        return self._finish(modality, shard, indices, labels, texts)
+
+    def _meta(self, rec: Mapping[str, Any], labels: list[int], texts: list[list[list[int]]]) -> None:
+        labels.append(int(rec["label"]))
+        text = _as_text(rec["text"])
+        if text not in self._text_ids:  # many records share a text (digit words, short transcripts)
+            lines = [line.strip() for line in text.split("\n") if line.strip()]
+            self._text_ids[text] = [list(ids) for ids in self.tok.encode(lines)] if lines else []
+        texts.append(self._text_ids[text])
+
+    def _finish(self, modality: str, shard: Sequence[dict[str, Any]], indices: np.ndarray, labels: list[int],
+                texts: list[list[list[int]]]) -> _Records:
+        p = self.process_index
         labels_a = np.asarray(labels, np.int32)
         with_text = np.asarray([i for i, t in enumerate(texts) if t], np.int64)
         by_label = {d: np.nonzero(labels_a == d)[0] for d in range(10)}
@@ -605,7 +653,7 @@ class TealTaskStream(DataIterator):
         if needs_text and not len(with_text):
             raise ValueError(f"tasks {needs_text} need {modality} records with text; the {self.split} records "
                              f"of host {p} have none")
-        return _Records(shard, np.arange(p, len(source), n), labels_a, texts, with_text, by_label)
+        return _Records(shard, indices, labels_a, texts, with_text, by_label)
 
     def _unified(self, modality: str, codes: np.ndarray) -> list[int]:
         codes = np.asarray(codes)
@@ -757,10 +805,10 @@ def resolve_lm_data(config) -> dict[str, str] | None:
             return None
         if cfg.get("objective", "lm") == "teal":
             d = cfg.data.get("lm_data_dir")
-        else:
+        elif cfg.data.get("kind", "text") == "text":
             d = cfg.data.get("data_dir") or os.path.join(os.path.abspath(workdir), "data")
         if not d:
-            return None
+            return None  # e.g. a base LM trained on synthetic tokens: no documents
     manifest = os.path.join(d, MANIFEST)
     if not os.path.isfile(manifest):
         raise FileNotFoundError(f"LM data dir {d} has no {MANIFEST} (config.data.lm_data_dir or the base LM's "
@@ -830,8 +878,9 @@ def prepare_task_data(config, workdir: str | None, vocab: UnifiedVocab, *, verbo
     tokenizers = dict(tokenizers or {})
     tokens_dir = resolve_tokens_dir(d, workdir)
     fallback = os.path.join(workdir, "data") if workdir else None
-    out: dict[str, Any] = {"text_tokenizer": resolve_text_tokenizer(config), "lm": resolve_lm_data(config),
-                           "image": None, "audio": None}
+    validate_task_data_config(d)
+    lm = resolve_lm_data(config) if task_weights(d.get("tasks")).get("lm", 0) > 0 else None
+    out: dict[str, Any] = {"text_tokenizer": resolve_text_tokenizer(config), "lm": lm, "image": None, "audio": None}
     batch = int(d.get("tokenize_batch", 32))
     for m in ("image", "audio"):
         run = d.get(f"{m}_tokenizer") or ""
@@ -873,7 +922,7 @@ def make_task_stream(config, prepared: Mapping[str, Any], vocab: UnifiedVocab, s
     if split not in ("train", "eval"):
         raise ValueError(f"split={split!r}: choose 'train' or 'eval'")
     d = config.data
-    weights = dict(d.get("tasks", default_task_data_config().tasks).items())
+    weights = task_weights(d.get("tasks"))
     token_split = "train" if split == "train" else "test"
     sources: dict[str, Any] = {}
     for m, group in (("image", IMAGE_TASKS), ("audio", AUDIO_TASKS)):

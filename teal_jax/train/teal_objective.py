@@ -361,6 +361,10 @@ class TealObjective(Objective):
         if self.data_kind not in DATA_KINDS:
             raise ValueError(f"config.data.kind={self.data_kind!r}: choose one of {DATA_KINDS}")
         self._tasks: dict[str, Any] | None = None  # prepare_task_data's result (data.kind='tasks')
+        if self.data_kind == "tasks":
+            from teal_jax.data.teal_data import validate_task_data_config
+
+            validate_task_data_config(config.data)
         self._codebooks = codebooks
         self._base: Any = False  # False: not loaded yet
         self._printed = False
