@@ -357,6 +357,13 @@ def _digest(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _ordered_map(n: int, fn: Callable[[int], Any], batch_size: int, threads: int = 8) -> Iterator[Any]:
+    """``fn(0), fn(1), ... fn(n - 1)`` in order, computed ahead by grain reader threads."""
+    ds = grain.MapDataset.source(range(n)).map(fn)
+    yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4 * batch_size),
+                                  allow_nones=True)
+
+
 def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
     batch = []
     for x in items:
@@ -408,13 +415,15 @@ def pretokenize_images(tokenizer: Any, source: Mapping[str, Any], tokens_dir: st
         n = len(data)
         progress = _Progress(verbose, f"image tokens {split}", n)
 
+        def prep(i):  # runs in grain's reader threads (Pillow decodes/resizes without the GIL)
+            rec = data[i]
+            img = convert_channels(np.asarray(_field(rec, key, "config.data.image_source.image_key")),
+                                   channels, name=f"{split} record {i}")
+            label, text = _record_meta(rec, src, "image")
+            return i, center_crop_resize(img.astype(np.uint8), size), label, text
+
         def items():
-            for i in range(n):
-                rec = data[i]
-                img = convert_channels(np.asarray(_field(rec, key, "config.data.image_source.image_key")),
-                                       channels, name=f"{split} record {i}")
-                label, text = _record_meta(rec, src, "image")
-                yield i, center_crop_resize(img.astype(np.uint8), size), label, text
+            yield from _ordered_map(n, prep, batch_size)
 
         done = 0
         for batch in _batched(items(), batch_size):
@@ -464,17 +473,22 @@ def pretokenize_audio(tokenizer: Any, source: Mapping[str, Any], tokens_dir: str
         progress = _Progress(verbose, f"audio tokens {split}", n)
         skipped = [0]
 
+        def prep(i):  # runs in grain's reader threads; None = longer than the span
+            rec = data[i]
+            if src["audio_key"] not in rec:
+                _field(rec, src["audio_key"], "config.data.audio_source.audio_key")  # raises, naming the fields
+            clip = adapter.map(rec)["audio"]  # int16 [n] at the codec's rate
+            if clip.shape[0] > samples:
+                return None
+            label, text = _record_meta(rec, src, "audio")
+            return i, templates_lib.fit_audio(clip, samples), label, text
+
         def items():
-            for i in range(n):
-                rec = data[i]
-                if src["audio_key"] not in rec:
-                    _field(rec, src["audio_key"], "config.data.audio_source.audio_key")  # raises, naming fields
-                clip = adapter.map(rec)["audio"]  # int16 [n] at the codec's rate
-                if clip.shape[0] > samples:
+            for item in _ordered_map(n, prep, batch_size):
+                if item is None:
                     skipped[0] += 1
-                    continue
-                label, text = _record_meta(rec, src, "audio")
-                yield i, templates_lib.fit_audio(clip, samples), label, text
+                else:
+                    yield item
 
         done = kept = 0
         for batch in _batched(items(), batch_size):
