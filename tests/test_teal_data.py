@@ -522,6 +522,23 @@ def test_generic_tfds_sources_through_mock_data(env, tmp_path):
         TD.TealTaskStream(tasks={"reason_t2i": 1.0}, **kw)
 
 
+def test_generic_tfds_kind_over_prepared_files_gives_the_builtin_sources_codes(env, tmp_path):
+    """kind='tfds' reads a prepared dataset from its files (no builder code) and yields the same records."""
+    generic = {"kind": "tfds", "name": "spoken_words/tiny", "data_dir": env["data_dir"], "audio_key": "audio",
+               "text_key": "text", "label_key": "label"}
+    man = TD.pretokenize_audio(env["audio_tok"], generic, str(tmp_path), seconds=SECONDS, batch_size=BATCH)
+    assert man["dataset"] != env["audio"]["dataset"]  # another source description, another dataset
+    assert man["records"] == env["audio"]["records"] and man["skipped"] == env["audio"]["skipped"]
+    for split in TD.SPLITS:
+        a, b = TD.token_source(man, split), TD.token_source(env["audio"], split)
+        for j in range(len(a)):
+            np.testing.assert_array_equal(a[j]["codes"], b[j]["codes"])
+            assert (a[j]["text"], int(a[j]["label"]), int(a[j]["index"])) == (b[j]["text"], int(b[j]["label"]),
+                                                                              int(b[j]["index"]))
+    with pytest.raises(ValueError, match="cannot open tfds dataset 'spoken_words/tiny' split 'validation'"):
+        TD.open_sources({**generic, "eval_split": "validation"}, "audio")
+
+
 # ---- through the trainer -------------------------------------------------------------------------------------------
 def test_trainer_runs_on_task_data_and_reuses_the_token_datasets(env, tmp_path, devices):
     from teal_jax.train import teal_objective as TO

@@ -261,10 +261,21 @@ def open_sources(source: Mapping[str, Any], modality: str, *, data_dir: str | No
         name, splits = f"spoken_words/{src['config'] or 'small'}", ("train", "test")
     else:
         name, splits = src["name"], (src["train_split"], src["eval_split"])
+    builder = None
+    if src["kind"] == "tfds":
+        # Prepared files first: a dataset read from its files needs none of its builder code, some of which
+        # (coco_captions, librispeech) imports TensorFlow. Not prepared there: tfds' usual lookup (and its mocks).
+        from tensorflow_datasets.core import read_only_builder
+
+        try:
+            builder = read_only_builder.builder_from_files(name, **({"data_dir": d} if d else {}))
+        except Exception:  # noqa: BLE001 - DatasetNotFoundError and friends: fall back to tfds.data_source
+            builder = None
     out = {}
     for ours, theirs in zip(SPLITS, splits, strict=True):
         try:
-            out[ours] = tfds.data_source(name, split=theirs, data_dir=d or None)
+            out[ours] = (builder.as_data_source(split=theirs) if builder is not None
+                         else tfds.data_source(name, split=theirs, data_dir=d or None))
         except Exception as e:  # tfds raises several types for a missing/unprepared dataset or split
             raise ValueError(f"config.data.{modality}_source: cannot open tfds dataset {name!r} split {theirs!r} "
                              f"under data_dir={d or '(tfds default)'}: {type(e).__name__}: {e}") from e
