@@ -81,8 +81,15 @@ def test_text_logits_bitwise_equal_to_base_lm(tie):
         params = T.merge_lm_params(params, base_params)
         got = np.asarray(_apply(model, params, toks))
         assert got.shape == toks.shape + (VOCAB.size,)
-        # Bitwise equality (float32): same ops on the same values; biases add exact zeros.
-        np.testing.assert_array_equal(got[..., : VOCAB.text_size], want)
+        if not use_bias:
+            # Bitwise equality (float32): the same ops on the same values.
+            np.testing.assert_array_equal(got[..., : VOCAB.text_size], want)
+        else:
+            # The zero biases add exact zeros, but the bias adds change how XLA fuses the matmuls of the compiled
+            # program, so the last bits may differ from the bias-free LM's program (seen on XLA:CPU and GPU):
+            # equal to float32 rounding. The bitwise guarantee for stage 2 is against the same graph (below).
+            np.testing.assert_allclose(got[..., : VOCAB.text_size], want, rtol=0, atol=1e-6)
+        before = got
         assert np.isneginf(got[..., VOCAB.used_size:]).all()
 
         trained = _stage1_steps(model, params)
@@ -92,9 +99,12 @@ def test_text_logits_bitwise_equal_to_base_lm(tie):
                      trained["lm"], base_params if not use_bias else trained["lm"])
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                      trained["lm"], params["lm"])
-        # ... so text-only inputs still give the original LM's text logits, bit for bit.
+        # ... so text-only inputs still give the text logits of before training, bit for bit (and, without the
+        # stage-2 biases, the original LM's own).
         got = np.asarray(_apply(model, trained, toks))
-        np.testing.assert_array_equal(got[..., : VOCAB.text_size], want)
+        np.testing.assert_array_equal(got[..., : VOCAB.text_size], before[..., : VOCAB.text_size])
+        if not use_bias:
+            np.testing.assert_array_equal(got[..., : VOCAB.text_size], want)
 
 
 def test_stage_masks_select_exactly_the_intended_leaves():
