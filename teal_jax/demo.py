@@ -30,6 +30,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
+from teal_jax.demo_report import _done_file, _say, stage_done
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Where every stage writes its run directory and the report.")
 flags.DEFINE_enum("variant", "default", ["default", "quick"], "'quick' shrinks every stage to run in minutes.")
@@ -38,10 +40,6 @@ flags.DEFINE_list("stages", None, "Run only these stages (default: all, in order
 
 def _config(module: str, arg: str | None = None) -> ml_collections.ConfigDict:
     return importlib.import_module(module).get_config(arg)
-
-
-def _say(msg: str) -> None:
-    print(f"[demo] {msg}", flush=True)
 
 
 # ---- stage configs: (variant, demo workdir) -> config ---------------------------------------------------------------
@@ -133,21 +131,6 @@ REQUIRES = {
 }
 
 
-def _done_file(workdir: str, name: str) -> str:
-    return os.path.join(workdir, name, "stage_result.json")
-
-
-def stage_done(workdir: str, name: str, config: ml_collections.ConfigDict | None = None) -> bool:
-    """A stage is done when its result file exists and its newest checkpoint is the final step."""
-    if not os.path.exists(_done_file(workdir, name)):
-        return False
-    if config is None:
-        return True
-    from teal_jax.checkpoint import Checkpointer
-
-    return Checkpointer(os.path.join(workdir, name), async_save=False).latest_step() == config.train.steps
-
-
 def write_codebooks(workdir: str) -> None:
     """The tokenizers' code vectors as .npy for the codebook-init ablation (written once)."""
     out = os.path.join(workdir, "codebooks")
@@ -208,6 +191,9 @@ def main(argv) -> None:
         if s == "evaluate":
             from teal_jax import demo_report
 
+            missing = [r for r in REQUIRES["evaluate"] if not stage_done(workdir, r)]
+            if missing:
+                raise RuntimeError(f"stage evaluate needs {missing} to have finished first")
             results[s] = demo_report.evaluate_stage(workdir, FLAGS.variant, results)
         else:
             results[s] = run_stage(s, workdir, FLAGS.variant)

@@ -17,6 +17,28 @@ import os
 import time
 from typing import Any
 
+import numpy as np
+
+
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _done_file(workdir: str, name: str) -> str:
+    return os.path.join(workdir, name, "stage_result.json")
+
+
+def stage_done(workdir: str, name: str, config=None) -> bool:
+    """A stage is done when its result file exists and (given its config) its newest checkpoint is the final step."""
+    if not os.path.exists(_done_file(workdir, name)):
+        return False
+    if config is None:
+        return True
+    from teal_jax.checkpoint import Checkpointer
+
+    return Checkpointer(os.path.join(workdir, name), async_save=False).latest_step() == config.train.steps
+
+
 # (figure key, label, target, higher is better)
 TARGETS = (
     ("caption_accuracy", "captioning accuracy (held-out digits)", 0.95, True),
@@ -62,10 +84,10 @@ def plot_training_curves(workdir: str, stages: list[str], path: str) -> str | No
     cols = min(3, len(curves))
     rows_n = math.ceil(len(curves) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.2 * rows_n), squeeze=False)
-    for ax, (s, (train, evals)) in zip(axes.flat, curves.items()):
-        ax.plot(*zip(*train), label="train")
+    for ax, (s, (train, evals)) in zip(axes.flat, curves.items(), strict=False):
+        ax.plot(*zip(*train, strict=True), label="train")
         if evals:
-            ax.plot(*zip(*evals), "o-", label="eval")
+            ax.plot(*zip(*evals, strict=True), "o-", label="eval")
         ax.set_title(s)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
@@ -130,7 +152,8 @@ def write_report(workdir: str, variant: str, stage_results: dict[str, dict], eva
     figures = evaluation.get("runs", {})
     main = "teal_stage2" if "teal_stage2" in figures else "teal_stage1"
     if main in figures:
-        lines += [f"## Targets ({RUN_LABELS[main]})", "", "| task | measured | target | met |", "| --- | --- | --- | --- |"]
+        lines += [f"## Targets ({RUN_LABELS[main]})", "", "| task | measured | target | met |",
+                  "| --- | --- | --- | --- |"]
         for key, label, target, higher in TARGETS:
             if key not in figures[main]:
                 continue
@@ -164,7 +187,8 @@ def write_report(workdir: str, variant: str, stage_results: dict[str, dict], eva
             lines += [f"## {name.capitalize()}", "", "| figure | value |", "| --- | --- |"]
             lines += [f"| {k} | {_fmt(v)} |" for k, v in evaluation[name].items()]
             lines.append("")
-    lines += ["## Stages", "", "| stage | steps | wall time of its last run (s) | final metrics |", "| --- | --- | --- | --- |"]
+    lines += ["## Stages", "", "| stage | steps | wall time of its last run (s) | final metrics |",
+              "| --- | --- | --- | --- |"]
     for s, r in stage_results.items():
         if s == "evaluate":
             continue
@@ -189,3 +213,187 @@ def write_report(workdir: str, variant: str, stage_results: dict[str, dict], eva
         f.write("\n".join(lines) + "\n")
     os.replace(tmp, path)
     return path
+
+
+# ---- the evaluate stage -------------------------------------------------------------------------------------------
+def _heldout_text(workdir: str, limit: int) -> list[str]:
+    """Held-out documents of the text LM's corpus (its 'eval' split), in corpus order."""
+    import tensorflow_datasets as tfds
+
+    from teal_jax import checkpoint
+    from teal_jax.data import lm as lm_data
+
+    cfg = checkpoint.read_config(os.path.join(workdir, "text_lm"))
+    paths = lm_data.prepare_lm_data(cfg.data, os.path.join(workdir, "text_lm"), verbose=False)
+    source = tfds.data_source(paths["dataset"], data_dir=paths["tfds_dir"], split="eval")
+    texts = []
+    for i in range(min(limit, len(source))):
+        t = source[i]["text"]
+        texts.append(t.decode("utf-8") if isinstance(t, bytes) else str(t))
+    return texts
+
+
+def _heldout_speech(workdir: str, speech_config: str, max_samples: int) -> dict[str, Any]:
+    """Held-out-voice clips of the demo speech (int16 at 16 kHz), start-aligned and padded to ``max_samples``;
+    ``fits`` marks the clips no longer than that (the ones TEAL was trained to transcribe)."""
+    from teal_jax.data.speech import build_spoken_words, load_clips
+
+    builder = build_spoken_words(os.path.join(workdir, "data"), speech_config)
+    source = builder.as_data_source(split="test")
+    clips = load_clips(source, max_samples=max_samples)
+    full = load_clips(source, max_samples=10 * max_samples)  # true lengths
+    clips["fits"] = full["length"] <= max_samples
+    return clips
+
+
+def _classifiers(workdir: str, variant: str, speech_config: str) -> tuple[Any, Any, dict[str, float]]:
+    """The independent judges: a digit-image CNN trained on real train digits, and the spoken-word classifier the
+    codec stage trained on clean train speech (same cache directory, so the same weights)."""
+    from teal_jax.data.speech import build_spoken_words, load_clips
+    from teal_jax.evaluate import digit_classifier as dc
+    from teal_jax.evaluate import speech_classifier as sc
+
+    quick = variant == "quick"
+    images, labels = dc.load_digit_arrays("train")
+    digit_clf = dc.train_or_load(os.path.join(workdir, "classifiers", "digits"), images, labels,
+                                 steps=150 if quick else 1000)
+    test_images, test_labels = dc.load_digit_arrays("test")
+    builder = build_spoken_words(os.path.join(workdir, "data"), speech_config)
+    train_clips = load_clips(builder.as_data_source(split="train"), max_samples=sc.CLIP_SAMPLES, labelled_only=True)
+    speech_clf = sc.train_or_load(os.path.join(workdir, "data", "classifier"), train_clips["audio"],
+                                  train_clips["label"], steps=50 if quick else 500)
+    test_clips = load_clips(builder.as_data_source(split="test"), max_samples=sc.CLIP_SAMPLES, labelled_only=True)
+    figures = {"digit classifier accuracy, real held-out digits": digit_clf.accuracy(test_images, test_labels),
+               "spoken-word classifier accuracy, real held-out voices": speech_clf.accuracy(test_clips["audio"],
+                                                                                          test_clips["label"])}
+    return digit_clf, speech_clf, figures
+
+
+def evaluate_run(run_dir: str, *, digit_clf, speech_clf, images: np.ndarray, labels: np.ndarray,
+                 speech: dict[str, Any], texts: list[str], sample_dir: str, quick: bool,
+                 sampling: dict[str, float]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Every held-out figure of one TEAL run -> (figures, text perplexity row)."""
+    import teal_jax
+    from teal_jax.evaluate import teal_eval
+
+    model = teal_jax.load(run_dir)
+    figs: dict[str, float] = {}
+    cap = teal_eval.caption_accuracy(model, images, labels, sample_dir=os.path.join(sample_dir, "caption"))
+    figs["caption_accuracy"], figs["caption_exact_match"] = cap["accuracy"], cap["exact_match"]
+    per = 2 if quick else 10
+    gen = dict(sampling)
+    t2i = teal_eval.text_to_image_accuracy(model, digit_clf, per_class=per, sample_dir=os.path.join(sample_dir, "t2i"),
+                                           **gen)
+    figs["t2i_accuracy"] = t2i["accuracy"]
+    fits = np.nonzero(speech["fits"])[0]
+    asr = teal_eval.asr_wer(model, speech["audio"][fits].astype(np.float32) / 32768.0,
+                            [speech["text"][i] for i in fits], 16000, sample_dir=os.path.join(sample_dir, "asr"))
+    figs["asr_wer"], figs["asr_exact_match"] = asr["wer"], asr["exact_match"]
+    tts = teal_eval.tts_accuracy(model, speech_clf, per_class=per, sample_dir=os.path.join(sample_dir, "tts"), **gen)
+    figs["tts_accuracy"] = tts["accuracy"]
+    per_pair = 1 if quick else 4
+    ri = teal_eval.reasoning_image_accuracy(model, digit_clf, per_pair=per_pair,
+                                            sample_dir=os.path.join(sample_dir, "reasoning_image"), **gen)
+    figs["reasoning_image_accuracy"] = ri["accuracy"]
+    rs = teal_eval.reasoning_speech_accuracy(model, speech_clf, per_pair=per_pair,
+                                             sample_dir=os.path.join(sample_dir, "reasoning_speech"), **gen)
+    figs["reasoning_speech_accuracy"] = rs["accuracy"]
+    ppl = teal_eval.text_perplexity(model, texts)
+    figs["text_ppl"] = ppl["teal_ppl"]
+    text_row = {"ppl": ppl["teal_ppl"], "bitwise": bool(ppl["logits_bitwise_equal"]),
+                "base_ppl": ppl["base_ppl"], "max_abs_logit_diff": ppl["max_abs_logit_diff"]}
+    details = {"t2i_confusion": t2i["confusion"], "tts_confusion": tts["confusion"], "asr": asr,
+               "caption_per_class": cap["per_class"]}
+    with open(os.path.join(sample_dir, "details.json"), "w") as f:
+        json.dump(details, f, indent=1)
+    return figs, text_row
+
+
+def evaluate_stage(workdir: str, variant: str, stage_results: dict[str, dict]) -> dict[str, Any]:
+    """The demo's ``evaluate`` stage: figures of every finished TEAL run, samples, report.md and plots.
+
+    Skipped (its results re-read) when ``evaluate/results.json`` is newer than every TEAL run's result."""
+    out_dir = os.path.join(workdir, "evaluate")
+    results_path = os.path.join(out_dir, "results.json")
+    runs = [r for r in TEAL_RUNS if stage_done(workdir, r)]
+    newest = max((os.path.getmtime(_done_file(workdir, r)) for r in runs), default=0.0)
+    quick = variant == "quick"
+    if os.path.exists(results_path) and os.path.getmtime(results_path) > newest:
+        _say(f"evaluate: up to date ({results_path}); rewriting the report only")
+        with open(results_path) as f:
+            evaluation = json.load(f)
+    else:
+        t0 = time.time()
+        from teal_jax.evaluate import digit_classifier as dc
+
+        speech_config = "tiny" if quick else "small"
+        _say("evaluate: independent classifiers")
+        digit_clf, speech_clf, clf_figs = _classifiers(workdir, variant, speech_config)
+        images, labels = dc.load_digit_arrays("test")
+        if quick:
+            images, labels = images[:20], labels[:20]
+        from teal_jax import checkpoint
+
+        teal_cfg = checkpoint.read_config(os.path.join(workdir, runs[0]))
+        speech = _heldout_speech(workdir, speech_config, int(round(float(teal_cfg.data.audio_seconds) * 16000)))
+        texts = _heldout_text(workdir, 40 if quick else 200)
+        sampling = dict(temperature=float(teal_cfg.get("sample", {}).get("temperature", 0.7)),
+                        top_p=float(teal_cfg.get("sample", {}).get("top_p", 0.9)),
+                        guidance_scale=float(teal_cfg.get("sample", {}).get("guidance_scale", 1.0)))
+        evaluation = {"runs": {}, "text": {}, "classifiers": clf_figs, "sampling": sampling, "notes": [
+            f"ASR is scored on the {int(speech['fits'].sum())} of {len(speech['fits'])} held-out clips that fit one "
+            f"{teal_cfg.data.audio_seconds:g} s audio span (training skips longer clips too).",
+            f"Generation: {sampling}; text answers greedy."]}
+        for r in runs:
+            _say(f"evaluate: {r}")
+            figs, text_row = evaluate_run(os.path.join(workdir, r), digit_clf=digit_clf, speech_clf=speech_clf,
+                                          images=images, labels=labels, speech=speech, texts=texts,
+                                          sample_dir=os.path.join(workdir, "samples", r), quick=quick,
+                                          sampling=sampling)
+            evaluation["runs"][r] = figs
+            evaluation["text"].setdefault("base LM", {"ppl": text_row["base_ppl"], "bitwise": True})
+            evaluation["text"][r] = text_row
+            _say(f"evaluate: {r}: " + ", ".join(f"{k} {v:.4g}" for k, v in figs.items()))
+        evaluation["tokenizers"] = _tokenizer_figures(stage_results, workdir)
+        evaluation["wall_s"] = round(time.time() - t0, 1)
+        os.makedirs(out_dir, exist_ok=True)
+        with open(results_path + ".tmp", "w") as f:
+            json.dump(evaluation, f, indent=1)
+        os.replace(results_path + ".tmp", results_path)
+    plots = {}
+    stages = [s for s in ("text_lm", "image_tokenizer", "audio_codec", *TEAL_RUNS)
+              if os.path.exists(os.path.join(workdir, s, "metrics.jsonl"))]
+    p = plot_training_curves(workdir, stages, os.path.join(workdir, "report", "training_curves.png"))
+    if p:
+        plots["Training curves"] = os.path.relpath(p, workdir)
+    p = plot_task_figures(evaluation.get("runs", {}), os.path.join(workdir, "report", "task_figures.png"))
+    if p:
+        plots["Held-out task figures"] = os.path.relpath(p, workdir)
+    evaluation["plots"] = plots
+    evaluation["samples"] = {r: os.path.join("samples", r) for r in evaluation.get("runs", {})}
+    all_results = dict(stage_results)
+    for s in TRAIN_STAGE_NAMES:
+        if s not in all_results and os.path.exists(_done_file(workdir, s)):
+            with open(_done_file(workdir, s)) as f:
+                all_results[s] = json.load(f)
+    path = write_report(workdir, variant, all_results, evaluation)
+    _say(f"report: {path}")
+    return {"stage": "evaluate", "report": path, "runs": evaluation.get("runs", {})}
+
+
+TRAIN_STAGE_NAMES = ("text_lm", "image_tokenizer", "audio_codec", *TEAL_RUNS)
+
+
+def _tokenizer_figures(stage_results: dict[str, dict], workdir: str) -> dict[str, float]:
+    """Held-out figures the tokenizer stages reported at their final evaluation."""
+    out = {}
+    for s, prefix in (("image_tokenizer", "image"), ("audio_codec", "audio")):
+        path = os.path.join(workdir, s, "stage_result.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            m = json.load(f).get("metrics", {})
+        for k, v in sorted(m.items()):
+            if k.startswith("eval_heldout") or k in ("eval_psnr", "eval_ssim", "eval_usage"):
+                out[f"{prefix}: {k[5:]}"] = v
+    return out

@@ -21,6 +21,7 @@ import ml_collections
 
 from configs.lm import tiny as tiny_lm
 from teal_jax.config import base_config
+from teal_jax.data import teal_data
 
 _VARIANTS = {"stage2", "codebook", "full", "quick"}
 
@@ -61,15 +62,9 @@ def get_config(arg: str | None = None):
     c.model.z_loss = 0.0
     c.model.loss_weights = ml_collections.ConfigDict(dict(text=1.0, special=1.0, image=1.0, audio=1.0))
 
-    c.data.kind = "tasks"
-    c.data.text_tokenizer = ""  # '': the base LM's SentencePiece model
-    c.data.image_tokenizer = ""
-    c.data.audio_tokenizer = ""
-    c.data.image_source = ml_collections.ConfigDict(dict(kind="digits", image_size=32, data_dir=""))
-    c.data.audio_source = ml_collections.ConfigDict(dict(kind="spoken_words", config="tiny" if quick else "small",
-                                                         data_dir=""))
+    c.data = teal_data.default_task_data_config()  # every field, so each can be overridden on the command line
+    c.data.audio_source.config = "tiny" if quick else "small"
     c.data.audio_seconds = 1.0
-    c.data.tokens_dir = ""
     c.data.tasks = ml_collections.ConfigDict(dict(caption=1.0, t2i=1.0, asr=1.0, tts=1.0, lm=0.5, reason_t2i=0.5,
                                                   reason_tts=0.5))
     c.data.cond_dropout = 0.1
@@ -90,5 +85,7 @@ def get_config(arg: str | None = None):
         c.optimizer.lr = 1e-3
     if "full" in variants:
         c.optimizer.lr = 1e-3
-    c.sample.prompts = ("",)
+    # Generation settings of the demo's evaluation (Chameleon's temperature/top-p; text answers are greedy).
+    c.sample = ml_collections.ConfigDict(dict(prompts=("",), max_new_tokens=64, temperature=0.7, top_k=0, top_p=0.9,
+                                              seed=0, guidance_scale=1.0))
     return c
