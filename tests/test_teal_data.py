@@ -561,6 +561,9 @@ def test_trainer_runs_on_task_data_and_reuses_the_token_datasets(env, tmp_path, 
     ev = obj.make_data("eval", batch_size=4, process_index=0, process_count=1)
     batch = next(ev)
     assert batch["tokens"].shape == (4, 81) and ev.split == "eval"
+    next(ev)
+    again = obj.make_data("eval", batch_size=4, process_index=0, process_count=1)  # every evaluation: batch 0 on
+    np.testing.assert_array_equal(next(again)["tokens"], batch["tokens"])
     test_idx = set(range(env["image"]["records"]["test"]))
     assert all(d["index"] in test_idx for d in ev.last_draws if d["task"] in TD.IMAGE_TASKS)
 

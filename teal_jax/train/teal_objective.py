@@ -361,6 +361,7 @@ class TealObjective(Objective):
         if self.data_kind not in DATA_KINDS:
             raise ValueError(f"config.data.kind={self.data_kind!r}: choose one of {DATA_KINDS}")
         self._tasks: dict[str, Any] | None = None  # prepare_task_data's result (data.kind='tasks')
+        self._streams: dict[tuple, Any] = {}  # constructed task streams (the trainer asks for 'eval' at every eval)
         if self.data_kind == "tasks":
             from teal_jax.data.teal_data import validate_task_data_config
 
@@ -390,6 +391,7 @@ class TealObjective(Objective):
 
         self._tasks = teal_data.prepare_task_data(self.config, self.workdir, self.vocab,
                                                   verbose=jax.process_index() == 0)
+        self._streams = {}
         return self._tasks
 
     # ---- model -------------------------------------------------------------------------------------------------
@@ -437,12 +439,17 @@ class TealObjective(Objective):
     def make_data(self, split, *, batch_size, process_index, process_count):
         seed = self.config.seed + (0 if split == "train" else 1_000_003)
         if self.data_kind == "tasks":
+            import copy
+
             from teal_jax.data import teal_data
 
-            prepared = self._tasks if self._tasks is not None else self._prepare_tasks()
-            return teal_data.make_task_stream(self.config, prepared, self.vocab, split, batch_size=batch_size,
-                                              process_index=process_index, process_count=process_count, seed=seed,
-                                              verbose=process_index == 0)
+            key = (split, batch_size, process_index, process_count)
+            if key not in self._streams:  # construction reads every record's label and text: once per split
+                prepared = self._tasks if self._tasks is not None else self._prepare_tasks()
+                self._streams[key] = teal_data.make_task_stream(
+                    self.config, prepared, self.vocab, split, batch_size=batch_size, process_index=process_index,
+                    process_count=process_count, seed=seed, verbose=process_index == 0)
+            return copy.copy(self._streams[key])  # shares the read-only records; its own position (batch 0)
         return SyntheticTealTasks(self.vocab, self.config.data, batch_size=batch_size, seq_len=self.seq_len + 1,
                                   seed=seed, process_index=process_index)
 
