@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from teal_jax.models.codec import Codec, CodecConfig
 
@@ -64,3 +65,22 @@ def test_bad_config_and_input():
     v = _init(cfg, x)
     with pytest.raises(ValueError, match="audio must be"):
         Codec(cfg).apply(v, jnp.zeros((2, 64)))
+
+
+def test_kmeans_init_config_reaches_every_level():
+    """model.kmeans_init: the first training call sets every level's codebook from the batch (kmeans_iters=0:
+    level 0's codes are latent vectors of that batch); bad kmeans_iters is named."""
+    cfg = CodecConfig(**dict(TINY, num_lstm_layers=0), kmeans_init=True, kmeans_iters=0, restart_after=0)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 1)) * 0.1
+    v = _init(cfg, x)
+    assert all(int(v["quantizer_state"]["quantizer"][f"levels_{l}"]["initialized"]) == 0 for l in range(3))
+    _, st = Codec(cfg).apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(3)}, mutable=["quantizer_state"])
+    v1 = nn.unbox({**v, **st})
+    assert all(int(v1["quantizer_state"]["quantizer"][f"levels_{l}"]["initialized"]) == 1 for l in range(3))
+    z = np.asarray(Codec(cfg).apply(v, x, method=Codec.encode_latents)).reshape(-1, cfg.hidden_size)
+    cb0 = np.asarray(v1["params"]["quantizer"]["levels_0"]["codebook"]
+                     + v1["quantizer_state"]["quantizer"]["levels_0"]["restart_offset"])
+    dist = ((cb0[:, None] - z[None]) ** 2).sum(-1).min(1)
+    np.testing.assert_allclose(dist, 0.0, atol=1e-8)  # every code is one of the batch's latents (float32 copies)
+    with pytest.raises(ValueError, match="kmeans_iters"):
+        CodecConfig.from_config(dict(TINY, kmeans_iters=-1))
