@@ -1,0 +1,80 @@
+"""The README's main job, end to end in its quick variant: every stage trains, evaluates and reports; a second run
+resumes (skips every finished stage); the trained runs load back in Python."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import teal_jax
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = ("text_lm", "image_tokenizer", "audio_codec", "teal_stage1", "teal_stage2", "ablation_codebook",
+          "ablation_full")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "teal_jax.demo", f"--workdir={workdir}", "--variant=quick"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return workdir, cmd, env, out.stdout
+
+
+def test_every_stage_runs_and_the_report_holds_every_figure(demo):
+    workdir, _, _, stdout = demo
+    for s in STAGES:
+        assert (workdir / s / "stage_result.json").exists(), s
+        assert f"=== stage {s}" in stdout
+    text = json.loads((workdir / "text_lm" / "stage_result.json").read_text())
+    # 60 steps take the quick LM from ln(512) = 6.2 nats to well under 3.5 on held-out text (seen: 1.8).
+    assert text["metrics"]["eval_loss"] < 3.5, text
+    rows = [json.loads(line) for line in (workdir / "text_lm" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert train[-1]["loss"] < train[0]["loss"] - 1.0
+
+    results = json.loads((workdir / "evaluate" / "results.json").read_text())
+    keys = {"caption_accuracy", "t2i_accuracy", "asr_wer", "tts_accuracy", "reasoning_image_accuracy",
+            "reasoning_speech_accuracy", "text_ppl"}
+    assert set(results["runs"]) == {"teal_stage1", "teal_stage2", "ablation_codebook", "ablation_full"}
+    for run, figs in results["runs"].items():
+        assert keys <= set(figs), run
+        for k in keys - {"asr_wer", "text_ppl"}:
+            assert 0.0 <= figs[k] <= 1.0, (run, k, figs[k])
+        assert figs["asr_wer"] >= 0 and math.isfinite(figs["text_ppl"]) and figs["text_ppl"] > 1
+    # The frozen runs keep the LM: their text perplexity is the base LM's, every text logit bitwise equal.
+    base = results["text"]["base LM"]["ppl"]
+    for run in ("teal_stage1", "ablation_codebook"):
+        assert results["text"][run]["bitwise"] is True and results["text"][run]["ppl"] == base
+    # Full fine-tuning moves the LM.
+    assert results["text"]["ablation_full"]["bitwise"] is False
+
+    report = (workdir / "report.md").read_text()
+    for needle in ("## Targets", "captioning accuracy", "ASR word error rate", "text perplexity",
+                   "report/training_curves.png", "report/task_figures.png", "| teal_stage2 |"):
+        assert needle in report, needle
+    assert (workdir / "report" / "training_curves.png").stat().st_size > 1000
+    samples = workdir / "samples" / "teal_stage1"
+    assert list((samples / "t2i").glob("*.png")) and list((samples / "tts").glob("*.wav"))
+    assert (samples / "caption" / "captions.tsv").exists() and (samples / "asr" / "asr.tsv").exists()
+
+
+def test_second_run_resumes_and_models_load(demo):
+    workdir, cmd, env, _ = demo
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("already trained") == len(STAGES)
+    assert "training " not in again.stdout and "evaluate: up to date" in again.stdout
+
+    lm = teal_jax.load(str(workdir / "text_lm"))
+    texts = lm.generate(["three plus four is", "the"], max_new_tokens=8)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    model = teal_jax.load(str(workdir / "teal_stage1"))
+    images = model.generate_image(["seven"], temperature=0.0)
+    assert images.shape == (1, 32, 32, 1) and images.dtype.name == "uint8"
+    assert isinstance(model.caption(images)[0], str)
