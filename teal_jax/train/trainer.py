@@ -283,6 +283,9 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def save(self, state, step: int) -> None:
+        # A signal that arrives right after a periodic save asks for the same step again: it is already saved.
+        if step in self.checkpointer.all_steps():
+            return
         self.checkpointer.save(step, state, self.train_iter.get_state(), self.config)
 
     def restore_or_init(self):
