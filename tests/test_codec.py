@@ -84,3 +84,101 @@ def test_kmeans_init_config_reaches_every_level():
     np.testing.assert_allclose(dist, 0.0, atol=1e-8)  # every code is one of the batch's latents (float32 copies)
     with pytest.raises(ValueError, match="kmeans_iters"):
         CodecConfig.from_config(dict(TINY, kmeans_iters=-1))
+
+
+# ---- frame-rate (STFT encoder / iSTFT decoder) variant ------------------------------------------------------------
+
+
+def _frames_numpy(x, n_fft, hop, mode):
+    """float64 reference framing: frame f covers [f hop - (n_fft - hop) // 2, ... + n_fft) of the padded signal."""
+    t = x.shape[1]
+    f = -(-t // hop)
+    left = (n_fft - hop) // 2
+    right = (f - 1) * hop + n_fft - left - t
+    xp = np.pad(x, ((0, 0), (left, right)), mode="reflect" if mode == "reflect" else "constant")
+    return np.stack([xp[:, i * hop : i * hop + n_fft] for i in range(f)], 1)
+
+
+@pytest.mark.parametrize("n_fft,hop,mode", [(32, 8, "reflect"), (20, 8, "constant")])
+def test_stft_istft_against_numpy(n_fft, hop, mode):
+    from teal_jax.models.audio_layers import istft, stft
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 203))
+    w = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
+    ref = np.fft.rfft(_frames_numpy(x, n_fft, hop, mode) * w, axis=-1)
+    got = np.asarray(stft(jnp.asarray(x, jnp.float32), n_fft, hop, mode))
+    assert got.shape == (2, 26, n_fft // 2 + 1)  # ceil(203 / 8) frames
+    np.testing.assert_allclose(got, ref, atol=1e-4)  # float32 sums of ~n_fft O(1) terms
+    # istft of an arbitrary spectrum = float64 least-squares overlap-add OLA(irfft(S) w) / OLA(w^2), trimmed
+    spec = rng.standard_normal(ref.shape) + 1j * rng.standard_normal(ref.shape)
+    frames = np.fft.irfft(spec, n=n_fft, axis=-1) * w
+    f = spec.shape[1]
+    total = (f - 1) * hop + n_fft
+    num, env = np.zeros((2, total)), np.zeros(total)
+    for i in range(f):
+        num[:, i * hop : i * hop + n_fft] += frames[:, i]
+        env[i * hop : i * hop + n_fft] += w**2
+    left = (n_fft - hop) // 2
+    ref_y = num[:, left : left + f * hop] / env[left : left + f * hop]
+    y = np.asarray(istft(jnp.asarray(spec, jnp.complex64), n_fft, hop))
+    np.testing.assert_allclose(y, ref_y, atol=1e-5)
+    # analysis then synthesis gives the signal back
+    back = np.asarray(istft(jnp.asarray(ref, jnp.complex64), n_fft, hop))[:, :203]
+    np.testing.assert_allclose(back, x, atol=1e-5)
+    with pytest.raises(ValueError, match="uncovered"):
+        istft(jnp.asarray(spec[..., : 8 // 2 + 1], jnp.complex64), 8, 8)
+
+
+def test_convnext_block_against_numpy():
+    from teal_jax.models.audio_layers import ConvNeXtBlock
+
+    block = ConvNeXtBlock(mlp_dim=12, kernel_size=5, layer_scale=0.5)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 4))
+    p = nn.unbox(block.init(jax.random.PRNGKey(1), x))["params"]
+    p = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.PRNGKey(2), a.shape), p)  # non-trivial LN/bias
+    got = np.asarray(block.apply({"params": p}, x))
+    q = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+    xn = np.asarray(x, np.float64)
+    xp = np.pad(xn, ((0, 0), (2, 2), (0, 0)))
+    h = sum(xp[:, j : j + 9] * q["dw_kernel"][j] for j in range(5)) + q["dw_bias"]
+    mu, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
+    h = (h - mu) / np.sqrt(var + 1e-6) * q["norm"]["scale"] + q["norm"]["bias"]
+    h = h @ q["pw1"]["kernel"] + q["pw1"]["bias"]
+    h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))  # jax.nn.gelu (tanh form)
+    h = h @ q["pw2"]["kernel"] + q["pw2"]["bias"]
+    np.testing.assert_allclose(got, xn + q["gamma"] * h, atol=1e-5)
+
+
+FRAME = dict(TINY, num_lstm_layers=0, encoder="stft", decoder="istft", frame_dim=16, encoder_frame_layers=1,
+             decoder_frame_layers=2, causal=False)
+
+
+@pytest.mark.parametrize("encoder", ["stft", "seanet"])
+def test_frame_rate_codec_shapes_and_finite_gradients_on_silence(encoder):
+    cfg = CodecConfig(**dict(FRAME, encoder=encoder))
+    assert cfg.fft_size == 32  # 4 * hop
+    x = (jax.random.normal(jax.random.PRNGKey(0), (2, 203, 1)) * 0.1).at[1].set(0.0)  # example 1 silent
+    v = _init(cfg, x)
+    y, q = Codec(cfg).apply(v, x)
+    assert y.shape == x.shape and q.codes.shape == (2, 26, 3)
+    wav = Codec(cfg).apply(v, q.codes[..., :2], method=Codec.decode_codes)
+    assert wav.shape == (2, 26 * 8, 1)
+
+    def loss(p):
+        y, q = Codec(cfg).apply({**v, "params": p}, x)
+        return jnp.mean(jnp.abs(y - x)) + q.loss
+
+    g = jax.grad(loss)(v["params"])
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g))
+
+
+def test_frame_rate_bad_config():
+    with pytest.raises(ValueError, match="model.decoder"):
+        CodecConfig.from_config(dict(FRAME, decoder="hifigan"))
+    with pytest.raises(ValueError, match="model.encoder"):
+        CodecConfig.from_config(dict(FRAME, encoder="mel"))
+    with pytest.raises(ValueError, match="model.n_fft"):
+        CodecConfig.from_config(dict(FRAME, n_fft=12))  # < 2 * hop (16)
+    with pytest.raises(ValueError, match="frame_dim"):
+        CodecConfig.from_config(dict(FRAME, frame_dim=0))

@@ -9,6 +9,9 @@
 * :class:`LSTM`: stacked unidirectional LSTM in torch's parameterisation (gates [i, f, g, o], ``b_ih + b_hh``)
   with EnCodec's residual add (``lstm(x) + x``).
 * :class:`Snake` (``x + sin^2(alpha x) / alpha``, per-channel alpha, DAC) and ELU activations.
+* Frame-rate building blocks (Vocos-style codec: all learned layers at the code frame rate, waveform through
+  (i)STFT): :func:`frame_signal` / :func:`stft` (analysis), :func:`istft` (windowed overlap-add synthesis),
+  :class:`ConvNeXtBlock` (depthwise conv, LayerNorm, MLP, layer scale, residual).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 Array = jax.Array
@@ -220,3 +224,96 @@ def activation(name: str, param_dtype: Any = jnp.float32, module_name: str | Non
     if name == "snake":
         return Snake(param_dtype=param_dtype, name=module_name)
     raise ValueError(f"model.activation={name!r}: choose 'elu' or 'snake'")
+
+
+# ---- frame-rate (STFT / iSTFT) blocks --------------------------------------------------------------------------
+
+
+def hann_window(n: int) -> np.ndarray:
+    """Periodic Hann window (torch.hann_window's default), float32 ``[n]``."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
+
+
+def frame_padding(n_fft: int, hop: int) -> int:
+    """Left padding of :func:`frame_signal`: frame ``f`` covers samples ``[f hop - p, f hop - p + n_fft)`` with
+    ``p = (n_fft - hop) // 2``, so it is centred on the hop-long block ``[f hop, (f + 1) hop)``."""
+    return (n_fft - hop) // 2
+
+
+def frame_signal(x: Array, n_fft: int, hop: int, pad_mode: str = "reflect") -> Array:
+    """``x [batch, samples]`` -> ``[batch, ceil(samples / hop), n_fft]`` frames (see :func:`frame_padding`); the
+    signal is padded (``reflect`` or ``constant``) by ``p`` on the left and up to the last frame's end on the
+    right."""
+    if n_fft < hop:
+        raise ValueError(f"n_fft={n_fft} must be >= hop={hop}")
+    t = x.shape[1]
+    n_frames = -(-t // hop)
+    left = frame_padding(n_fft, hop)
+    right = (n_frames - 1) * hop + n_fft - left - t
+    xp = _pad1d(x[..., None], left, right, pad_mode)[..., 0]
+    idx = np.arange(n_frames)[:, None] * hop + np.arange(n_fft)[None, :]
+    return xp[:, idx]
+
+
+def stft(x: Array, n_fft: int, hop: int, pad_mode: str = "reflect") -> Array:
+    """Complex ``[batch, ceil(samples / hop), n_fft // 2 + 1]``: ``rfft(frame * hann)`` of :func:`frame_signal`."""
+    return jnp.fft.rfft(frame_signal(x.astype(jnp.float32), n_fft, hop, pad_mode) * hann_window(n_fft), axis=-1)
+
+
+def istft(spec: Array, n_fft: int, hop: int) -> Array:
+    """Inverse of :func:`stft` (least-squares overlap-add): ``spec [batch, frames, n_fft // 2 + 1]`` complex ->
+    float32 ``[batch, frames * hop]``: ``y = OLA(irfft(spec) * w) / OLA(w^2)`` with the Hann window ``w``, trimmed
+    to the samples the frames are centred on. ``istft(stft(x))[:, :samples]`` equals ``x`` (needs ``n_fft >= 2 hop``
+    so that the window covers every sample)."""
+    b, f = spec.shape[0], spec.shape[1]
+    w = hann_window(n_fft)
+    frames = jnp.fft.irfft(spec, n=n_fft, axis=-1).astype(jnp.float32) * w  # [b, f, n_fft]
+    a = -(-n_fft // hop)  # hop-long chunks per frame
+    frames = jnp.pad(frames, ((0, 0), (0, 0), (0, a * hop - n_fft))).reshape(b, f, a, hop)
+    length = (f + a - 1) * hop
+    out = jnp.zeros((b, length), jnp.float32)
+    for j in range(a):  # chunk j of frame m lands on block m + j
+        out = out.at[:, j * hop : (j + f) * hop].add(frames[:, :, j].reshape(b, f * hop))
+    w2 = np.pad(w**2, (0, a * hop - n_fft)).reshape(a, hop).astype(np.float64)
+    env = np.zeros((f + a - 1, hop))
+    for j in range(a):
+        env[j : j + f] += w2[j]
+    left = frame_padding(n_fft, hop)
+    env = env.reshape(-1)[left : left + f * hop]
+    if np.min(env) < 1e-6:
+        raise ValueError(f"istft: n_fft={n_fft}, hop={hop} leave samples uncovered by the window")
+    return out[:, left : left + f * hop] / env.astype(np.float32)
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt-1D block (Vocos): ``x + gamma * W2 gelu(W1 LN(dwconv_k(x)))``; ``x [batch, frames, dim]``.
+
+    The depthwise conv (zero 'same' padding) is a sum of shifted, per-channel scaled copies (elementwise work; XLA's
+    CPU grouped convolution is slower). ``gamma`` (layer scale) starts at ``layer_scale``.
+    """
+
+    mlp_dim: int
+    kernel_size: int = 7
+    layer_scale: float = 0.1
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        dim, k = x.shape[-1], self.kernel_size
+        w = self.param("dw_kernel", nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=0, out_axis=1),
+            (None, "conv_out")), (k, dim), self.param_dtype)
+        b = self.param("dw_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), (dim,),
+                       self.param_dtype)
+        h = x.astype(self.dtype)
+        left = (k - 1) // 2
+        hp = jnp.pad(h, ((0, 0), (left, k - 1 - left), (0, 0)))
+        t = h.shape[1]
+        h = sum(hp[:, j : j + t] * w[j].astype(self.dtype) for j in range(k)) + b.astype(self.dtype)
+        h = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(h)
+        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, param_dtype=self.param_dtype, name=name,  # noqa: E731
+                                         kernel_init=nn.initializers.truncated_normal(0.02))
+        h = dense(dim, "pw2")(jax.nn.gelu(dense(self.mlp_dim, "pw1")(h)))
+        gamma = self.param("gamma", nn.initializers.constant(self.layer_scale), (dim,), self.param_dtype)
+        return x + gamma.astype(self.dtype) * h

@@ -11,7 +11,17 @@ counting the parameter-free activations, so the importer maps names one to one):
     resblock(dim): act, conv(k=3, dilation d, dim -> dim/compress), act, conv(k=1, -> dim); + shortcut (1x1 conv
                    or identity)
 
-The decoder mirrors it with transposed convs (``k = 2r, stride r``). The quantizer is
+The decoder mirrors it with transposed convs (``k = 2r, stride r``).
+
+Frame-rate variant (``encoder='stft'``, ``decoder='istft'``; Vocos-style, for CPUs): every learned layer runs at the
+code frame rate, where width is cheap (the SEANet stacks spend most of their time in thin full-rate convs)::
+
+    stft encoder:  log|STFT(x)| (Hann n_fft, hop = prod(ratios), frames centred on each hop) -> dense -> LN
+                   -> [ConvNeXt block] * encoder_frame_layers -> LN -> dense(hidden)
+    istft decoder: dense -> LN -> [ConvNeXt block] * decoder_frame_layers -> LN -> dense(n_fft + 2 per channel)
+                   -> magnitude exp(min(m, 7)), phase p -> iSTFT (windowed overlap-add) -> frames * hop samples
+
+The quantizer is
 :class:`teal_jax.models.quantizers.ResidualVQ` (shared with the image tokenizer) with quantizer dropout, so a model
 trained with dropout serves every bitrate ``n_levels * log2(K) * frame_rate`` bit/s for n_levels in [1, L].
 """
@@ -28,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from teal_jax.models.audio_layers import LSTM, Conv1d, ConvTranspose1d, activation
+from teal_jax.models.audio_layers import LSTM, Conv1d, ConvNeXtBlock, ConvTranspose1d, activation, istft, stft
 from teal_jax.models.quantizers import QuantizerOutput, ResidualVQ
 
 Array = jax.Array
@@ -57,6 +67,15 @@ class CodecConfig:
     trim_right_ratio: float = 1.0
     activation: str = "elu"
     weight_norm: bool = True
+    # architecture: 'seanet' (EnCodec's conv stacks) or the frame-rate 'stft' encoder / 'istft' decoder
+    encoder: str = "seanet"
+    decoder: str = "seanet"
+    n_fft: int = 0  # (i)STFT size of the frame-rate variants; 0 = 4 * hop
+    frame_dim: int = 256  # ConvNeXt width of the frame-rate variants
+    frame_mlp_ratio: int = 3
+    frame_kernel_size: int = 7
+    encoder_frame_layers: int = 4
+    decoder_frame_layers: int = 8
     # residual VQ
     num_levels: int = 8
     codebook_size: int = 1024
@@ -79,6 +98,10 @@ class CodecConfig:
     def frame_rate(self) -> float:
         return self.sample_rate / self.hop_length
 
+    @property
+    def fft_size(self) -> int:
+        return self.n_fft or 4 * self.hop_length
+
     def num_frames(self, samples: int) -> int:
         return math.ceil(samples / self.hop_length)
 
@@ -97,6 +120,19 @@ class CodecConfig:
     def validate(self) -> None:
         if not self.ratios or any(int(r) < 1 for r in self.ratios):
             raise ValueError(f"model.ratios={self.ratios} must be a non-empty list of positive integers")
+        if self.encoder not in ("seanet", "stft"):
+            raise ValueError(f"model.encoder={self.encoder!r}: choose 'seanet' or 'stft'")
+        if self.decoder not in ("seanet", "istft"):
+            raise ValueError(f"model.decoder={self.decoder!r}: choose 'seanet' or 'istft'")
+        if (self.encoder, self.decoder) != ("seanet", "seanet"):
+            if self.fft_size < 2 * self.hop_length:
+                raise ValueError(f"model.n_fft={self.n_fft} must be >= 2 * hop ({2 * self.hop_length}) or 0 "
+                                 "(the Hann window must cover every sample)")
+            for name in ("frame_dim", "frame_mlp_ratio", "frame_kernel_size"):
+                if getattr(self, name) < 1:
+                    raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
+            if min(self.encoder_frame_layers, self.decoder_frame_layers) < 0:
+                raise ValueError("model.encoder_frame_layers / decoder_frame_layers must be >= 0")
         if self.activation not in ("elu", "snake"):
             raise ValueError(f"model.activation={self.activation!r}: choose 'elu' or 'snake'")
         if self.pad_mode not in ("reflect", "constant"):
@@ -192,6 +228,64 @@ class Decoder(_Stack):
         return self.conv(f"layers_{i}", c.channels, c.last_kernel_size)(h)
 
 
+class _FrameStack(nn.Module):
+    """dense(frame_dim) -> LN -> ConvNeXt blocks -> LN -> dense(features): the frame-rate trunk."""
+
+    config: CodecConfig
+    layers: int
+    features: int
+
+    @nn.compact
+    def __call__(self, h: Array) -> Array:
+        c = self.config
+        dt = _DTYPES[c.dtype]
+        dense = lambda n, name: nn.Dense(n, dtype=dt, name=name,  # noqa: E731
+                                         kernel_init=nn.initializers.truncated_normal(0.02))
+        h = nn.LayerNorm(epsilon=1e-6, dtype=dt, name="norm_in")(dense(c.frame_dim, "embed")(h.astype(dt)))
+        for i in range(self.layers):
+            h = ConvNeXtBlock(c.frame_mlp_ratio * c.frame_dim, c.frame_kernel_size,
+                              layer_scale=1.0 / max(self.layers, 1), dtype=dt, name=f"blocks_{i}")(h)
+        h = nn.LayerNorm(epsilon=1e-6, dtype=dt, name="norm_out")(h)
+        # lecun-normal output layer (unit-scale outputs, as Vocos' torch-default head): the iSTFT decoder starts from
+        # spread phases (noise-like output); near-zero phases would put every frame's pulse where the window is 0.
+        return nn.Dense(self.features, dtype=dt, name="out")(h)
+
+
+class STFTEncoder(nn.Module):
+    """``[batch, samples, channels] -> [batch, ceil(samples / hop), hidden]`` from log STFT magnitudes."""
+
+    config: CodecConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = self.config
+        feats = []
+        for ch in range(x.shape[-1]):
+            spec = stft(x[..., ch].astype(jnp.float32), c.fft_size, c.hop_length, c.pad_mode)
+            # sqrt(re^2 + im^2 + eps): finite gradients at silent bins (|z| has a NaN gradient at 0)
+            mag = jnp.sqrt(jnp.real(spec) ** 2 + jnp.imag(spec) ** 2 + 1e-10)
+            feats.append(jnp.log(jnp.maximum(mag, 1e-5)))
+        return _FrameStack(c, c.encoder_frame_layers, c.hidden_size, name="trunk")(jnp.concatenate(feats, -1))
+
+
+class ISTFTDecoder(nn.Module):
+    """``[batch, frames, hidden] -> [batch, frames * hop, channels]`` through per-frame magnitude and phase."""
+
+    config: CodecConfig
+
+    @nn.compact
+    def __call__(self, z: Array) -> Array:
+        c = self.config
+        bins = c.fft_size // 2 + 1
+        out = _FrameStack(c, c.decoder_frame_layers, 2 * bins * c.channels, name="trunk")(z).astype(jnp.float32)
+        out = out.reshape(*out.shape[:2], c.channels, 2, bins)
+        mag = jnp.exp(jnp.minimum(out[..., 0, :], 7.0))  # Vocos clips the magnitude (exp(7) ~ 1100)
+        phase = out[..., 1, :]
+        spec = jax.lax.complex(mag * jnp.cos(phase), mag * jnp.sin(phase))  # [b, f, channels, bins]
+        wav = [istft(spec[:, :, ch], c.fft_size, c.hop_length) for ch in range(c.channels)]
+        return jnp.stack(wav, -1).astype(_DTYPES[c.dtype])
+
+
 class Codec(nn.Module):
     """Encoder + ResidualVQ + decoder. ``__call__(audio, train) -> (reconstruction, QuantizerOutput)``."""
 
@@ -199,8 +293,8 @@ class Codec(nn.Module):
 
     def setup(self):
         c = self.config
-        self.encoder = Encoder(c)
-        self.decoder = Decoder(c)
+        self.encoder = STFTEncoder(c) if c.encoder == "stft" else Encoder(c)
+        self.decoder = ISTFTDecoder(c) if c.decoder == "istft" else Decoder(c)
         self.quantizer = ResidualVQ(
             num_levels=c.num_levels, codebook_size=c.codebook_size,
             code_dim=c.code_dim or c.hidden_size, features=c.hidden_size, l2_normalize=c.l2_normalize,

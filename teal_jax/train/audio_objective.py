@@ -15,7 +15,8 @@ Batches are ``{'audio': int16 [batch, crop], 'length', 'label'}`` (see :mod:`tea
 mapped to float in [-1, 1) on the device. ``on_eval`` (host) reconstructs the held-out voices' clips, scores them
 with the independent spoken-word classifier (trained once on the clean training audio, cached in
 ``<data_dir>/classifier``), reports SI-SNR, mel and STFT distances and per-level codebook usage over all held-out
-codes, and writes WAVs (original and reconstruction) to ``<workdir>/samples/step_<n>/``.
+codes (and the classifier accuracy / mel distance with the first level alone), and writes WAVs (original and
+reconstruction) to ``<workdir>/samples/step_<n>/``.
 """
 
 from __future__ import annotations
@@ -268,6 +269,11 @@ class AudioCodecObjective(Objective):
         from teal_jax.audio_io import write_wav
 
         values, arrays = self.heldout_eval(params, model_state)
+        if self.data_kind == "spoken_words" and self.codec_config.num_levels > 1:
+            # the coarsest level alone (0.6 kbit/s for speech_tiny): what TEAL's 'first_levels' scheme keeps
+            one, _ = self.heldout_eval(params, model_state, num_levels=1)
+            values["heldout_classifier_acc_recon_1level"] = one["heldout_classifier_acc_recon"]
+            values["heldout_mel_distance_1level"] = one["heldout_mel_distance"]
         out_dir = os.path.join(workdir, "samples", f"step_{step:06d}")
         for i in range(min(int(self.config.data.get("wav_samples", 4)), len(arrays["audio"]))):
             n = int(arrays["length"][i])
