@@ -97,14 +97,14 @@ def _lm_source(env, split):
 
 
 def _stream(env, split="train", *, tasks=None, seq_len=256, batch_size=4, seed=0, p=0, n=1, dropout=0.5,
-            vocab=None):
+            vocab=None, loss_normalization="token"):
     token_split = "train" if split == "train" else "test"
     return TD.TealTaskStream(
         vocab=vocab or env["vocab"], text_tokenizer=env["text_tok"], tasks=tasks or ALL_TASKS, split=split,
         batch_size=batch_size, seq_len=seq_len, seed=seed, image=TD.token_source(env["image"], token_split),
         audio=TD.token_source(env["audio"], token_split), lm_docs=_lm_source(env, "train" if split == "train" else
                                                                               "eval"),
-        cond_dropout=dropout, process_index=p, process_count=n)
+        cond_dropout=dropout, process_index=p, process_count=n, loss_normalization=loss_normalization)
 
 
 def _speech_source(env, split):
@@ -291,6 +291,28 @@ def test_train_rows_pack_whole_examples_with_loss_on_targets_only(env):
     assert {"t2i/dropped", "tts/dropped"} & seen  # condition dropout happens on the train split
     mask = np.concatenate([b["loss_mask"] for b, _ in batches])
     assert 0 < mask.mean() < 1
+
+
+def test_example_loss_normalization_weighs_every_example_the_same(env):
+    """'example': every example's target weights sum to 1 (whatever its target length), zero elsewhere; the rows
+    themselves are those of 'token' (same seed: same draws)."""
+    by_token, by_example = _stream(env, "train"), _stream(env, "train", loss_normalization="example")
+    for _ in range(3):
+        a, b = next(by_token), next(by_example)
+        assert "loss_weight" not in a
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        w, mask, seg = b["loss_weight"], b["loss_mask"], b["segment_ids"]
+        assert np.all(w[mask == 0] == 0) and np.all(w[mask > 0] > 0)
+        lengths = set()
+        for row in range(w.shape[0]):
+            for s in set(seg[row][seg[row] > 0].tolist()):
+                sel = seg[row] == s
+                np.testing.assert_allclose(w[row][sel].sum(), 1.0, rtol=1e-6)
+                lengths.add(int(mask[row][sel].sum()))
+        assert max(lengths) >= 4 * min(lengths), lengths  # short text answers and long image/audio spans alike
+    with pytest.raises(ValueError, match="loss_normalization"):
+        _stream(env, "train", loss_normalization="sample")
 
 
 def test_eval_draws_only_held_out_records_and_eval_pairs(env):

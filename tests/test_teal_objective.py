@@ -65,6 +65,15 @@ def test_loss_and_metrics_match_numpy_reference():
     np.testing.assert_allclose(float(metrics["text_ppl"]), np.exp(text_nll), rtol=1e-5)
     assert text_nll < (ce * text_sel).sum() / text_sel.sum()  # text rows only: less mass competes
 
+    # per-token loss weights (data.loss_normalization='example') scale each target; metrics stay token means
+    per_token = rng.random((b, t + 1)).astype(np.float32) + 0.1
+    loss_w, metrics_w = jax.jit(lambda lg, bt: TO.teal_loss(lg, bt, VOCAB, weights))(
+        jnp.asarray(logits, jnp.float32), {**batch, "loss_weight": per_token})
+    w2 = w * per_token[:, 1:]
+    np.testing.assert_allclose(float(loss_w), (ce * w2).sum() / w2.sum(), rtol=1e-5)
+    assert abs(float(loss_w) - nll) > 1e-3  # the weights changed the loss
+    np.testing.assert_allclose(float(metrics_w["accuracy/text"]), float(metrics["accuracy/text"]), rtol=1e-6)
+
 
 def test_synthetic_stream_is_deterministic_and_well_formed():
     c = TO.synthetic_config()

@@ -69,6 +69,7 @@ AUDIO_TASKS = ("asr", "tts", "reason_tts")
 SOURCE_KINDS = ("digits", "spoken_words", "tfds")
 _TEMPLATE_TASK = {"caption": "caption", "t2i": "t2i", "asr": "asr", "tts": "tts", "lm": "lm",
                   "reason_t2i": "t2i", "reason_tts": "tts"}
+LOSS_NORMALIZATIONS = ("token", "example")
 _DROPPABLE = ("t2i", "tts", "reason_t2i", "reason_tts")
 
 
@@ -124,6 +125,8 @@ def default_task_data_config() -> ml_collections.ConfigDict:
         tasks=ml_collections.ConfigDict(dict(caption=1.0, t2i=1.0, asr=1.0, tts=1.0, lm=0.5, reason_t2i=0.25,
                                              reason_tts=0.25)),
         cond_dropout=0.1,  # t2i/tts/reasoning (train split): condition replaced by <null> with this probability
+        loss_normalization="token",  # 'token': every target token weighs the same; 'example': every example's
+        # targets weigh 1 in all (a two-token caption counts as much as a 65-token image), batches carry loss_weight
         seq_len=256,  # rows are seq_len + 1 tokens
     ))
 
@@ -560,6 +563,9 @@ class TealTaskStream(DataIterator):
       cond_dropout: probability (train split) that a t2i/tts/reasoning condition becomes ``<null>``.
       process_index, process_count: host p of P draws only from records p, p + P, ... of each source.
       max_tries: draws that did not fit a row's remaining space before the row is closed (padded).
+      loss_normalization: 'token' (every target token weighs 1) or 'example' (each target token of an example
+        weighs 1 / its number of target tokens, so every example weighs the same: short text answers are not
+        drowned by long image/audio spans in the shared embedding rows); 'example' adds ``loss_weight``.
 
     Batches: ``tokens`` int32, ``loss_mask`` float32 (1 on target tokens), ``segment_ids`` int32 (1, 2, ... per
     example; 0 on padding), ``positions`` int32 (restarting at 0 per example), ``modality`` int32, all
@@ -574,7 +580,8 @@ class TealTaskStream(DataIterator):
     def __init__(self, *, vocab: UnifiedVocab, text_tokenizer: Any, tasks: Mapping[str, float], split: str,
                  batch_size: int, seq_len: int, seed: int, image: Sequence[dict[str, Any]] | None = None,
                  audio: Sequence[dict[str, Any]] | None = None, lm_docs: Sequence[dict[str, Any]] | None = None,
-                 cond_dropout: float = 0.1, process_index: int = 0, process_count: int = 1, max_tries: int = 4):
+                 cond_dropout: float = 0.1, process_index: int = 0, process_count: int = 1, max_tries: int = 4,
+                 loss_normalization: str = "token"):
         if split not in ("train", "eval"):
             raise ValueError(f"split={split!r}: choose 'train' or 'eval'")
         if not 0 <= process_index < process_count:
@@ -592,6 +599,10 @@ class TealTaskStream(DataIterator):
         self.batch_size, self.seq_len, self.row = int(batch_size), int(seq_len), int(seq_len) + 1
         self.seed, self.process_index, self.process_count = int(seed), int(process_index), int(process_count)
         self.dropout = float(cond_dropout) if split == "train" else 0.0
+        if loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"config.data.loss_normalization={loss_normalization!r}: choose one of "
+                             f"{LOSS_NORMALIZATIONS}")
+        self.loss_normalization = loss_normalization
         self.max_tries = int(max_tries)
         weights = task_weights(tasks)
         unknown = sorted(set(weights) - set(TASKS))
@@ -745,6 +756,9 @@ class TealTaskStream(DataIterator):
         shape = (self.batch_size, self.row)
         out = {"tokens": np.zeros(shape, np.int32), "loss_mask": np.zeros(shape, np.float32),
                "segment_ids": np.zeros(shape, np.int32), "positions": np.zeros(shape, np.int32)}
+        per_example = self.loss_normalization == "example"
+        if per_example:
+            out["loss_weight"] = np.zeros(shape, np.float32)
         draws = []
         for b in range(self.batch_size):
             pos, seg, misses = 0, 1, 0
@@ -757,6 +771,9 @@ class TealTaskStream(DataIterator):
                 sl = slice(pos, pos + len(toks))
                 out["tokens"][b, sl], out["loss_mask"][b, sl] = toks, mask
                 out["segment_ids"][b, sl], out["positions"][b, sl] = seg, np.arange(len(toks))
+                if per_example:
+                    m = np.asarray(mask, np.float32)
+                    out["loss_weight"][b, sl] = m / max(float(m.sum()), 1.0)
                 draws.append({"row": b, "segment": seg, **info})
                 pos, seg = pos + len(toks), seg + 1
         out["modality"] = self.vocab.modality_of(out["tokens"])
@@ -976,4 +993,5 @@ def make_task_stream(config, prepared: Mapping[str, Any], vocab: UnifiedVocab, s
         vocab=vocab, text_tokenizer=TextTokenizer.load(prepared["text_tokenizer"]), tasks=weights, split=split,
         batch_size=batch_size, seq_len=int(d.seq_len), seed=seed, image=sources.get("image"),
         audio=sources.get("audio"), lm_docs=lm_docs, cond_dropout=float(d.get("cond_dropout", 0.1)),
-        process_index=process_index, process_count=process_count)
+        process_index=process_index, process_count=process_count,
+        loss_normalization=str(d.get("loss_normalization", "token")))

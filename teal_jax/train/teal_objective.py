@@ -7,11 +7,12 @@ stage 2, in which case every TEAL parameter is taken), or ``model.base_lm_hf`` (
 ``teal_jax.convert.llama.import_llama``); otherwise random. ``trainable()`` follows ``model.stage``.
 
 Batches: ``tokens`` [B, T+1] unified ids, ``loss_mask`` [B, T+1] (1 on target tokens), optional ``segment_ids`` /
-``positions`` (packing) and ``modality`` [B, T+1] (derived from the ids when absent).
+``positions`` (packing), ``modality`` [B, T+1] (derived from the ids when absent) and ``loss_weight`` [B, T+1]
+(per-token weights, e.g. ``data.loss_normalization='example'``).
 
 Loss: next-token cross-entropy over the whole unified vocabulary, each target weighted by
-``loss_weights[modality(target)]`` and normalised by the sum of those weights (all weights 1: the plain token mean,
-as lm_loss), plus optional z-loss. Metrics per modality (loss/accuracy over that modality's targets) and the text
+``loss_weights[modality(target)]`` (times its ``loss_weight``) and normalised by the sum of those weights (all
+weights 1: the plain token mean, as lm_loss), plus optional z-loss. Metrics are unweighted token means. Metrics per modality (loss/accuracy over that modality's targets) and the text
 perplexity over the *text rows only*: ``exp(mean over text targets of logsumexp(logits[:text_size]) - logit)``, which
 for a frozen LM is exactly the original LM's perplexity.
 
@@ -160,7 +161,10 @@ def teal_loss(logits: jax.Array, batch: dict[str, jax.Array], vocab: UnifiedVoca
     tmod = modality[:, 1:]
     # Padding ids (modality 4) get weight 0.
     w_table = jnp.asarray(tuple(loss_weights) + (0.0,), jnp.float32)
-    weights = mask * w_table[jnp.clip(tmod, 0, 4)]
+    # Optional per-token weights (data.loss_normalization='example': 1 / the example's number of targets).
+    per_token = batch.get("loss_weight")
+    per_token = mask if per_token is None else mask * per_token[:, 1:].astype(jnp.float32)
+    weights = per_token * w_table[jnp.clip(tmod, 0, 4)]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     nll = (ce * weights).sum() / jnp.maximum(weights.sum(), 1e-8)
     loss = nll
