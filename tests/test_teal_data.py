@@ -129,6 +129,46 @@ def test_image_tokens_are_the_tokenizers_codes_of_every_digit(env):
     assert 1 < len(np.unique(got)) and got.max() < tok.vocab_size
 
 
+def test_augmented_image_copies_are_jittered_train_records_with_their_originals_labels(env, tmp_path):
+    """augment_copies=2: train holds every image then two jittered copies (same label/text/index, mostly other
+    codes), the held-out split none; the copies are a pure function of the record, and the count is in the name."""
+    from teal_jax.data.image_pipeline import random_affine
+
+    src = {s: tfds.data_source("digits_images/16px", split=s, data_dir=env["data_dir"]) for s in TD.SPLITS}
+    sources = {s: [src[s][i] for i in range(8)] for s in TD.SPLITS}
+    tok = env["image_tok"]
+    build = lambda copies, d: TD.pretokenize_images(  # noqa: E731
+        tok, {"kind": "digits", "augment_copies": copies}, str(tmp_path / d), sources=sources, batch_size=BATCH,
+        verbose=False)
+    plain, aug, again = build(0, "a"), build(2, "b"), build(2, "c")
+    assert plain["dataset"] != aug["dataset"] == again["dataset"]
+    assert aug["records"] == {"train": 24, "test": 8} and plain["records"] == {"train": 8, "test": 8}
+    base = TD.token_source(plain, "train")
+    by_index = {}
+    for r in TD.token_source(aug, "train"):
+        by_index.setdefault(int(r["index"]), []).append(r)
+    assert sorted(by_index) == list(range(8)) and all(len(v) == 3 for v in by_index.values())
+    changed = 0
+    for i, recs in by_index.items():
+        orig = base[i]
+        assert all(int(r["label"]) == int(orig["label"]) and r["text"] == orig["text"] for r in recs)
+        codes = [tuple(np.asarray(r["codes"]).tolist()) for r in recs]
+        assert tuple(np.asarray(orig["codes"]).tolist()) in codes  # the original is kept
+        changed += len(set(codes)) - 1
+    assert changed >= 8  # most jittered copies tokenize differently
+    b = [tuple(np.asarray(r["codes"]).tolist()) for r in TD.token_source(aug, "train")]
+    c = [tuple(np.asarray(r["codes"]).tolist()) for r in TD.token_source(again, "train")]
+    assert sorted(b) == sorted(c)  # deterministic
+    held = [tuple(np.asarray(r["codes"]).tolist()) for r in TD.token_source(aug, "test")]
+    assert sorted(held) == sorted(tuple(np.asarray(r["codes"]).tolist()) for r in TD.token_source(plain, "test"))
+    # the jitter itself: a shifted/rotated copy of the same size, equal for the same generator state
+    img = np.asarray(src["train"][0]["image"])
+    a1, a2 = (random_affine(img, np.random.default_rng(3)) for _ in range(2))
+    assert a1.shape == img.shape and a1.dtype == np.uint8 and np.array_equal(a1, a2) and not np.array_equal(a1, img)
+    with pytest.raises(ValueError, match="augment_copies"):
+        build(-1, "d")
+
+
 def test_audio_tokens_are_the_codecs_codes_of_fixed_spans_and_long_clips_are_skipped(env, capsys):
     tok, man = env["audio_tok"], env["audio"]
     frames, samples = T.audio_span(SECONDS, tok.sample_rate, tok.config.hop_length)

@@ -60,6 +60,27 @@ def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
     return out[..., None] if c == 1 else out
 
 
+def random_affine(image: np.ndarray, rng: np.random.Generator, *, max_rotate: float = 10.0,
+                  max_shift: float = 0.08, scale: tuple[float, float] = (0.9, 1.1)) -> np.ndarray:
+    """A small random affine jitter of a uint8 ``[H, W, C]`` image about its centre (bicubic, zero fill): rotation
+    in +-``max_rotate`` degrees, isotropic ``scale`` in the range, shift in +-``max_shift`` of the size."""
+    h, w, c = image.shape
+    angle = np.deg2rad(rng.uniform(-max_rotate, max_rotate))
+    s = rng.uniform(*scale)
+    tx, ty = rng.uniform(-max_shift, max_shift, 2) * (w, h)
+    # Pillow maps each output pixel (x, y) to the input pixel A @ (x, y, 1): the inverse of the forward transform
+    # "scale and rotate about the centre, then shift".
+    cos, sin = np.cos(angle) / s, np.sin(angle) / s
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    a, b = cos, sin
+    d, e = -sin, cos
+    x0, y0 = cx + tx, cy + ty
+    coeffs = (a, b, cx - a * x0 - b * y0, d, e, cy - d * x0 - e * y0)
+    pil = Image.fromarray(image[..., 0] if c == 1 else image)
+    out = np.asarray(pil.transform((w, h), Image.AFFINE, coeffs, resample=Image.BICUBIC, fillcolor=0), np.uint8)
+    return out[..., None] if c == 1 else out
+
+
 class _Preprocess(grain.transforms.Map):
     def __init__(self, image_key: str, label_key: str | None, image_size: int, channels: int):
         self.image_key, self.label_key, self.image_size, self.channels = image_key, label_key, image_size, channels

@@ -92,6 +92,8 @@ def default_source_config(modality: str) -> ml_collections.ConfigDict:
             label_key="label",  # '' = no labels (-1)
             train_split="train",
             eval_split="test",
+            augment_copies=0,  # train split: this many extra randomly jittered copies of every image (small affine:
+            # +-10 deg, 0.9-1.1 scale, +-8% shift; image_pipeline.random_affine), tokenized once with the rest
         ))
     if modality == "audio":
         return ml_collections.ConfigDict(dict(
@@ -408,7 +410,7 @@ def pretokenize_images(tokenizer: Any, source: Mapping[str, Any], tokens_dir: st
     ``{'dataset', 'tfds_dir', 'modality', 'code_shape': [h*w], 'records': {split: n}, 'skipped', 'source',
     'tokenizer'}``. ``sources`` (``{'train': seq, 'test': seq}``) replaces opening the source (tests, in-memory
     data); ``data_dir`` is the default data dir of a 'digits' source."""
-    from teal_jax.data.image_pipeline import center_crop_resize, convert_channels
+    from teal_jax.data.image_pipeline import center_crop_resize, convert_channels, random_affine
 
     src = _source_dict(source, "image")
     cfg = tokenizer.config
@@ -424,29 +426,38 @@ def pretokenize_images(tokenizer: Any, source: Mapping[str, Any], tokens_dir: st
     stats: dict[str, Any] = {"records": {}, "skipped": {}}
     key = src["image_key"]
 
+    copies = int(src["augment_copies"])
+    if copies < 0:
+        raise ValueError(f"config.data.image_source.augment_copies={copies} must be >= 0")
+
     def generate(split: str):
         data = sources[split]
         n = len(data)
-        progress = _Progress(verbose, f"image tokens {split}", n)
+        total = n * (1 + (copies if split == "train" else 0))  # record k: copy k // n of source record k % n
+        progress = _Progress(verbose, f"image tokens {split}", total)
 
-        def prep(i):  # runs in grain's reader threads (Pillow decodes/resizes without the GIL)
+        def prep(k):  # runs in grain's reader threads (Pillow decodes/resizes without the GIL)
+            i, copy = k % n, k // n
             rec = data[i]
             img = convert_channels(np.asarray(_field(rec, key, "config.data.image_source.image_key")),
                                    channels, name=f"{split} record {i}")
             label, text = _record_meta(rec, src, "image")
-            return i, center_crop_resize(img.astype(np.uint8), size), label, text
+            img = center_crop_resize(img.astype(np.uint8), size)
+            if copy:
+                img = random_affine(img, np.random.default_rng((i, copy)))
+            return k, img, label, text
 
         def items():
-            yield from _ordered_map(n, prep, batch_size)
+            yield from _ordered_map(total, prep, batch_size)
 
         done = 0
         for batch in _batched(items(), batch_size):
             images = np.zeros((batch_size, size, size, channels), np.uint8)  # fixed shape: the last batch padded
             images[: len(batch)] = np.stack([b[1] for b in batch])
             codes = np.asarray(tokenizer.encode(images)).reshape(batch_size, -1)
-            for j, (i, _, label, text) in enumerate(batch):
-                yield i, {"codes": codes[j].astype(np.int32), "label": np.int32(label), "text": text,
-                          "index": np.int64(i)}
+            for j, (k, _, label, text) in enumerate(batch):
+                yield k, {"codes": codes[j].astype(np.int32), "label": np.int32(label), "text": text,
+                          "index": np.int64(k % n)}
             done += len(batch)
             progress.update(done)
         stats["records"][split], stats["skipped"][split] = done, 0
