@@ -49,11 +49,14 @@ def filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: floa
     return logits
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (tokens, segment_ids, positions), each [B, P], prompts right-aligned."""
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
+             multiple: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (tokens, segment_ids, positions), each [B, P], prompts right-aligned; P is the longest prompt rounded
+    up to ``multiple`` (prompts of nearby lengths then share one compiled sampler; padding has segment 0, which no
+    token attends to)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (start with BOS for an unconditional sample)")
-    length = max(len(p) for p in prompts)
+    length = -(-max(len(p) for p in prompts) // multiple) * multiple
     tokens = np.full((len(prompts), length), pad_id, np.int32)
     segments = np.zeros((len(prompts), length), np.int32)
     positions = np.zeros((len(prompts), length), np.int32)

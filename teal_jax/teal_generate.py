@@ -204,7 +204,7 @@ def sample(config: TealConfig, params, prompts: Sequence[Sequence[int]], samplin
         if len(uncond) != len(prompts):
             raise ValueError(f"{len(uncond)} uncond_prompts for {len(prompts)} prompts")
         rows += uncond
-    tokens, segments, positions = left_pad(rows, sampling.pad_id)
+    tokens, segments, positions = left_pad(rows, sampling.pad_id, multiple=16)  # few distinct compiled shapes
     need = -(-(tokens.shape[1] + sampling.max_new_tokens) // 64) * 64  # round up: fewer recompilations
     cfg = dataclasses.replace(config, lm=dataclasses.replace(config.lm, max_decode_len=need))
     rng = jax.random.key(0) if rng is None else rng

@@ -91,5 +91,9 @@ def test_left_pad_layout_and_errors():
     np.testing.assert_array_equal(tokens, [[1, 2, 3], [0, 0, 4]])
     np.testing.assert_array_equal(segs, [[1, 1, 1], [0, 0, 1]])
     np.testing.assert_array_equal(pos, [[0, 1, 2], [0, 0, 0]])
+    tokens, segs, pos = left_pad([[1, 2, 3], [4]], pad_id=9, multiple=4)  # rounded up: one more pad column
+    np.testing.assert_array_equal(tokens, [[9, 1, 2, 3], [9, 9, 9, 4]])
+    np.testing.assert_array_equal(segs, [[0, 1, 1, 1], [0, 0, 0, 1]])
+    np.testing.assert_array_equal(pos, [[0, 0, 1, 2], [0, 0, 0, 0]])
     with pytest.raises(ValueError, match="at least one token"):
         left_pad([[1], []])
