@@ -816,8 +816,8 @@ def _lm_ancestor(model_cfg) -> tuple[str | None, Any]:
         if cfg.get("objective", "lm") != "teal":
             return workdir, cfg
         d = cfg.data
-        if d.get("text_tokenizer") or d.get("lm_data_dir"):  # a TEAL run that named them explicitly
-            return workdir, cfg
+        if d.get("text_tokenizer") or d.get("lm_data_dir") or cfg.model.get("base_lm_hf"):
+            return workdir, cfg  # a TEAL run that named them explicitly, or one on a HF checkpoint
         workdir = cfg.model.get("base_lm_workdir")
     raise ValueError("config.model.base_lm_workdir: more than 8 chained TEAL runs")
 
@@ -825,7 +825,7 @@ def _lm_ancestor(model_cfg) -> tuple[str | None, Any]:
 def resolve_text_tokenizer(config) -> str:
     """The SentencePiece model: ``data.text_tokenizer``, else the base LM's (``model.base_lm_workdir`` through
     ``teal_jax.api.find_tokenizer_model``; a TEAL base is followed to its LM), else ``<model.base_lm_hf>/
-    tokenizer.model``."""
+    tokenizer.model`` (this run's, or that of the TEAL run it continues)."""
     path = config.data.get("text_tokenizer")
     if not path:
         workdir, cfg = _lm_ancestor(config.model)
@@ -836,6 +836,8 @@ def resolve_text_tokenizer(config) -> str:
 
             path = find_tokenizer_model(workdir, cfg)
         hf = config.model.get("base_lm_hf")
+        if not hf and cfg is not None and cfg.get("objective", "lm") == "teal":
+            hf = cfg.model.get("base_lm_hf")  # e.g. stage 2 continuing a stage-1 run on a HF checkpoint
         if not path and hf and os.path.isfile(os.path.join(hf, "tokenizer.model")):
             path = os.path.join(hf, "tokenizer.model")
     if not path:

@@ -4,7 +4,8 @@ Model: ``TealLM`` built from ``config.model`` (``lm``: the TransformerConfig fie
 text range; ``vocab``: the UnifiedVocab fields except text_size; ``embedding_init``; ``stage``). Base weights:
 ``model.base_lm_workdir`` (a checkpoint of objective 'lm', or of objective 'teal' to continue e.g. stage 1 ->
 stage 2, in which case every TEAL parameter is taken), or ``model.base_lm_hf`` (a HF Llama directory, through
-``teal_jax.convert.llama.import_llama``); otherwise random. ``trainable()`` follows ``model.stage``.
+``teal_jax.convert.llama.import_llama``); otherwise random, unless ``model.require_base_lm`` names the field that
+must be set (configs/teal/llama.py). ``trainable()`` follows ``model.stage``.
 
 Batches: ``tokens`` [B, T+1] unified ids, ``loss_mask`` [B, T+1] (1 on target tokens), optional ``segment_ids`` /
 ``positions`` (packing), ``modality`` [B, T+1] (derived from the ids when absent) and ``loss_weight`` [B, T+1]
@@ -303,6 +304,21 @@ def check_same_architecture(base: TransformerConfig, ours: TransformerConfig, so
         raise ValueError(f"the base LM at {source} does not match config.model.lm: " + "; ".join(diff))
 
 
+def check_base_lm_given(model_cfg: ml_collections.ConfigDict) -> None:
+    """``model.require_base_lm`` ('base_lm_hf' | 'base_lm_workdir'; '' = off): a config meant for a pretrained LM
+    fails naming that field when no base is set, instead of training on a random frozen LM."""
+    need = model_cfg.get("require_base_lm") or ""
+    if not need:
+        return
+    if need not in ("base_lm_hf", "base_lm_workdir"):
+        raise ValueError(f"config.model.require_base_lm={need!r}: choose 'base_lm_hf', 'base_lm_workdir' or ''")
+    if not (model_cfg.get("base_lm_hf") or model_cfg.get("base_lm_workdir")):
+        what = ("a HF Llama checkpoint directory (config.json + model.safetensors)" if need == "base_lm_hf"
+                else "the workdir of the run to continue (e.g. the stage-1 TEAL run)")
+        raise ValueError(f"config.model.{need} is not set: this config adapts a pretrained LM "
+                         f"(config.model.require_base_lm={need!r}); pass --config.model.{need}=<{what}>")
+
+
 def _load_base(model_cfg: ml_collections.ConfigDict, ours: TransformerConfig) -> tuple[str, Any] | None:
     """('lm', lm_params) or ('teal', teal_params) from the configured base, or None."""
     workdir, hf = model_cfg.get("base_lm_workdir"), model_cfg.get("base_lm_hf")
@@ -352,6 +368,7 @@ class TealObjective(Objective):
         self.stage = config.model.get("stage", "frozen_stage1")
         if self.stage not in teal_lib.STAGES:
             raise ValueError(f"config.model.stage={self.stage!r}: choose one of {teal_lib.STAGES}")
+        check_base_lm_given(config.model)
         if self.stage == "frozen_stage2" and not self.teal_config.lm.use_bias:
             print("note: config.model.stage='frozen_stage2' with config.model.lm.use_bias=False tunes norms only")
         lw = config.model.get("loss_weights", {}) or {}
