@@ -10,8 +10,9 @@ finished, so re-running the command resumes where it stopped, mid-stage from the
   audio_codec        the neural audio codec on espeak-ng speech (configs/audio/speech_tiny.py)
   teal_stage1        TEAL with the text LM frozen: non-text rows, heads (configs/teal/demo.py)
   teal_stage2        + bias/norm tuning, starting from stage 1 (configs/teal/demo.py:stage2)
-  ablation_codebook  stage 1 with codebook-initialised non-text embeddings (the paper's ablation)
-  ablation_full      stage 1's data with full fine-tuning (frozen vs not)
+  ablation_codebook  stage 1 with codebook-initialised non-text embeddings (the paper's ablation), 400 steps
+  ablation_full      stage 1's data with full fine-tuning (frozen vs not), 400 steps; both are compared with stage
+                     1's own checkpoint at step 400
   evaluate           held-out evaluation of every TEAL run, samples (PNG/WAV) and ``<workdir>/report.md`` + plots
 
 The shared data (digits, speech) is built once under ``<workdir>/data``.
@@ -106,15 +107,26 @@ def teal_stage2_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
     return c
 
 
+# The ablations' training budget (default variant): half of stage 1's, within the demo's 30 minutes. The evaluate
+# stage compares them with stage 1's checkpoint at the same step (``teal_stage1@<steps>``).
+ABLATION_STEPS = 400
+
+
+def _ablation_budget(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+    if variant != "quick":
+        c.train.steps = c.train.eval_every = c.train.checkpoint_every = ABLATION_STEPS
+    return c
+
+
 def ablation_codebook_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
     c = _teal_config(variant, workdir, "codebook")
     c.model.image_codebook = os.path.join(workdir, "codebooks", "image.npy")
     c.model.audio_codebook = os.path.join(workdir, "codebooks", "audio.npy")
-    return c
+    return _ablation_budget(c, variant)
 
 
 def ablation_full_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
-    return _teal_config(variant, workdir, "full")
+    return _ablation_budget(_teal_config(variant, workdir, "full"), variant)
 
 
 TRAIN_STAGES: dict[str, Callable[[str, str], ml_collections.ConfigDict]] = {

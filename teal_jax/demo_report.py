@@ -49,8 +49,32 @@ TARGETS = (
     ("reasoning_speech_accuracy", "reasoning prompts, speech", 0.80, True),
 )
 TEAL_RUNS = ("teal_stage1", "teal_stage2", "ablation_codebook", "ablation_full")
+# Stage 1's checkpoint at the ablations' (shorter) budget: the fair baseline of the ablation rows.
+BASELINE = "teal_stage1_at_ablation_steps"
 RUN_LABELS = {"teal_stage1": "frozen, stage 1", "teal_stage2": "frozen, stage 2 (bias/norm)",
+              BASELINE: "frozen stage 1 at the ablations' step count",
               "ablation_codebook": "frozen stage 1, codebook init", "ablation_full": "full fine-tuning"}
+REPORT_RUNS = ("teal_stage1", "teal_stage2", BASELINE, "ablation_codebook", "ablation_full")
+
+
+def ablation_baseline_step(workdir: str) -> int | None:
+    """The step at which stage 1 is evaluated again for the ablation rows: the ablations' step count when it is
+    below stage 1's and stage 1 kept a checkpoint there; else None (the ablations ran stage 1's budget)."""
+    from teal_jax import checkpoint
+
+    steps = set()
+    for r in ("ablation_codebook", "ablation_full"):
+        if stage_done(workdir, r):
+            with open(_done_file(workdir, r)) as f:
+                steps.add(int(json.load(f).get("steps", 0)))
+    if len(steps) != 1 or not stage_done(workdir, "teal_stage1"):
+        return None
+    (step,) = steps
+    with open(_done_file(workdir, "teal_stage1")) as f:
+        if step >= int(json.load(f).get("steps", 0)):
+            return None
+    kept = checkpoint.Checkpointer(os.path.join(workdir, "teal_stage1"), async_save=False).all_steps()
+    return step if step in kept else None
 
 
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -108,7 +132,7 @@ def plot_task_figures(figures: dict[str, dict[str, float]], path: str) -> str | 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    runs = [r for r in TEAL_RUNS if r in figures]
+    runs = [r for r in REPORT_RUNS if r in figures]
     keys = [t for t in TARGETS if any(t[0] in figures[r] for r in runs)]
     if not runs or not keys:
         return None
@@ -176,7 +200,7 @@ def write_report(workdir: str, variant: str, stage_results: dict[str, dict], eva
         lines += ["## Every TEAL run (ablations: codebook vs random init, frozen vs full fine-tuning)", "",
                   "| run | " + " | ".join(k for k, *_ in keys) + (" | " + " | ".join(extra) if extra else "") + " |",
                   "| --- " * (1 + len(keys) + len(extra)) + "|"]
-        for r in TEAL_RUNS:
+        for r in REPORT_RUNS:
             if r in figures:
                 vals = [_fmt(figures[r].get(k, float("nan"))) for k, *_ in keys] + [
                     _fmt(figures[r].get(k, float("nan"))) for k in extra]
@@ -271,12 +295,13 @@ def _classifiers(workdir: str, variant: str, speech_config: str) -> tuple[Any, A
 
 def evaluate_run(run_dir: str, *, digit_clf, speech_clf, images: np.ndarray, labels: np.ndarray,
                  speech: dict[str, Any], texts: list[str], sample_dir: str, quick: bool,
-                 sampling: dict[str, float]) -> tuple[dict[str, float], dict[str, Any]]:
-    """Every held-out figure of one TEAL run -> (figures, text perplexity row)."""
+                 sampling: dict[str, float], step: int | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Every held-out figure of one TEAL run (its newest checkpoint, or ``step``) -> (figures, text perplexity
+    row)."""
     import teal_jax
     from teal_jax.evaluate import teal_eval
 
-    model = teal_jax.load(run_dir)
+    model = teal_jax.load(run_dir, step)
     figs: dict[str, float] = {}
     cap = teal_eval.caption_accuracy(model, images, labels, sample_dir=os.path.join(sample_dir, "caption"))
     figs["caption_accuracy"], figs["caption_exact_match"] = cap["accuracy"], cap["exact_match"]
@@ -344,12 +369,18 @@ def evaluate_stage(workdir: str, variant: str, stage_results: dict[str, dict]) -
             f"ASR is scored on the {int(speech['fits'].sum())} of {len(speech['fits'])} held-out clips that fit one "
             f"{teal_cfg.data.audio_seconds:g} s audio span (training skips longer clips too).",
             f"Generation: {sampling}; text answers greedy."]}
-        for r in runs:
-            _say(f"evaluate: {r}")
-            figs, text_row = evaluate_run(os.path.join(workdir, r), digit_clf=digit_clf, speech_clf=speech_clf,
+        base_step = ablation_baseline_step(workdir)
+        todo = [(r, r, None) for r in runs]
+        if base_step is not None:
+            todo.insert(1, (BASELINE, "teal_stage1", base_step))
+            evaluation["notes"].append(f"The ablations trained {base_step} steps; '{RUN_LABELS[BASELINE]}' is stage "
+                                       f"1's checkpoint at step {base_step} of its longer schedule.")
+        for r, run, step in todo:
+            _say(f"evaluate: {r}" + (f" (step {step})" if step else ""))
+            figs, text_row = evaluate_run(os.path.join(workdir, run), digit_clf=digit_clf, speech_clf=speech_clf,
                                           images=images, labels=labels, speech=speech, texts=texts,
                                           sample_dir=os.path.join(workdir, "samples", r), quick=quick,
-                                          sampling=sampling)
+                                          sampling=sampling, step=step)
             evaluation["runs"][r] = figs
             evaluation["text"].setdefault("base LM", {"ppl": text_row["base_ppl"], "bitwise": True})
             evaluation["text"][r] = text_row
