@@ -305,6 +305,11 @@ def evaluate_run(run_dir: str, *, digit_clf, speech_clf, images: np.ndarray, lab
     figs: dict[str, float] = {}
     cap = teal_eval.caption_accuracy(model, images, labels, sample_dir=os.path.join(sample_dir, "caption"))
     figs["caption_accuracy"], figs["caption_exact_match"] = cap["accuracy"], cap["exact_match"]
+    # conditioning measured by likelihood: sensitive where sampling is at chance (teal_eval's definitions)
+    figs["caption_forced_choice"] = teal_eval.caption_forced_choice(model, images, labels)["accuracy"]
+    lik = teal_eval.t2i_likelihood_accuracy(model, images[: 20 if quick else 100], labels[: 20 if quick else 100])
+    figs["t2i_likelihood_accuracy"] = lik["accuracy"]
+    figs["t2i_nll_true_prompt"], figs["t2i_nll_mean_prompt"] = lik["nll_true"], lik["nll_mean"]
     per = 2 if quick else 10
     gen = dict(sampling)
     t2i = teal_eval.text_to_image_accuracy(model, digit_clf, per_class=per, sample_dir=os.path.join(sample_dir, "t2i"),

@@ -238,3 +238,33 @@ def test_base_lm_params_from_the_runs_base_workdir(model, tmp_path):
     ckpt.close()
     with pytest.raises(ValueError, match="checkpoint of objective 'image_vq', expected 'lm' or 'teal'"):
         E.load_base_lm_params(str(tmp_path / "img"))
+
+
+def test_likelihood_conditioning_metrics_against_a_direct_computation(model):
+    """caption forced choice = argmax of the digit words' first-id logits after the caption prompt; t2i likelihood
+    NLLs = float64 sums of -log softmax over the image ids after each prompt (the tiny random model)."""
+    from test_teal_api import digit_images
+
+    images, labels = digit_images(3), [3, 4, 5]
+    ids = model.vocab.image_to_unified(np.asarray(model.image_tokenizer.encode(images)))
+    tok, tpl = model.text_tokenizer, model.templates
+    first = [tok.encode(w)[0] for w in DIGITS]
+    r = E.caption_forced_choice(model, images, labels, batch_size=2)  # two batches
+    direct = [int(np.argmax(model.logits(np.asarray([tpl.prompt("caption", row)]))[0, -1, first])) for row in ids]
+    assert r["predictions"] == direct and r["n"] == 3
+    assert r["accuracy"] == pytest.approx(np.mean(np.asarray(direct) == np.asarray(labels)))
+
+    def nll(prompt, span):
+        toks = np.asarray([[*prompt, *span, model.vocab.eoi]])
+        lg = model.logits(toks)[0].astype(np.float64)
+        lp = lg - (np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1, keepdims=True)) + lg.max(-1, keepdims=True))
+        return -sum(lp[len(prompt) - 1 + i, t] for i, t in enumerate(span))
+
+    r = E.t2i_likelihood_accuracy(model, images, labels, batch_size=2)
+    table = np.asarray([[nll(tpl.prompt("t2i", tok.encode(DIGITS[d])), row) for d in range(10)] for row in ids])
+    assert r["nll_true"] == pytest.approx(table[np.arange(3), labels].mean(), rel=1e-6)
+    assert r["nll_mean"] == pytest.approx(table.mean(), rel=1e-6)
+    assert r["nll_null"] == pytest.approx(np.mean([nll(tpl.null_prompt("t2i"), row) for row in ids]), rel=1e-6)
+    assert r["accuracy"] == pytest.approx(np.mean(table.argmin(1) == np.asarray(labels)))
+    with pytest.raises(ValueError, match="t2i_likelihood_accuracy"):
+        E.t2i_likelihood_accuracy(model, images, [1, 2])

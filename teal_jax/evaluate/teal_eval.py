@@ -20,6 +20,11 @@ Definitions (all over the examples given; ``DIGITS = ("zero", ..., "nine")``):
   generated speech (resampled to its 16 kHz when the codec's rate differs) equals the prompt's digit.
 - **reasoning accuracy**: prompts ``templates.sum_question(a, b, modality)`` for the held-out
   ``templates.REASONING_EVAL_PAIRS``; correct iff the classifier (digit / speech) says ``a + b``.
+- **conditioning by likelihood** (no sampling; sensitive where generation is at chance): *caption forced choice*:
+  the digit word whose first text id has the highest logit right after the caption prompt equals the label;
+  *t2i likelihood accuracy*: ``argmin_d NLL(image codes | t2i prompt of DIGITS[d])`` equals the label, with the
+  mean NLL (nats per image) under the true prompt, under the null prompt and averaged over the ten prompts; a model
+  that ignores the text has NLL(true) == NLL(mean) and accuracy at chance.
 - **text perplexity**: ``exp(mean NLL)`` of ``bos text eos`` (targets: the text ids and eos) under the base LM
   (``TransformerLM`` with the base parameters) and under the TEAL model's text rows (log-softmax over
   ``logits[..., :text_size]``), with whether the two logit arrays are bitwise equal.
@@ -116,6 +121,57 @@ def caption_accuracy(model, images, labels, *, references: Sequence[str] | None 
                            [os.path.join(sample_dir, f"caption_{i:03d}_{DIGITS[y[i]]}.png") for i in range(k)])
     return {"accuracy": float(correct.mean()), "exact_match": float(exact.mean()), "n": int(len(y)),
             "per_class": _per_class(y, correct)}
+
+
+def _image_ids(model, images) -> np.ndarray:
+    x = np.asarray(images)
+    return model.vocab.image_to_unified(np.asarray(model.image_tokenizer.encode(x[None] if x.ndim == 2 else x)))
+
+
+def caption_forced_choice(model, images, labels, *, batch_size: int = 64) -> dict[str, Any]:
+    """Caption forced choice over the ten digit words (see the module docstring) -> {'accuracy', 'n',
+    'predictions'}. The words' first text ids must differ."""
+    y = _check_labels(labels, len(images), "caption_forced_choice")
+    ids = _image_ids(model, images)
+    first = [model.text_tokenizer.encode(w)[0] for w in DIGITS]
+    if len(set(first)) != len(first):
+        raise ValueError("caption_forced_choice: the digit words do not start with ten different text ids")
+    preds = []
+    for s in range(0, len(ids), batch_size):
+        prompts = np.asarray([model.templates.prompt("caption", row) for row in ids[s : s + batch_size]])
+        preds.append(np.argmax(model.logits(prompts)[:, -1, first], -1))
+    p = np.concatenate(preds)
+    return {"accuracy": float((p == y).mean()), "n": int(len(y)), "predictions": p.tolist()}
+
+
+def _span_nll(model, prompts: Sequence[Sequence[int]], spans: np.ndarray, closer: int) -> np.ndarray:
+    """Summed NLL (nats, float64) of each span's ids after its prompt (one prompt length per call)."""
+    toks = np.asarray([[*p, *s, closer] for p, s in zip(prompts, spans, strict=True)], np.int32)
+    n = len(prompts[0])
+    lg = model.logits(toks)[:, n - 1 : -2].astype(np.float64)  # the logits that predict the span ids
+    lse = np.log(np.exp(lg - lg.max(-1, keepdims=True)).sum(-1)) + lg.max(-1)
+    picked = np.take_along_axis(lg, toks[:, n : -1, None].astype(np.int64), -1)[..., 0]
+    return (lse - picked).sum(-1)
+
+
+def t2i_likelihood_accuracy(model, images, labels, *, prompt_format: str = "{word}",
+                            batch_size: int = 64) -> dict[str, Any]:
+    """Text-to-image conditioning measured by likelihood (see the module docstring) -> {'accuracy', 'n',
+    'nll_true', 'nll_null', 'nll_mean'}."""
+    y = _check_labels(labels, len(images), "t2i_likelihood_accuracy")
+    ids = _image_ids(model, images)
+    tpl, eoi = model.templates, model.vocab.eoi
+    nll = np.zeros((len(ids), 10))
+    null = np.zeros(len(ids))
+    for s in range(0, len(ids), batch_size):
+        chunk = ids[s : s + batch_size]
+        for d in range(10):
+            prompt = tpl.prompt("t2i", model.text_tokenizer.encode(prompt_format.format(word=DIGITS[d])))
+            nll[s : s + len(chunk), d] = _span_nll(model, [prompt] * len(chunk), chunk, eoi)
+        null[s : s + len(chunk)] = _span_nll(model, [tpl.null_prompt("t2i")] * len(chunk), chunk, eoi)
+    true = nll[np.arange(len(y)), y]
+    return {"accuracy": float((nll.argmin(1) == y).mean()), "n": int(len(y)), "nll_true": float(true.mean()),
+            "nll_null": float(null.mean()), "nll_mean": float(nll.mean())}
 
 
 # ---- text -> image ---------------------------------------------------------------------------------------------
