@@ -64,24 +64,9 @@ def image_tokenizer_config(variant: str, workdir: str) -> ml_collections.ConfigD
 
 
 def audio_codec_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
-    demo_variant = None if variant == "quick" else _audio_demo_variant()
-    c = _config("configs.audio.speech_tiny", "smoke" if variant == "quick" else demo_variant)
-    if variant != "quick" and demo_variant is None:
-        # The demo's time budget for the codec (~5 min of the 30 on 2 cores): fewer steps than speech_tiny's.
-        c.train.steps = 500
-        c.train.eval_every = 500
-        c.train.checkpoint_every = 250
+    c = _config("configs.audio.speech_tiny", "smoke" if variant == "quick" else None)  # default: 1,200 steps
     c.data.data_dir = os.path.join(workdir, "data")
     return c
-
-
-def _audio_demo_variant() -> str | None:
-    """speech_tiny's time-budgeted 'demo' variant where this checkout has one."""
-    try:
-        _config("configs.audio.speech_tiny", "demo")
-        return "demo"
-    except ValueError:
-        return None
 
 
 def _teal_config(variant: str, workdir: str, teal_variant: str) -> ml_collections.ConfigDict:

@@ -20,12 +20,15 @@ def params():
 
 
 def _greedy_reference(params, prompt, n):
-    """Greedy decoding by re-running the full forward pass on the growing sequence (no cache)."""
+    """Greedy decoding by re-running the full forward pass on the growing sequence (no cache). The sequence is
+    right-padded to one fixed length so a single compiled forward serves every step: causal attention keeps the
+    padding out of the logits at position len(seq) - 1."""
     seq = list(prompt)
-    model = TransformerLM(CFG)
+    forward = jax.jit(TransformerLM(CFG).apply)
     for _ in range(n):
-        logits = model.apply({"params": params}, jnp.asarray([seq], jnp.int32))
-        seq.append(int(jnp.argmax(logits[0, -1])))
+        padded = jnp.asarray([seq + [0] * (len(prompt) + n - len(seq))], jnp.int32)
+        logits = forward({"params": params}, padded)
+        seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
     return seq[len(prompt):]
 
 
