@@ -13,9 +13,10 @@ Batches: ``tokens`` [B, T+1] unified ids, ``loss_mask`` [B, T+1] (1 on target to
 
 Loss: next-token cross-entropy over the whole unified vocabulary, each target weighted by
 ``loss_weights[modality(target)]`` (times its ``loss_weight``) and normalised by the sum of those weights (all
-weights 1: the plain token mean, as lm_loss), plus optional z-loss. Metrics are unweighted token means. Metrics per modality (loss/accuracy over that modality's targets) and the text
-perplexity over the *text rows only*: ``exp(mean over text targets of logsumexp(logits[:text_size]) - logit)``, which
-for a frozen LM is exactly the original LM's perplexity.
+weights 1: the plain token mean, as lm_loss), plus optional z-loss. Metrics are unweighted token means: per
+modality (loss/accuracy over that modality's targets) and the text perplexity over the *text rows only*:
+``exp(mean over text targets of logsumexp(logits[:text_size]) - logit)``, which for a frozen LM is exactly the
+original LM's perplexity.
 
 Data: ``data.kind='tasks'`` (:mod:`teal_jax.data.teal_data`): image/audio datasets pre-tokenized once by the
 trained tokenizers (``data.image_tokenizer`` / ``data.audio_tokenizer``: workdirs of image_vq / audio_codec runs) into
