@@ -19,7 +19,7 @@ def _split(variables):
 
 def test_image_code_vectors_are_the_quantizer_decoding():
     cfg = VQGANConfig.from_config(digits_tiny.get_config("smoke").model)
-    tok = ImageTokenizer(cfg, *_split(VQGAN(cfg).init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))))
+    tok = ImageTokenizer(cfg, *_split(jax.jit(VQGAN(cfg).init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))))
     cv = tok.code_vectors()
     assert cv.shape == (tok.vocab_size, 3) and cv.dtype == np.float32
     # FSQ [8, 5, 5]: the vectors are the distinct grid points in [-1, 1].
@@ -31,7 +31,7 @@ def test_image_code_vectors_are_the_quantizer_decoding():
 
 def test_audio_code_vectors_sum_to_the_rvq_decoding():
     cfg = CodecConfig.from_config(speech_tiny.get_config("smoke").model, dtype="float32")
-    tok = AudioTokenizer(cfg, *_split(Codec(cfg).init(jax.random.key(0), jnp.zeros((1, 1600, 1)))))
+    tok = AudioTokenizer(cfg, *_split(jax.jit(Codec(cfg).init)(jax.random.key(0), jnp.zeros((1, 1600, 1)))))
     cv = tok.code_vectors()
     assert cv.shape == (cfg.num_levels, tok.codebook_size, cfg.hidden_size)
     rng = np.random.default_rng(0)

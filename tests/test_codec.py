@@ -159,17 +159,17 @@ def test_frame_rate_codec_shapes_and_finite_gradients_on_silence(encoder):
     cfg = CodecConfig(**dict(FRAME, encoder=encoder))
     assert cfg.fft_size == 32  # 4 * hop
     x = (jax.random.normal(jax.random.PRNGKey(0), (2, 203, 1)) * 0.1).at[1].set(0.0)  # example 1 silent
-    v = _init(cfg, x)
-    y, q = Codec(cfg).apply(v, x)
+    v = jax.jit(lambda x: _init(cfg, x))(x)  # compiled: op-by-op dispatch of the whole model is slow on CPU
+    y, q = jax.jit(Codec(cfg).apply)(v, x)
     assert y.shape == x.shape and q.codes.shape == (2, 26, 3)
-    wav = Codec(cfg).apply(v, q.codes[..., :2], method=Codec.decode_codes)
+    wav = jax.jit(lambda v, c: Codec(cfg).apply(v, c, method=Codec.decode_codes))(v, q.codes[..., :2])
     assert wav.shape == (2, 26 * 8, 1)
 
     def loss(p):
         y, q = Codec(cfg).apply({**v, "params": p}, x)
         return jnp.mean(jnp.abs(y - x)) + q.loss
 
-    g = jax.grad(loss)(v["params"])
+    g = jax.jit(jax.grad(loss))(v["params"])
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(g))
 
 
