@@ -8,7 +8,6 @@ Architecture: the frame-rate ('Vocos-style') codec: log-STFT-magnitude encoder (
 ConvNeXt trunks of width 128 (4 encoder, 8 decoder blocks) at 100 frames/s. On a CPU this trains far better per second
 than the SEANet conv stacks, whose time goes into thin full-rate convolutions (the ``seanet`` variant keeps them).
 Variants (``--config=configs/audio/speech_tiny.py:VARIANT``, comma-separated):
-  ``demo`` : the same as the default (1,200 steps; kept so that older command lines still work).
   ``seanet``: the SEANet encoder/decoder (strides 8, 5, 4, 16 filters, no LSTM) instead of the frame-rate one.
   ``gan``  : adds the multi-scale STFT discriminator (hinge + feature matching) from step 400.
   ``smoke``: 10 steps of a smaller model on the 'tiny' data config, for tests.
@@ -16,7 +15,7 @@ Variants (``--config=configs/audio/speech_tiny.py:VARIANT``, comma-separated):
 
 from teal_jax.config import base_config
 
-VARIANTS = ("demo", "gan", "seanet", "smoke")
+VARIANTS = ("gan", "seanet", "smoke")
 
 
 def get_config(arg: str | None = None):
