@@ -168,12 +168,15 @@ def _sample_jit(params, tokens, segments, positions, mode, count, rng, *, config
         tok = pick(mode, count, logits, sub)
         tok = jnp.where(done, sampling.pad_id, tok)
         out = out.at[:, step].set(tok)
+        span_index = jnp.where(mode != MODE_TEXT, count, 0)  # a span's k-th code is picked at count k
         mode, count = advance(vocab, mode, count, tok)
         if sampling.eos_id is not None:
             done = done | (tok == sampling.eos_id)
         feed = jnp.concatenate([tok, tok]) if guided else tok
+        if guided:
+            span_index = jnp.concatenate([span_index, span_index])
         logits, mut = model.apply({"params": params, "cache": cache}, feed[:, None], pos[:, None],
-                                  jnp.ones((rows, 1), jnp.int32), mutable=["cache"])
+                                  jnp.ones((rows, 1), jnp.int32), span_index[:, None], mutable=["cache"])
         return step + 1, mut["cache"], logits[:, -1], mode, count, pos + 1, out, key, done
 
     out = jnp.full((b, sampling.max_new_tokens), sampling.pad_id, jnp.int32)

@@ -150,3 +150,27 @@ def test_prompt_validation():
     assert G.prompt_state(VOCAB, [VOCAB.boi, VOCAB.image_offset, VOCAB.eoi, 3], SPANS) == (G.MODE_TEXT, 0)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         G.sample(CONFIG, None, [[VOCAB.used_size]], SamplingConfig())
+
+
+def test_greedy_kv_cache_equals_full_forward_with_experts_and_span_positions():
+    """The one-token decode steps feed each code's span index; the full forward computes it from the ids."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CONFIG, lm=dataclasses.replace(CONFIG.lm, expert_attention=True, expert_mlp=True),
+                              image_span_len=6, audio_span_len=4)
+    model = TealLM(cfg)
+    p = nn.unbox(jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 4), jnp.int32))["params"])
+    rng = np.random.default_rng(0)  # non-zero span positions, so a wrong index changes the logits
+    p["image_span_pos"] = jnp.asarray(rng.normal(0, 1.0, p["image_span_pos"].shape), jnp.float32)
+    p["audio_span_pos"] = jnp.asarray(rng.normal(0, 1.0, p["audio_span_pos"].shape), jnp.float32)
+    sampling = SamplingConfig(max_new_tokens=12, temperature=0.0)
+    out = G.sample(cfg, p, PROMPTS, sampling, SPANS)
+    seqs = [q + row for q, row in zip(PROMPTS, out.tolist(), strict=True)]
+    toks = np.zeros((len(seqs), 24), np.int32)
+    for i, r in enumerate(seqs):
+        toks[i, : len(r)] = r
+    logits = np.asarray(jax.jit(lambda q, t: TealLM(cfg).apply({"params": q}, t))(p, jnp.asarray(toks)))
+    for b, (prompt, row) in enumerate(zip(PROMPTS, out.tolist(), strict=True)):
+        for t, tok in enumerate(row):
+            allowed = sorted(reference_allowed(prompt + row[:t]))
+            assert tok == allowed[int(np.argmax(logits[b, len(prompt) - 1 + t][allowed]))], (b, t)

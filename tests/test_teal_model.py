@@ -207,3 +207,102 @@ def test_config_and_merge_errors():
     biased = _init(TransformerLM(_lm_config(use_bias=True)), jax.random.key(0), _text_tokens())
     with pytest.raises(ValueError, match="leaves the TEAL LM lacks"):
         T.merge_lm_params(params, biased)
+
+
+def _expert_steps(model, params, toks, steps=3):
+    """A few AdamW steps with the frozen_expert mask (non-text rows + the LM's experts) on mixed sequences."""
+    mask = T.trainable_mask(params, "frozen_expert")
+    opt = ml_collections.ConfigDict(optim.default_optimizer_config().to_dict())
+    opt.lr, opt.warmup_steps = 1e-2, 0
+    tx, _ = optim.make_optimizer(opt, steps, mask)
+    state = tx.init(params)
+
+    def loss(p):
+        logits = model.apply({"params": p}, toks[:, :-1])
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), toks[:, 1:, None], -1))
+
+    @jax.jit
+    def step(params, state):
+        upd, state = tx.update(jax.grad(loss)(params), state, params)
+        return optim.apply_updates(params, upd, mask), state
+
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_modality_experts_keep_text_logits_bitwise_and_route_nontext_positions(tie):
+    base = TransformerLM(_lm_config(tie_embeddings=tie))
+    toks = _text_tokens()
+    base_params = _init(base, jax.random.key(1), toks)
+    want = np.asarray(_apply(base, base_params, toks))
+    plain = T.TealLM(T.TealConfig(_lm_config(tie_embeddings=tie), VOCAB))
+    cfg = T.TealConfig(_lm_config(tie_embeddings=tie, expert_attention=True, expert_mlp=True), VOCAB,
+                       image_span_len=6, audio_span_len=4)
+    model = T.TealLM(cfg)
+    params = T.merge_lm_params(_init(model, jax.random.key(2), toks), base_params)
+    # Experts start as copies of the weights they stand in for.
+    layers = params["lm"]["layers"]
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        np.testing.assert_array_equal(layers["attn"][f"expert_{name}"]["kernel"], layers["attn"][name]["kernel"])
+    np.testing.assert_array_equal(layers["expert_mlp"]["up_proj"]["kernel"], layers["mlp"]["up_proj"]["kernel"])
+    np.testing.assert_array_equal(np.asarray(_apply(model, params, toks))[..., : VOCAB.text_size], want)
+    # With copied experts and zero span positions, mixed sequences compute what the expert-free model computes.
+    plain_params = {k: v for k, v in params.items() if not k.endswith("_span_pos")}
+    plain_params["lm"] = T.merge_lm_params(_init(plain, jax.random.key(2), toks), base_params)["lm"]
+    mixed = _mixed_tokens(3)
+    np.testing.assert_allclose(np.asarray(_apply(model, params, mixed)),
+                               np.asarray(_apply(plain, plain_params, mixed)), rtol=0, atol=1e-5)
+
+    trained = _expert_steps(model, params, mixed)
+    t_layers = trained["lm"]["layers"]
+    assert not np.array_equal(t_layers["attn"]["expert_q_proj"]["kernel"], layers["attn"]["expert_q_proj"]["kernel"])
+    assert not np.array_equal(trained["image_span_pos"], params["image_span_pos"])
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):  # the original LM weights did not move a bit
+        np.testing.assert_array_equal(t_layers["attn"][name]["kernel"], layers["attn"][name]["kernel"])
+    # Text-only inputs never reach the (now trained) experts: the base LM's text logits, bit for bit.
+    np.testing.assert_array_equal(np.asarray(_apply(model, trained, toks))[..., : VOCAB.text_size], want)
+    # Non-text positions now compute something else.
+    assert not np.allclose(np.asarray(_apply(model, trained, mixed)), np.asarray(_apply(model, params, mixed)))
+
+
+def test_frozen_expert_mask_and_counts():
+    cfg = T.TealConfig(_lm_config(expert_attention=True), VOCAB, image_span_len=4)
+    shapes = jax.eval_shape(lambda: nn.unbox(T.TealLM(cfg).init(jax.random.key(0), _text_tokens())["params"]))
+    mask = T.trainable_mask(shapes, "frozen_expert")
+    got = {"/".join(T._keys(p)) for p, t in jax.tree_util.tree_flatten_with_path(mask)[0] if t}
+    experts = {f"lm/layers/attn/expert_{n}/kernel" for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    assert got == {"special_embed", "special_head", "image_embed", "image_head", "audio_embed", "audio_head",
+                   "image_span_pos"} | experts
+    counts = T.param_counts(shapes, mask)
+    assert counts["lm/experts"][0] == counts["lm/experts"][1] > 0
+    assert counts["lm/layers"][1] == 0
+    assert "audio_span_pos" not in shapes  # audio_span_len=0: no table
+
+
+def test_span_index_matches_a_python_reference():
+    v = VOCAB
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(4):
+        row = []
+        while len(row) < 40:
+            kind = rng.integers(3)
+            if kind == 0:
+                row += rng.integers(0, v.text_size, rng.integers(1, 4)).tolist()
+            elif kind == 1:
+                row += [v.boi] + (v.image_offset + rng.integers(0, v.image_codebook_size, 5)).tolist() + [v.eoi]
+            else:
+                row += [v.boa] + (v.audio_offset + rng.integers(0, 12, 3)).tolist() + [v.eoa]
+        rows.append(row[:40])
+    toks = np.asarray(rows, np.int32)
+    want = np.zeros_like(toks)
+    for b, row in enumerate(rows):
+        k = None
+        for i, t in enumerate(row):
+            if t in (v.boi, v.boa):
+                k = 0
+            elif v.image_offset <= t < v.used_size and k is not None:
+                want[b, i], k = k, k + 1
+    np.testing.assert_array_equal(np.asarray(T.compute_span_index(v, jnp.asarray(toks))), want)

@@ -35,7 +35,7 @@ from teal_jax.tokenizers.vocab import UnifiedVocab
 
 Array = jax.Array
 EMBEDDING_INITS = ("random", "codebook")
-STAGES = ("frozen_stage1", "frozen_stage2", "full")
+STAGES = ("frozen_stage1", "frozen_stage2", "frozen_expert", "full")
 NONTEXT_MODALITIES = ("image", "audio")
 
 
@@ -50,6 +50,11 @@ class TealConfig:
     embedding_init: str = "random"
     image_code_dim: int = 0
     audio_code_dim: int = 0
+    # Learned span positions: a per-position embedding added to the input of the i-th token of every image span
+    # (i < image_span_len; = h*w) and audio span (i < audio_span_len; = frames * kept levels); 0 = none. RoPE only
+    # tells the LM how far apart two tokens are, not where in the 2-D grid / the clip a code sits.
+    image_span_len: int = 0
+    audio_span_len: int = 0
 
     def __post_init__(self):
         if self.vocab.text_size != self.lm.vocab_size:
@@ -57,6 +62,8 @@ class TealConfig:
                              f"lm.vocab_size={self.lm.vocab_size}")
         if self.embedding_init not in EMBEDDING_INITS:
             raise ValueError(f"model.embedding_init={self.embedding_init!r}: choose one of {EMBEDDING_INITS}")
+        if self.image_span_len < 0 or self.audio_span_len < 0:
+            raise ValueError("model.image_span_len / model.audio_span_len must be >= 0")
         if self.embedding_init == "codebook":
             for m in NONTEXT_MODALITIES:
                 if self.rows(m) and getattr(self, f"{m}_code_dim") < 1:
@@ -111,6 +118,12 @@ class TealLM(nn.Module):
             else:
                 embeds[m] = self.param(f"{m}_embed", part(normal, ("vocab", "embed")), (n, d), pdt)
         self.embeds, self.heads, self.codebooks, self.projs = embeds, heads, codebooks, projs
+        span_pos = {}
+        for m in NONTEXT_MODALITIES:
+            n = getattr(cfg, f"{m}_span_len")
+            if n and cfg.rows(m):  # zero-initialised: the model is unchanged until they train
+                span_pos[m] = self.param(f"{m}_span_pos", part(nn.initializers.zeros, (None, "embed")), (n, d), pdt)
+        self.span_pos = span_pos
 
     # ---- joint embedding ---------------------------------------------------------------------------------------
     def nontext_rows(self, modality: str) -> Array:
@@ -126,14 +139,36 @@ class TealLM(nn.Module):
         parts += [self.nontext_rows(m) for m in NONTEXT_MODALITIES if m in self.embeds]
         return jnp.concatenate(parts, axis=0)
 
-    def embed(self, tokens: Array) -> Array:
-        """tokens [B, T] unified ids -> [B, T, D] in the LM's compute dtype."""
-        t = self.config.vocab.text_size
+    def embed(self, tokens: Array, span_index: Array | None = None) -> Array:
+        """tokens [B, T] unified ids -> [B, T, D] in the LM's compute dtype.
+
+        span_index [B, T]: each token's index inside its image/audio span (see :func:`span_index`); computed from
+        ``tokens`` when None, which needs every span's opener inside ``tokens`` (one-token decode steps pass it)."""
+        v = self.config.vocab
+        t = v.text_size
         is_text = tokens < t
         text = self.lm.embed(jnp.where(is_text, tokens, 0))
         table = self.nontext_table()
-        other = jnp.take(table, jnp.clip(tokens - t, 0, table.shape[0] - 1), axis=0).astype(text.dtype)
-        return jnp.where(is_text[..., None], text, other)
+        idx = tokens - t
+        other = jnp.take(table, jnp.clip(idx, 0, table.shape[0] - 1), axis=0)
+        if self.span_pos:
+            if span_index is None:
+                span_index = compute_span_index(v, tokens)
+            for m, pos_table in self.span_pos.items():
+                lo, hi = (v.image_offset, v.audio_offset) if m == "image" else (v.audio_offset, v.used_size)
+                inside = (tokens >= lo) & (tokens < hi)
+                rows = jnp.take(jnp.asarray(pos_table, jnp.float32),
+                                jnp.clip(span_index, 0, pos_table.shape[0] - 1), axis=0)
+                other = other + jnp.where(inside[..., None], rows, 0.0)
+        return jnp.where(is_text[..., None], text, other.astype(text.dtype))
+
+    def expert_mask(self, tokens: Array) -> Array | None:
+        """bool [B, T]: the positions the LM's modality experts serve (every non-text id), or None without
+        experts. Text ids always run through the original weights."""
+        lm = self.config.lm
+        if not (lm.expert_attention or lm.expert_mlp):
+            return None
+        return tokens >= self.config.vocab.text_size
 
     # ---- output ------------------------------------------------------------------------------------------------
     def logits_from_hidden(self, h: Array) -> Array:
@@ -147,10 +182,23 @@ class TealLM(nn.Module):
         pad = jnp.full(h.shape[:2] + (v.size - v.used_size,), -jnp.inf, jnp.float32)
         return jnp.concatenate([text, other, pad], axis=-1)
 
-    def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None) -> Array:
-        """tokens, positions, segment_ids: [B, T] -> logits [B, T, vocab.size]."""
-        h = self.lm.hidden(self.embed(tokens), positions, segment_ids)
+    def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None,
+                 span_index: Array | None = None) -> Array:
+        """tokens, positions, segment_ids, span_index: [B, T] -> logits [B, T, vocab.size]."""
+        h = self.lm.hidden(self.embed(tokens, span_index), positions, segment_ids, self.expert_mask(tokens))
         return self.logits_from_hidden(h)
+
+
+def compute_span_index(vocab: UnifiedVocab, tokens: Array) -> Array:
+    """int32 [B, T]: for a token inside an image/audio span, its index in the span (the first code after
+    ``<boi>``/``<boa>`` is 0); 0 elsewhere. Spans must open inside ``tokens`` (rows may be packed: a span never
+    crosses an example)."""
+    t = tokens.shape[-1]
+    ar = jnp.arange(t, dtype=jnp.int32)
+    opener = (tokens == vocab.boi) | (tokens == vocab.boa)
+    last_open = jax.lax.cummax(jnp.where(opener, ar, -1), axis=tokens.ndim - 1)
+    in_span = (tokens >= vocab.image_offset) & (tokens < vocab.used_size) & (last_open >= 0)
+    return jnp.where(in_span, ar - last_open - 1, 0).astype(jnp.int32)
 
 
 # ---- init with tokenizer codebooks ---------------------------------------------------------------------------------
@@ -214,12 +262,24 @@ def is_norm_or_bias(keys: tuple[str, ...]) -> bool:
     return keys[-1] == "bias" or (keys[-1] == "scale" and len(keys) > 1 and keys[-2].endswith("norm"))
 
 
+def is_expert(keys: tuple[str, ...]) -> bool:
+    """A modality-expert weight inside the LM (``.../attn/expert_q_proj/...``, ``.../expert_mlp/...``)."""
+    return any(k.startswith("expert_") for k in keys)
+
+
+def expert_source(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The original LM leaf an expert leaf is initialised from (``expert_q_proj`` -> ``q_proj``)."""
+    return tuple(k[len("expert_"):] if k.startswith("expert_") else k for k in keys)
+
+
 def trainable_mask(params: Any, stage: str) -> Any:
     """Tree of Python bools (True = trains) over TealLM ``params`` for a training stage.
 
-    frozen_stage1: non-text tables, heads and projections train; the LM is frozen.
+    frozen_stage1: non-text tables, heads, projections and span positions train; the LM is frozen.
     frozen_stage2: stage 1 + every norm scale and every bias inside the LM (LLaMA-Adapter-V2 bias-norm tuning).
-    full: everything. Tokenizer codebooks (``*_codebook``) are constants: frozen in every stage.
+    frozen_expert: stage 1 + the LM's modality experts (``expert_*``: used only at non-text positions), so the
+      text path is untouched. full: everything. Tokenizer codebooks (``*_codebook``) are constants: frozen in
+      every stage.
     """
     if stage not in STAGES:
         raise ValueError(f"model.stage={stage!r}: choose one of {STAGES}")
@@ -232,6 +292,8 @@ def trainable_mask(params: Any, stage: str) -> Any:
             return True
         if stage == "full":
             return True
+        if stage == "frozen_expert":
+            return is_expert(keys)
         return stage == "frozen_stage2" and is_norm_or_bias(keys)
 
     return jax.tree_util.tree_map_with_path(rule, params)
@@ -240,6 +302,8 @@ def trainable_mask(params: Any, stage: str) -> Any:
 def param_group(keys: tuple[str, ...]) -> str:
     """Report group of a parameter path."""
     if keys[0] == "lm":
+        if is_expert(keys):
+            return "lm/experts"
         if is_norm_or_bias(keys):
             return "lm/biases" if keys[-1] == "bias" else "lm/norms"
         if keys[1] == "embed":
@@ -285,7 +349,8 @@ def merge_lm_params(teal_params: Any, lm_params: Any) -> Any:
     """Puts a trained LM's params at ``teal_params['lm']`` (boxed leaves keep their logical names).
 
     Every LM leaf must match in shape; leaves absent from ``lm_params`` are allowed only for zero-initialised
-    biases (a base LM without biases adapted with use_bias=True); extra leaves are an error.
+    biases (a base LM without biases adapted with use_bias=True) and for modality experts (``expert_*``), which
+    start as copies of the weights they stand in for (CogVLM's initialisation); extra leaves are an error.
     """
     target = teal_params["lm"]
     flat_t = {_keys(p): _unbox(v) for p, v in jax.tree_util.tree_flatten_with_path(target, is_leaf=_is_box)[0]}
@@ -294,7 +359,7 @@ def merge_lm_params(teal_params: Any, lm_params: Any) -> Any:
     if extra:
         raise ValueError(f"base LM params have leaves the TEAL LM lacks: {['/'.join(k) for k in extra[:5]]} "
                          "(check model.lm matches the base LM's config)")
-    missing = [k for k in flat_t if k not in flat_s and k[-1] != "bias"]
+    missing = [k for k in flat_t if k not in flat_s and k[-1] != "bias" and not is_expert(k)]
     if missing:
         raise ValueError(f"base LM params lack {['/'.join(k) for k in missing[:5]]}")
     for k, v in flat_s.items():
@@ -304,6 +369,8 @@ def merge_lm_params(teal_params: Any, lm_params: Any) -> Any:
 
     def pick(path, leaf):
         k = _keys(path)
+        if k not in flat_s and is_expert(k) and expert_source(k) in flat_s:
+            k = expert_source(k)  # a modality expert starts as a copy of the weight it stands in for
         if k not in flat_s:
             return leaf
         value = jnp.asarray(flat_s[k], _unbox(leaf).dtype)

@@ -44,6 +44,11 @@ class TransformerConfig:
     qk_norm: bool = False  # Chameleon-style RMSNorm on queries and keys (per head)
     tie_embeddings: bool = False
     use_bias: bool = False  # a zero-initialised bias on every linear layer (TEAL stage-2 bias tuning)
+    # Modality experts (CogVLM's visual expert): positions flagged by ``expert_mask`` (TEAL: every non-text token)
+    # run through their own q/k/v/o projections (``expert_attention``) and their own SwiGLU (``expert_mlp``), created
+    # as ``expert_<name>`` beside the originals; unflagged positions use the original weights, selected per token.
+    expert_attention: bool = False
+    expert_mlp: bool = False
     init_std: float = 0.02
     dtype: str = "bfloat16"  # compute dtype
     param_dtype: str = "float32"
@@ -92,7 +97,12 @@ class TransformerConfig:
         norms = 2 * d + (2 * hd if self.qk_norm else 0)
         bias = (hd * (h + 2 * kv) + d + 2 * m + d) if self.use_bias else 0
         head = 0 if self.tie_embeddings else d * v
-        return v * d + L * (attn + mlp + norms + bias) + d + head
+        experts = 0
+        if self.expert_attention:
+            experts += attn + ((hd * (h + 2 * kv) + d) if self.use_bias else 0)
+        if self.expert_mlp:
+            experts += mlp + ((2 * m + d) if self.use_bias else 0)
+        return v * d + L * (attn + mlp + norms + bias + experts) + d + head
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: 6 * (non-embedding matmul params) + attention scores.
@@ -181,13 +191,28 @@ class Attention(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, segment_ids: Array | None) -> Array:
-        """x: [B, T, D]; positions, segment_ids: [B, T] (segment_ids None: one document per row) -> [B, T, D]."""
+    def __call__(self, x: Array, positions: Array, segment_ids: Array | None,
+                 expert_mask: Array | None = None) -> Array:
+        """x: [B, T, D]; positions, segment_ids: [B, T] (segment_ids None: one document per row) -> [B, T, D].
+
+        expert_mask: bool [B, T] (only with ``expert_attention``): True positions take q/k/v/o from the
+        ``expert_*`` projections, the others from the original ones (a per-token select, so unflagged positions get
+        exactly the original values).
+        """
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
+        experts = cfg.expert_attention and expert_mask is not None
+
+        def routed(name, features, axes, inp, contract=1):
+            y = Projection(features, axes, cfg, contract=contract, name=name)(inp)
+            if not experts:
+                return y
+            ye = Projection(features, axes, cfg, contract=contract, name=f"expert_{name}")(inp)
+            sel = expert_mask.reshape(expert_mask.shape + (1,) * (y.ndim - 2))
+            return jnp.where(sel, ye, y)
 
         def proj(name, heads, axes):
-            return Projection((heads, cfg.head_dim), ("embed", axes, "head_dim"), cfg, name=name)(x)
+            return routed(name, (heads, cfg.head_dim), ("embed", axes, "head_dim"), x)
 
         q = proj("q_proj", cfg.num_heads, "heads")
         k = proj("k_proj", cfg.num_kv_heads, "kv_heads")
@@ -228,7 +253,7 @@ class Attention(nn.Module):
             same_doc = segment_ids[:, :, None] == key_seg[:, None, :]
             mask = (causal[None] & same_doc)[:, None]
             out = jax.nn.dot_product_attention(*dtype_args, mask=mask, implementation=cfg.attention_implementation)
-        return Projection((cfg.embed_dim,), ("heads", "head_dim", "embed"), cfg, contract=2, name="o_proj")(out)
+        return routed("o_proj", (cfg.embed_dim,), ("heads", "head_dim", "embed"), out, contract=2)
 
 
 class MLP(nn.Module):
@@ -259,13 +284,17 @@ class Block(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, segment_ids: Array) -> tuple[Array, None]:
+    def __call__(self, x: Array, positions: Array, segment_ids: Array,
+                 expert_mask: Array | None = None) -> tuple[Array, None]:
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
         h = RMSNorm(cfg.norm_eps, dtype, cfg.param_dtype, name="attn_norm")(x)
-        x = x + Attention(cfg, self.decode, name="attn")(h, positions, segment_ids)
+        x = x + Attention(cfg, self.decode, name="attn")(h, positions, segment_ids, expert_mask)
         h = RMSNorm(cfg.norm_eps, dtype, cfg.param_dtype, name="mlp_norm")(x)
-        x = x + MLP(cfg, name="mlp")(h)
+        y = MLP(cfg, name="mlp")(h)
+        if cfg.expert_mlp and expert_mask is not None:
+            y = jnp.where(expert_mask[..., None], MLP(cfg, name="expert_mlp")(h), y)
+        x = x + y
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         return x, None  # (carry, per-layer output) for nn.scan
 
@@ -295,7 +324,7 @@ class TransformerLM(nn.Module):
             block,
             variable_axes={"params": 0, "cache": 0},
             split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, self.decode, name="layers")
@@ -309,8 +338,12 @@ class TransformerLM(nn.Module):
     def embed(self, tokens: Array) -> Array:
         return self.embedder(tokens)
 
-    def hidden(self, x: Array, positions: Array | None = None, segment_ids: Array | None = None) -> Array:
-        """Runs the blocks and the final norm over embeddings x: [B, T, D] -> [B, T, D]."""
+    def hidden(self, x: Array, positions: Array | None = None, segment_ids: Array | None = None,
+               expert_mask: Array | None = None) -> Array:
+        """Runs the blocks and the final norm over embeddings x: [B, T, D] -> [B, T, D].
+
+        expert_mask: bool [B, T], the positions routed through the modality experts (configs with
+        ``expert_attention`` / ``expert_mlp``); None: every position uses the original weights."""
         b, t = x.shape[:2]
         if segment_ids is None and self.decode:
             segment_ids = jnp.ones((b, t), jnp.int32)
@@ -319,7 +352,7 @@ class TransformerLM(nn.Module):
                 raise ValueError("decode mode needs explicit positions (the cache does not know them)")
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         x = nn.with_logical_constraint(x.astype(jnp.dtype(self.config.dtype)), ("batch", "length", "embed"))
-        x, _ = self.layers(x, positions, segment_ids)
+        x, _ = self.layers(x, positions, segment_ids, expert_mask)
         return self.final_norm(x)
 
     def logits_from_hidden(self, h: Array) -> Array:

@@ -143,7 +143,32 @@ def teal_config_from(config: ml_collections.ConfigDict) -> teal_lib.TealConfig:
     vocab = UnifiedVocab.from_config(m.vocab, text_size=lm.vocab_size)
     return teal_lib.TealConfig(lm=lm, vocab=vocab, embedding_init=m.get("embedding_init", "random"),
                                image_code_dim=int(m.get("image_code_dim", 0) or 0),
-                               audio_code_dim=int(m.get("audio_code_dim", 0) or 0))
+                               audio_code_dim=int(m.get("audio_code_dim", 0) or 0),
+                               image_span_len=int(m.get("image_span_len", 0) or 0),
+                               audio_span_len=int(m.get("audio_span_len", 0) or 0))
+
+
+NONTEXT_INITS = ("random", "match_lm")
+
+
+def match_lm_scale(params: Any, init_std: float) -> Any:
+    """Rescales the randomly initialised non-text input rows and output columns (N(0, init_std)) to the spread of
+    the base LM's own: rows to the std of the LM's input embedding table, head columns to the std of its output
+    head (the embedding table when tied). New rows then start where the LM's text rows live instead of far
+    below them (a trained tiny LM's rows are several times init_std)."""
+    lm = nn.unbox(params["lm"])
+    emb_std = float(np.std(np.asarray(lm["embed"]["embedding"], np.float64)))
+    head = lm["lm_head"]["kernel"] if "lm_head" in lm else lm["embed"]["embedding"]
+    head_std = float(np.std(np.asarray(head, np.float64)))
+    out = dict(params)
+    for key in params:
+        if key == "lm" or key.endswith("_codebook") or key.endswith("_proj") or key.endswith("_span_pos"):
+            continue
+        factor = (head_std if key.endswith("_head") else emb_std) / init_std
+        leaf = params[key]
+        value = jnp.asarray(teal_lib._unbox(leaf)) * factor
+        out[key] = leaf.replace_boxed(value) if teal_lib._is_box(leaf) else value
+    return out
 
 
 # ---- loss --------------------------------------------------------------------------------------------------------
@@ -370,6 +395,13 @@ class TealObjective(Objective):
         if self.stage not in teal_lib.STAGES:
             raise ValueError(f"config.model.stage={self.stage!r}: choose one of {teal_lib.STAGES}")
         check_base_lm_given(config.model)
+        lm_cfg = self.teal_config.lm
+        if self.stage == "frozen_expert" and not (lm_cfg.expert_attention or lm_cfg.expert_mlp):
+            raise ValueError("config.model.stage='frozen_expert' trains the LM's modality experts, but "
+                             "config.model.lm.expert_attention and config.model.lm.expert_mlp are both False")
+        self.nontext_init = config.model.get("nontext_init", "random")
+        if self.nontext_init not in NONTEXT_INITS:
+            raise ValueError(f"config.model.nontext_init={self.nontext_init!r}: choose one of {NONTEXT_INITS}")
         if self.stage == "frozen_stage2" and not self.teal_config.lm.use_bias:
             print("note: config.model.stage='frozen_stage2' with config.model.lm.use_bias=False tunes norms only")
         lw = config.model.get("loss_weights", {}) or {}
@@ -426,6 +458,8 @@ class TealObjective(Objective):
         if self._base:
             kind, base = self._base
             params = teal_lib.merge_lm_params(params, base if kind == "lm" else base["lm"])
+            if kind == "lm" and self.nontext_init == "match_lm" and self.teal_config.embedding_init == "random":
+                params = match_lm_scale(params, self.teal_config.lm.init_std)
             if kind == "teal":
                 params = teal_lib.merge_nontext_params(params, base)
         if not self._printed:
