@@ -5,6 +5,11 @@ Variants (``--config=configs/image/digits_tiny.py:VARIANT``, comma-separated):
   ``vq``   : l2-normalised factorised VQ (256 codes of dim 8, EMA-free, dead-code restart) instead of FSQ.
   ``gan``  : adds the PatchGAN discriminator (hinge, adaptive weight) from step 300.
   ``smoke``: 20 steps, for tests.
+  ``coarse``: 32x32 -> 4x4 tokens (downsampling 8: multipliers (1, 2, 4, 4), attention only at the 4x4 level and
+             the middle), FSQ [4, 4, 4] = 64 codes: 16 tokens of at most 6 bits, for the TEAL demo's small frozen LM
+             (the default's 64 tokens over 200 codes are close to noise for it).
+  ``grid8x8_9``: the default 8x8 grid over FSQ [3, 3] = 9 codes (the same architecture, fewer levels).
+``coarse`` and ``grid8x8_9`` choose the quantizer, so they exclude each other and ``vq``.
 """
 
 from teal_jax.config import base_config
@@ -12,9 +17,13 @@ from teal_jax.config import base_config
 
 def get_config(arg: str | None = None):
     variants = set((arg or "").split(",")) - {""}
-    unknown = variants - {"vq", "gan", "smoke"}
+    known = ("vq", "gan", "smoke", "coarse", "grid8x8_9")
+    unknown = variants - set(known)
     if unknown:
-        raise ValueError(f"digits_tiny: unknown variant(s) {sorted(unknown)}; known: vq, gan, smoke")
+        raise ValueError(f"digits_tiny: unknown variant(s) {sorted(unknown)}; known: {', '.join(known)}")
+    quantizer_variants = sorted(variants & {"vq", "coarse", "grid8x8_9"})
+    if len(quantizer_variants) > 1:
+        raise ValueError(f"digits_tiny: variants {quantizer_variants} each choose the quantizer; pick one")
     c = base_config()
     c.objective = "image_vq"
     m = c.model
@@ -43,6 +52,14 @@ def get_config(arg: str | None = None):
         m.quantizer = "fsq"
         m.fsq_levels = (8, 5, 5)
         m.embed_dim = 3
+    if "coarse" in variants:
+        m.channel_multipliers = (1, 2, 4, 4)  # one more stride-2 level: 32 -> 4
+        m.attn_levels = (3,)  # attention on 4x4 = 16 positions only (cheap); none at 8x8
+        m.fsq_levels = (4, 4, 4)
+        m.embed_dim = 3
+    elif "grid8x8_9" in variants:
+        m.fsq_levels = (3, 3)
+        m.embed_dim = 2
     m.disc = dict(enabled="gan" in variants, base_channels=32, num_layers=2, norm="group", norm_groups=8,
                   start_step=300, weight=0.1, adaptive_weight=True)
 
