@@ -11,11 +11,13 @@ Variants (``--config=configs/audio/speech_tiny.py:VARIANT``, comma-separated):
   ``seanet``: the SEANet encoder/decoder (strides 8, 5, 4, 16 filters, no LSTM) instead of the frame-rate one.
   ``gan``  : adds the multi-scale STFT discriminator (hinge + feature matching) from step 400.
   ``smoke``: 10 steps of a smaller model on the 'tiny' data config, for tests.
+  ``coarse``: 50 frames/s (hop 320, n_fft 1280: the same 4-hop, now 80 ms, Hann window), same 4 levels x 64 codes
+           (1.2 kbit/s; 0.3 kbit/s at 1 level): half the tokens per second of audio for the TEAL LM.
 """
 
 from teal_jax.config import base_config
 
-VARIANTS = ("gan", "seanet", "smoke")
+VARIANTS = ("coarse", "gan", "seanet", "smoke")
 
 
 def get_config(arg: str | None = None):
@@ -29,14 +31,16 @@ def get_config(arg: str | None = None):
     m = c.model
     m.sample_rate = 16000
     m.channels = 1
-    m.ratios = (4, 5, 8)  # hop 160; the SEANet decoder's order (its encoder downsamples by 8, 5, 4)
+    coarse = "coarse" in variants
+    # hop 160 (320 coarse); the SEANet decoder's order (its encoder downsamples by 8, 5, 4 (, 2))
+    m.ratios = (2, 4, 5, 8) if coarse else (4, 5, 8)
     m.hidden_size = 64
     m.causal = False
     m.pad_mode = "reflect"
     m.encoder = "seanet" if "seanet" in variants else "stft"
     m.decoder = "seanet" if "seanet" in variants else "istft"
     # frame-rate codec
-    m.n_fft = 640  # 4 hops: 40 ms Hann windows
+    m.n_fft = 4 * 320 if coarse else 4 * 160  # 4 hops: 80 ms / 40 ms Hann windows
     m.frame_dim = 32 if smoke else 128
     m.frame_mlp_ratio = 3
     m.frame_kernel_size = 7

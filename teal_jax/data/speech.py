@@ -8,8 +8,14 @@ dataset (array_record, no TensorFlow), and grain pipelines for codec training an
     label: the spoken digit 0..9 for single-digit utterances, -1 otherwise (the word classifier's target)
     voice, rate, pitch: how it was spoken
 
-Splits: ``'train'`` uses the variants ``TRAIN_VARIANTS``; ``'test'`` uses only ``HELDOUT_VARIANTS`` (voices never
-heard in training), each combined with an English accent from ``LANGUAGES``. Everything is seeded and deterministic.
+Splits: ``'train'`` uses the variants ``TRAIN_VARIANTS`` (config ``'medium'``: also ``EXTRA_TRAIN_VARIANTS``);
+``'test'`` uses only ``HELDOUT_VARIANTS`` (voices never heard in training), each combined with an English accent from
+``LANGUAGES``. Everything is seeded and deterministic. Configs (train / test clips):
+
+    small:  8 variants, digits x8 + 400 others (half number words, half phrases) / held-out digits x4 + 80 others
+    medium: 42 variants, digits x12 + 400 others (80% number words), wider rate and pitch / the same test split as
+            'small' (more clips fit TEAL's 1 s span: few phrases, mostly single words)
+    tiny:   digits x1 + 8 others / digits x1 + 4 others (tests)
 
 Read back with :func:`make_speech_iterator` (``tfds.data_source`` + grain): fixed-length random crops (train) or
 start-aligned crops padded with zeros (eval), as ``{'audio': int16 [batch, crop], 'length': int32 [batch],
@@ -35,6 +41,18 @@ DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 LANGUAGES = ("en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc")
 TRAIN_VARIANTS = ("m1", "m2", "m3", "m5", "m6", "f1", "f2", "f4")
 HELDOUT_VARIANTS = ("m4", "m7", "f3", "f5")
+# More espeak-ng voice variants (files in the wheel's espeak-ng-data/voices/!v; an unknown name silently falls back
+# to the default voice, so tests check they exist) for config 'medium'. Left out: the held-out ones; m8, Nguyen and
+# robosoft* (near copies of m7's formant table); echo/whisper/robot effects (RicishayMax*, whisper*, caleb, croak,
+# Demonic, UniRobot, anikaRobot, announcer); 'Storm' (sets its own language); the klatt1..6 test voices.
+EXTRA_TRAIN_VARIANTS = ("Alex", "Andy", "Annie", "Denis", "Gene", "Mike", "Michael", "adam", "anika", "antonio",
+                        "aunty", "belinda", "benjamin", "boris", "david", "ed", "edward", "grandma", "grandpa",
+                        "gustave", "iven", "linda", "max", "michel", "paul", "pedro", "quincy", "rob", "robert",
+                        "sandro", "steph", "travis", "victor", "zac")
+EXCLUDED_VARIANTS = ("m8", "Nguyen", "robosoft", "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6",
+                     "robosoft7", "robosoft8")
+RATE_RANGE = (120, 230)  # espeak words/min, inclusive; the test split's (and 'small' train's) range
+PITCH_RANGE = (20, 80)  # espeak pitch 0..100, inclusive
 _TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 _TEENS = ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
           "nineteen")
@@ -55,11 +73,29 @@ def number_words(n: int) -> str:
     return _TENS[t - 2] + ("" if u == 0 else " " + DIGITS[u])
 
 
-def utterance_plan(split: str, *, digit_repeats: int, others: int, seed: int = 0) -> list[dict[str, Any]]:
-    """The (text, label, voice, rate, pitch) of every example of ``split`` ('train' or 'test'), deterministic."""
+def utterance_plan(split: str, *, digit_repeats: int, others: int, seed: int = 0,
+                   variants: Sequence[str] | None = None, rate_range: tuple[int, int] = RATE_RANGE,
+                   pitch_range: tuple[int, int] = PITCH_RANGE, phrase_share: float = 0.5) -> list[dict[str, Any]]:
+    """The (text, label, voice, rate, pitch) of every example of ``split`` ('train' or 'test'), deterministic.
+
+    Each of ``digit_repeats`` rounds speaks every digit once per variant (accents cycle through ``LANGUAGES``);
+    then ``others`` number words 10..99 or, with probability ``phrase_share``, short phrases with digits. variants:
+    default ``TRAIN_VARIANTS`` / ``HELDOUT_VARIANTS``; a train split may never use a held-out variant. The
+    defaults reproduce the original plan draw for draw.
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}: choose 'train' or 'test'")
-    variants = TRAIN_VARIANTS if split == "train" else HELDOUT_VARIANTS
+    if variants is None:
+        variants = TRAIN_VARIANTS if split == "train" else HELDOUT_VARIANTS
+    variants = tuple(variants)
+    if not variants:
+        raise ValueError("utterance_plan: no voice variants")
+    if split == "train" and set(variants) & set(HELDOUT_VARIANTS):
+        raise ValueError(f"utterance_plan: held-out variants {sorted(set(variants) & set(HELDOUT_VARIANTS))} "
+                         "in the train split")
+    if not (0.0 <= phrase_share <= 1.0 and rate_range[0] <= rate_range[1] and pitch_range[0] <= pitch_range[1]):
+        raise ValueError(f"utterance_plan: bad phrase_share={phrase_share}, rate_range={rate_range} or "
+                         f"pitch_range={pitch_range}")
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     plan = []
 
@@ -67,7 +103,8 @@ def utterance_plan(split: str, *, digit_repeats: int, others: int, seed: int = 0
         return f"{LANGUAGES[rng.integers(len(LANGUAGES))]}+{variants[rng.integers(len(variants))]}"
 
     def style():
-        return int(rng.integers(120, 231)), int(rng.integers(20, 81))
+        return (int(rng.integers(rate_range[0], rate_range[1] + 1)),
+                int(rng.integers(pitch_range[0], pitch_range[1] + 1)))
 
     for rep in range(digit_repeats):
         for v in variants:
@@ -77,7 +114,7 @@ def utterance_plan(split: str, *, digit_repeats: int, others: int, seed: int = 0
                 plan.append(dict(text=DIGITS[d], label=d, voice=f"{lang}+{v}", rate=rate, pitch=pitch))
     for _ in range(others):
         rate, pitch = style()
-        if rng.random() < 0.5:
+        if rng.random() < 1.0 - phrase_share:  # 0.5 for the default: the original draw
             text = number_words(int(rng.integers(10, 100)))
         else:
             d, e, f = (DIGITS[int(i)] for i in rng.integers(0, 10, 3))
@@ -108,9 +145,21 @@ def synthesize(text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
 
 
 class SpokenWordsConfig(tfds.core.BuilderConfig):
-    def __init__(self, *, name: str, digit_repeats: tuple[int, int], others: tuple[int, int], **kwargs):
-        super().__init__(name=name, description=f"digits x{digit_repeats}, {others} other utterances", **kwargs)
+    """(train, test) digit repeats and other utterances; ``train_plan``: extra ``utterance_plan`` arguments of the
+    train split (more variants, wider rate/pitch, phrase share). The test split always uses the defaults."""
+
+    def __init__(self, *, name: str, digit_repeats: tuple[int, int], others: tuple[int, int],
+                 train_plan: dict[str, Any] | None = None, description: str | None = None, **kwargs):
+        super().__init__(name=name, description=description or f"digits x{digit_repeats}, {others} other utterances",
+                         **kwargs)
         self.digit_repeats, self.others = digit_repeats, others
+        self.train_plan = dict(train_plan or {})
+
+    def plan(self, split: str) -> list[dict[str, Any]]:
+        """The utterance plan of ``split`` ('train' or 'test')."""
+        i = {"train": 0, "test": 1}[split]
+        extra = self.train_plan if split == "train" else {}
+        return utterance_plan(split, digit_repeats=self.digit_repeats[i], others=self.others[i], **extra)
 
 
 class SpokenWords(tfds.core.GeneratorBasedBuilder):
@@ -121,6 +170,12 @@ class SpokenWords(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         SpokenWordsConfig(name="small", digit_repeats=(8, 4), others=(400, 80)),
         SpokenWordsConfig(name="tiny", digit_repeats=(1, 1), others=(8, 4)),  # tests
+        SpokenWordsConfig(
+            name="medium", digit_repeats=(12, 4), others=(400, 80),
+            train_plan=dict(variants=TRAIN_VARIANTS + EXTRA_TRAIN_VARIANTS, rate_range=(110, 250),
+                            pitch_range=(10, 90), phrase_share=0.2),
+            description="42 training voice variants, digits x12, 400 others (20% phrases), wider rate/pitch; "
+                        "the test split as 'small'"),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -139,12 +194,7 @@ class SpokenWords(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download: espeak-ng ships in the espeakng-loader wheel
         c = self.builder_config
-        return {
-            "train": self._generate_examples(utterance_plan("train", digit_repeats=c.digit_repeats[0],
-                                                            others=c.others[0])),
-            "test": self._generate_examples(utterance_plan("test", digit_repeats=c.digit_repeats[1],
-                                                           others=c.others[1])),
-        }
+        return {split: self._generate_examples(c.plan(split)) for split in ("train", "test")}
 
     def _generate_examples(self, plan):
         for i, u in enumerate(plan):
@@ -153,10 +203,14 @@ class SpokenWords(tfds.core.GeneratorBasedBuilder):
                       "rate": u["rate"], "pitch": u["pitch"]}
 
 
+CONFIG_NAMES = tuple(c.name for c in SpokenWords.BUILDER_CONFIGS)
+
+
 def build_spoken_words(data_dir: str, config: str = "small") -> SpokenWords:
     """Builds (once; later calls reuse the files) and returns the builder."""
-    if config not in ("small", "tiny"):
-        raise ValueError(f"data.config={config!r}: the spoken_words builder has configs 'small' and 'tiny'")
+    if config not in CONFIG_NAMES:
+        raise ValueError(f"data.config={config!r}: the spoken_words builder has configs "
+                         f"{', '.join(repr(n) for n in CONFIG_NAMES)}")
     os.makedirs(data_dir, exist_ok=True)
     builder = SpokenWords(data_dir=data_dir, config=config, file_format="array_record")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
