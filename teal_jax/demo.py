@@ -6,13 +6,16 @@
 Stages, in order (each trains through the one trainer into ``<workdir>/<stage>/`` and is skipped when it has
 finished, so re-running the command resumes where it stopped, mid-stage from the newest checkpoint):
   text_lm            a small Llama-shaped LM on the generated English corpus (its SentencePiece model first)
-  image_tokenizer    the image tokenizer on scikit-learn's handwritten digits (configs/image/digits_tiny.py)
-  audio_codec        the neural audio codec on espeak-ng speech (configs/audio/speech_tiny.py)
-  teal_stage1        TEAL with the text LM frozen: non-text rows, heads (configs/teal/demo.py)
+  image_tokenizer    the coarse image tokenizer on scikit-learn's handwritten digits (digits_tiny.py:coarse,
+                     4 x 4 codes over 64)
+  audio_codec        the neural audio codec on espeak-ng speech (speech_tiny.py:coarse, 50 frames/s)
+  teal_expert        the frozen LM with modality experts: its own attention/MLP weights at image/audio positions,
+                     text untouched (configs/teal/demo.py:expert): the main result
+  teal_stage1        strict TEAL with the text LM frozen: non-text rows, heads, span positions (configs/teal/demo.py)
   teal_stage2        + bias/norm tuning, starting from stage 1 (configs/teal/demo.py:stage2)
-  ablation_codebook  stage 1 with codebook-initialised non-text embeddings (the paper's ablation), 200 steps
-  ablation_full      stage 1's data with full fine-tuning (frozen vs not), 200 steps; both are compared with stage
-                     1's own checkpoint at step 200
+  ablation_codebook  stage 1 with codebook-initialised non-text embeddings (the paper's ablation)
+  ablation_full      stage 1's data with full fine-tuning (frozen vs not); the ablations train ABLATION_STEPS and are
+                     compared with stage 1's own checkpoint at that step
   evaluate           held-out evaluation of every TEAL run, samples (PNG/WAV) and ``<workdir>/report.md`` + plots
 
 The shared data (digits, speech) is built once under ``<workdir>/data``.
@@ -58,14 +61,16 @@ def text_lm_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
 
 
 def image_tokenizer_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
-    c = _config("configs.image.digits_tiny", "smoke" if variant == "quick" else None)
+    c = _config("configs.image.digits_tiny", "coarse,smoke" if variant == "quick" else "coarse")
     c.data.data_dir = os.path.join(workdir, "data")
     return c
 
 
 def audio_codec_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
-    c = _config("configs.audio.speech_tiny", "smoke" if variant == "quick" else None)  # default: 1,200 steps
+    c = _config("configs.audio.speech_tiny", "coarse,smoke" if variant == "quick" else "coarse")
     c.data.data_dir = os.path.join(workdir, "data")
+    if variant != "quick":  # the TEAL stages' speech (configs/teal/demo.py), so the codec and its judge see it too
+        c.data.config = "medium"
     return c
 
 
@@ -88,6 +93,10 @@ def teal_stage1_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
         c.train.checkpoint_every = ABLATION_STEPS
         c.train.keep_checkpoints = max(c.train.keep_checkpoints, -(-c.train.steps // ABLATION_STEPS))
     return c
+
+
+def teal_expert_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
+    return _teal_config(variant, workdir, "expert")
 
 
 def teal_stage2_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
@@ -122,6 +131,7 @@ TRAIN_STAGES: dict[str, Callable[[str, str], ml_collections.ConfigDict]] = {
     "text_lm": text_lm_config,
     "image_tokenizer": image_tokenizer_config,
     "audio_codec": audio_codec_config,
+    "teal_expert": teal_expert_config,
     "teal_stage1": teal_stage1_config,
     "teal_stage2": teal_stage2_config,
     "ablation_codebook": ablation_codebook_config,
@@ -130,11 +140,12 @@ TRAIN_STAGES: dict[str, Callable[[str, str], ml_collections.ConfigDict]] = {
 STAGE_ORDER = (*TRAIN_STAGES, "evaluate")
 # What a stage needs to have finished first.
 REQUIRES = {
+    "teal_expert": ("text_lm", "image_tokenizer", "audio_codec"),
     "teal_stage1": ("text_lm", "image_tokenizer", "audio_codec"),
     "teal_stage2": ("teal_stage1",),
     "ablation_codebook": ("text_lm", "image_tokenizer", "audio_codec"),
     "ablation_full": ("text_lm", "image_tokenizer", "audio_codec"),
-    "evaluate": ("teal_stage1",),
+    "evaluate": ("teal_expert", "teal_stage1"),
 }
 
 

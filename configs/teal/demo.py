@@ -14,6 +14,10 @@ Variants (``--config=configs/teal/demo.py:VARIANT``, comma-separated):
   ``codebook``: non-text embeddings initialised from the tokenizers' code vectors through a learned projection
                 (the paper's ablation; the demo writes the ``.npy`` files from the tokenizers).
   ``full``    : full fine-tuning (the LM is not frozen): the ablation against the frozen stages.
+  ``expert``  : modality experts (CogVLM-style): the frozen LM gets its own trainable copies of the attention
+                projections and the MLP used only at non-text positions (``model.stage='frozen_expert'``); text
+                positions run through the original weights, so text-only inputs give the base LM's logits bit for
+                bit.
   ``quick``   : a few steps on the tiny data (CI runs the whole demo with it).
 """
 
@@ -23,7 +27,13 @@ from configs.lm import tiny as tiny_lm
 from teal_jax.config import base_config
 from teal_jax.data import teal_data
 
-_VARIANTS = {"stage2", "codebook", "full", "quick"}
+# The demo's tokenizers (teal_jax.demo): digits_tiny:coarse (4 x 4 codes over FSQ [4, 4, 4]) and
+# speech_tiny:coarse (50 frames/s, RVQ levels of 64 codes, the first level kept); one 1 s span per clip.
+IMAGE_CODES, IMAGE_TOKENS = 64, 16
+AUDIO_CODES, AUDIO_LEVELS, AUDIO_SECONDS, AUDIO_FRAME_RATE = 64, 4, 1.0, 50
+AUDIO_FRAMES = int(AUDIO_SECONDS * AUDIO_FRAME_RATE)
+
+_VARIANTS = {"stage2", "codebook", "full", "expert", "quick"}
 
 
 def get_config(arg: str | None = None):
@@ -44,27 +54,37 @@ def get_config(arg: str | None = None):
         "norm_eps", "qk_norm", "tie_embeddings", "attention_impl", "remat_policy", "max_decode_len")})
     c.model.lm.max_decode_len = 512
     c.model.lm.use_bias = "stage2" in variants
+    c.model.lm.expert_attention = "expert" in variants
+    c.model.lm.expert_mlp = "expert" in variants
     c.model.vocab = ml_collections.ConfigDict(dict(
-        image_codebook_size=200,  # digits_tiny: FSQ [8, 5, 5]
-        audio_codebook_size=64,  # speech_tiny
-        audio_num_levels=4,
+        image_codebook_size=IMAGE_CODES,
+        audio_codebook_size=AUDIO_CODES,
+        audio_num_levels=AUDIO_LEVELS,
         audio_scheme="first_levels",  # one id per 10 ms frame: the coarsest RVQ level carries the words
         audio_keep_levels=1,
         pad_multiple=128))
     c.model.embedding_init = "codebook" if "codebook" in variants else "random"
-    c.model.image_code_dim = 3 if "codebook" in variants else 0  # FSQ grid values
+    c.model.image_code_dim = 3 if "codebook" in variants else 0  # FSQ grid values (3 levels)
     c.model.audio_code_dim = 64 if "codebook" in variants else 0  # the codec's latent width (hidden_size)
     c.model.image_codebook = ml_collections.config_dict.placeholder(str)
     c.model.audio_codebook = ml_collections.config_dict.placeholder(str)
-    c.model.stage = "full" if "full" in variants else ("frozen_stage2" if "stage2" in variants else "frozen_stage1")
+    c.model.stage = ("full" if "full" in variants else "frozen_stage2" if "stage2" in variants
+                     else "frozen_expert" if "expert" in variants else "frozen_stage1")
+    # Learned span positions (the grid cell of an image code, the frame of an audio code): h*w and frames*levels.
+    c.model.image_span_len = IMAGE_TOKENS
+    c.model.audio_span_len = AUDIO_FRAMES
+    # New rows and head columns start at the spread of the LM's own (a trained tiny LM's rows are far above 0.02).
+    c.model.nontext_init = "match_lm"
     c.model.base_lm_workdir = ml_collections.config_dict.placeholder(str)
     c.model.base_lm_hf = ml_collections.config_dict.placeholder(str)
     c.model.z_loss = 0.0
     c.model.loss_weights = ml_collections.ConfigDict(dict(text=1.0, special=1.0, image=1.0, audio=1.0))
 
     c.data = teal_data.default_task_data_config()  # every field, so each can be overridden on the command line
-    c.data.audio_source.config = "tiny" if quick else "small"
-    c.data.audio_seconds = 1.0
+    # 'medium': 42 training voices, 5,371 training clips that fit the 1 s span ('small': 8 voices, 938 clips);
+    # the held-out split (4 unseen voices) is the same.
+    c.data.audio_source.config = "tiny" if quick else "medium"
+    c.data.audio_seconds = AUDIO_SECONDS
     c.data.tasks = ml_collections.ConfigDict(dict(caption=1.0, t2i=1.0, asr=1.0, tts=1.0, lm=0.5, reason_t2i=0.5,
                                                   reason_tts=0.5))
     c.data.cond_dropout = 0.1

@@ -136,6 +136,12 @@ class SpeechClassifier:
             return cls(flax.serialization.msgpack_restore(f.read()), width=width)
 
 
+def cache_dir(data_dir: str, builder_config: str) -> str:
+    """Where the judge trained on ``spoken_words/<builder_config>`` is cached under a data dir (one per builder
+    config: a data dir may hold several, and a judge trained on one must not be read back for another)."""
+    return os.path.join(data_dir, "classifier" if builder_config == "small" else f"classifier_{builder_config}")
+
+
 def train_or_load(directory: str, train_audio: np.ndarray, train_labels: np.ndarray, **kwargs) -> SpeechClassifier:
     """Loads ``directory/speech_classifier.msgpack`` if present, else trains on the clean audio and saves it."""
     if os.path.exists(os.path.join(directory, FILENAME)):

@@ -210,10 +210,11 @@ class AudioCodecObjective(Objective):
         """The independent spoken-word classifier (spoken_words data only), trained once on clean training audio."""
         if self._classifier is None:
             from teal_jax.data.speech import load_clips
-            from teal_jax.evaluate.speech_classifier import train_or_load
+            from teal_jax.evaluate.speech_classifier import cache_dir, train_or_load
 
             clips = load_clips(self._source("train"), max_samples=16000, labelled_only=True)
-            self._classifier = train_or_load(os.path.join(self._data_dir(), "classifier"), clips["audio"],
+            where = cache_dir(self._data_dir(), self.config.data.get("config", "small"))
+            self._classifier = train_or_load(where, clips["audio"],
                                              clips["label"], steps=int(self.config.data.get("classifier_steps", 500)))
         return self._classifier
 

@@ -157,9 +157,9 @@ def match_lm_scale(params: Any, init_std: float) -> Any:
     head (the embedding table when tied). New rows then start where the LM's text rows live instead of far
     below them (a trained tiny LM's rows are several times init_std)."""
     lm = nn.unbox(params["lm"])
-    emb_std = float(np.std(np.asarray(lm["embed"]["embedding"], np.float64)))
+    emb_std = jnp.std(jnp.asarray(lm["embed"]["embedding"], jnp.float32))  # traced: init may run under jit
     head = lm["lm_head"]["kernel"] if "lm_head" in lm else lm["embed"]["embedding"]
-    head_std = float(np.std(np.asarray(head, np.float64)))
+    head_std = jnp.std(jnp.asarray(head, jnp.float32))
     out = dict(params)
     for key in params:
         if key == "lm" or key.endswith("_codebook") or key.endswith("_proj") or key.endswith("_span_pos"):
