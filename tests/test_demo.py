@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import teal_jax
+from teal_jax import demo_report as R
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("text_lm", "image_tokenizer", "audio_codec", "teal_stage1", "teal_stage2", "ablation_codebook",
@@ -41,7 +42,9 @@ def test_every_stage_runs_and_the_report_holds_every_figure(demo):
     results = json.loads((workdir / "evaluate" / "results.json").read_text())
     keys = {"caption_accuracy", "t2i_accuracy", "asr_wer", "tts_accuracy", "reasoning_image_accuracy",
             "reasoning_speech_accuracy", "text_ppl"}
-    assert set(results["runs"]) == {"teal_stage1", "teal_stage2", "ablation_codebook", "ablation_full"}
+    trained = {r for r in R.TEAL_RUNS if (workdir / r / "stage_result.json").exists()}
+    assert {"teal_stage1", "teal_stage2", "ablation_codebook", "ablation_full"} <= trained
+    assert set(results["runs"]) == trained  # every finished TEAL run is evaluated
     for run, figs in results["runs"].items():
         assert keys <= set(figs), run
         for k in keys - {"asr_wer", "text_ppl"}:
@@ -54,13 +57,33 @@ def test_every_stage_runs_and_the_report_holds_every_figure(demo):
     # Full fine-tuning moves the LM.
     assert results["text"]["ablation_full"]["bitwise"] is False
 
+    # Guidance: chosen on validation prompts by the lead runs, borrowed from strict TEAL by the others; every
+    # sampling setting is stated.
+    plan = results["sampling"]
+    assert plan["validation_seed"] != plan["seed"]
+    for run in results["runs"]:
+        g = results["guidance"][run]
+        for m in ("image", "audio"):
+            assert g[m]["chosen"] in plan["guidance_scales"], (run, m, g)
+            if run in R.GUIDANCE_TUNED:
+                best = max(g[m]["accuracy"].values())
+                assert g[m]["accuracy"][f"{g[m]['chosen']:g}"] == best, (run, m, g)
+            else:
+                assert g[m]["from"] == "teal_stage1"
+        assert results["timing"][run]["generation_s"] > 0
+
     report = (workdir / "report.md").read_text()
-    for needle in ("## Targets", "captioning accuracy", "ASR word error rate", "text perplexity",
-                   "report/training_curves.png", "report/task_figures.png", "| teal_stage2 |"):
+    for needle in ("## Main result", "## Sampling settings", "captioning accuracy", "ASR word error rate",
+                   "text perplexity", "report/training_curves.png", "report/task_figures.png", "| teal_stage2 |",
+                   "t2i_grid.png", "temperature 0.7", "guidance validation"):
         assert needle in report, needle
     assert (workdir / "report" / "training_curves.png").stat().st_size > 1000
     samples = workdir / "samples" / "teal_stage1"
     assert list((samples / "t2i").glob("*.png")) and list((samples / "tts").glob("*.wav"))
+    assert (samples / "t2i" / "t2i_grid.png").exists()
+    assert (samples / "reasoning_image" / "reasoning_image_grid.png").exists()
+    for wav in list((samples / "tts").glob("*.wav")) + list((samples / "reasoning_speech").glob("*.wav")):
+        assert wav.with_suffix(".png").exists(), wav  # the spectrogram beside each WAV
     assert (samples / "caption" / "captions.tsv").exists() and (samples / "asr" / "asr.tsv").exists()
 
 

@@ -124,7 +124,7 @@ def tones(n: int, samples: int, seed: int = 0) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * rng.uniform(200, 800, (n, 1)) * t)).astype(np.float32)
 
 
-TEXTS = ["seven", "draw the sum of two and three"]
+TEXTS = ["seven", "the sum of two and three is"]
 NO_SPANS = teal_generate.SpanConfig()
 
 

@@ -107,7 +107,8 @@ def test_generation_metrics_prompts_and_counts(tmp_path):
     assert prompts == [w for w in DIGITS for _ in range(2)] and kw == {"guidance_scale": 3.0, "seed": 4}
     assert r["accuracy"] == 1.0 and r["n"] == 20 and r["per_class"] == {w: 1.0 for w in DIGITS}
     assert np.trace(np.asarray(r["confusion"])) == 20
-    assert len([f for f in os.listdir(tmp_path) if f.endswith(".png")]) == 20 and (tmp_path / "t2i.tsv").exists()
+    assert len([f for f in os.listdir(tmp_path) if f.endswith(".png")]) == 21 and (tmp_path / "t2i.tsv").exists()
+    assert (tmp_path / "t2i_grid.png").stat().st_size > 1000  # 20 samples + the grid
 
     model.asked.clear()
     pairs = ((0, 7), (3, 0), (4, 5))
@@ -129,10 +130,11 @@ def test_generation_metrics_prompts_and_counts(tmp_path):
     model.sample_rate = 8000  # resampled to the classifier's 16 kHz
     r = E.reasoning_speech_accuracy(model, SpeechStub(), pairs=((1, 2), (0, 9)), per_pair=1,
                                     sample_dir=str(tmp_path / "s"))
-    assert model.asked[0][1] == ["say the sum of one and two", "say the sum of zero and nine"]
+    assert model.asked[0][1] == ["the sum of one and two is", "the sum of zero and nine is"]
     assert seen == [(2, 8000)] and r["accuracy"] == 0.5 and r["n"] == 2
-    assert sorted(os.listdir(tmp_path / "s")) == ["reasoning_speech.tsv", "reasoning_speech_000_three_as_three.wav",
-                                                 "reasoning_speech_001_nine_as_three.wav"]
+    assert sorted(os.listdir(tmp_path / "s")) == [  # a spectrogram beside each WAV
+        "reasoning_speech.tsv", "reasoning_speech_000_three_as_three.png", "reasoning_speech_000_three_as_three.wav",
+        "reasoning_speech_001_nine_as_three.png", "reasoning_speech_001_nine_as_three.wav"]
     model.asked.clear()
     r = E.tts_accuracy(model, SpeechStub(), per_class=1, prompt_format="say {word}")
     assert model.asked[0][1] == [f"say {w}" for w in DIGITS] and r["accuracy"] == 0.1
@@ -169,8 +171,8 @@ def test_metrics_on_the_tiny_model(model, tmp_path):
     r = E.image_prompt_accuracy(model, BrightnessClassifier(), TEXTS, [7, 5], sample_dir=str(tmp_path / "img"),
                                 seed=1)
     assert r["n"] == 2 and sum(map(sum, r["confusion"])) == 2
-    pngs = sorted(f for f in os.listdir(tmp_path / "img") if f.endswith(".png"))
-    assert len(pngs) == 2 and pngs[0].startswith("t2i_000_seven_as_")
+    pngs = sorted(f for f in os.listdir(tmp_path / "img") if f.endswith(".png") and f != "t2i_grid.png")
+    assert len(pngs) == 2 and pngs[0].startswith("t2i_000_seven_as_") and (tmp_path / "img" / "t2i_grid.png").exists()
 
     class SpeechStub:
         def predict(self, audio):
@@ -179,11 +181,11 @@ def test_metrics_on_the_tiny_model(model, tmp_path):
 
     r = E.speech_prompt_accuracy(model, SpeechStub(), TEXTS, [7, 5], sample_dir=str(tmp_path / "wav"),
                                  temperature=0.8, top_k=20, seed=2)
-    assert r["accuracy"] == 0.5 and len(os.listdir(tmp_path / "wav")) == 3
+    assert r["accuracy"] == 0.5 and len(os.listdir(tmp_path / "wav")) == 5  # tsv, 2 WAVs, 2 spectrograms
 
 
 def test_text_perplexity_bitwise_and_against_a_direct_computation(model):
-    texts = ["one two three", "seven", "draw the sum of two and three"]
+    texts = ["one two three", "seven", "the sum of two and three is"]
     base = model.params["lm"]
     r = E.text_perplexity(model, texts, base_lm_params=base, batch_size=2)  # 2 batches, the last padded
     assert r["logits_bitwise_equal"] and r["max_abs_logit_diff"] == 0.0
@@ -230,7 +232,7 @@ def test_base_lm_params_from_the_runs_base_workdir(model, tmp_path):
     cfg = p["config"].copy_and_resolve_references()
     cfg.model.base_lm_workdir = str(tmp_path / "base")
     m = TealModel(p["teal_config"], p["params"], p["text"], run_config=cfg)
-    r = E.text_perplexity(m, ["one two three", "seven", "draw the sum of two and three"], batch_size=2)
+    r = E.text_perplexity(m, ["one two three", "seven", "the sum of two and three is"], batch_size=2)
     assert r["logits_bitwise_equal"] and r["base_ppl"] == r["teal_ppl"]
     other = p["image_run"].copy_and_resolve_references()
     ckpt = Checkpointer(str(tmp_path / "img"), async_save=False)
@@ -268,3 +270,138 @@ def test_likelihood_conditioning_metrics_against_a_direct_computation(model):
     assert r["accuracy"] == pytest.approx(np.mean(table.argmin(1) == np.asarray(labels)))
     with pytest.raises(ValueError, match="t2i_likelihood_accuracy"):
         E.t2i_likelihood_accuracy(model, images, [1, 2])
+
+
+# ---- sample grids and spectrograms -------------------------------------------------------------------------------
+def test_image_grid_one_row_per_asked_digit_with_judged_frames(tmp_path):
+    labels = [7, 3, 7, 3, 3, 9]
+    images = np.stack([np.full((6, 5), 10 * (i + 1), np.uint8) for i in range(6)])  # [n, H, W]: grayscale
+    preds = [7, 3, 1, 3, 3, 9]
+    mosaic, rows, right = E.image_grid(images, labels, preds, pad=2)
+    assert rows == [3, 7, 9] and right == [3, 1, 1]
+    ch, cw = 6 + 4, 5 + 4
+    assert mosaic.shape == (3 * ch, 3 * cw, 3) and mosaic.dtype == np.uint8  # 3 rows; 3 = most images of one digit
+    # row 0 = digit 3: images 1, 3, 4 in order, all judged right (green frames)
+    for c, i in enumerate((1, 3, 4)):
+        cell = mosaic[0:ch, c * cw : (c + 1) * cw]
+        assert tuple(cell[0, 0]) == E.GRID_RIGHT and np.all(cell[2:8, 2:7] == 10 * (i + 1))
+    # row 1 = digit 7: image 0 right, image 2 wrong (red); its third cell is blank
+    assert tuple(mosaic[ch, 0]) == E.GRID_RIGHT and tuple(mosaic[ch, cw]) == E.GRID_WRONG
+    assert np.all(mosaic[ch : 2 * ch, 2 * cw :] == 255)
+    # no predictions: white frames; float images in [0, 1] become uint8
+    mosaic, rows, right = E.image_grid(np.ones((2, 4, 4, 1), np.float32), [0, 0])
+    assert mosaic.shape == (8, 16, 3) and rows == [0] and right == [0] and np.all(mosaic == 255)
+    with pytest.raises(ValueError, match="non-empty"):
+        E.image_grid(np.zeros((0, 4, 4), np.uint8), [])
+    with pytest.raises(ValueError, match="2 examples but 1 labels"):
+        E.image_grid(np.zeros((2, 4, 4), np.uint8), [1])
+
+    path = E.write_image_grid(str(tmp_path / "g" / "grid.png"), np.zeros((20, 32, 32, 1), np.uint8),
+                              [d for d in range(10) for _ in range(2)], [0] * 20, title="t2i")
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    assert w >= 2 * 36 and h >= 10 * 36  # at least the mosaic's pixels: 10 rows x 2 samples of 32 + 2 * 2
+
+
+def test_spectrogram_shape_and_a_tone_lands_in_its_bin(tmp_path):
+    rate = 16000
+    t = np.arange(rate) / rate
+    wave = (0.5 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32)
+    db = E.spectrogram(wave, rate)
+    n_fft, hop = 512, 64  # 32 ms at 16 kHz
+    assert db.shape == (n_fft // 2 + 1, 1 + (rate - n_fft) // hop)
+    assert db.max() == 0.0 and db.min() >= -80.0
+    assert int(np.argmax(db.mean(1))) == round(1000 * n_fft / rate)  # bin 32
+    img = E.spectrogram_image(wave, rate)
+    assert img.shape == db.shape + (3,) and img.dtype == np.uint8
+    row = db.shape[0] - 1 - 32  # low frequencies at the bottom
+    assert img[row].astype(int).sum() > img[5].astype(int).sum()
+    assert E.spectrogram(np.zeros(100), 8000).shape == (129, 1)  # shorter than a window: padded
+    path = E.write_spectrogram(str(tmp_path / "a" / "s.png"), wave, rate)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.size == (db.shape[1], db.shape[0]) and im.mode == "RGB"
+    with pytest.raises(ValueError, match="NaN"):
+        E.spectrogram(np.array([0.0, np.nan]), rate)
+
+
+# ---- guidance chosen on validation prompts ------------------------------------------------------------------------
+class GuidedStub(StubModel):
+    """Draws / says the right answer (the digit prompt's digit, or a + b of a sum question) only at ``best`` guidance;
+    at ``partly`` for digit prompts only; otherwise one off. Records every call."""
+
+    def __init__(self, best: float, partly: float | None = None):
+        super().__init__()
+        self.best, self.partly = best, partly
+
+    @staticmethod
+    def answer(text: str) -> int:
+        w = E.words(text)
+        if w[:3] == ["the", "sum", "of"]:
+            return DIGITS.index(w[3]) + DIGITS.index(w[5])
+        return DIGITS.index(w[0])
+
+    def _digits(self, texts, scale):
+        out = []
+        for t in texts:
+            right = scale == self.best or (scale == self.partly and not t.startswith("the sum"))
+            out.append(self.answer(t) if right else (self.answer(t) + 1) % 10)
+        return out
+
+    def generate_image(self, texts, *, guidance_scale=1.0, seed=0, **kw):
+        self.asked.append(("t2i", list(texts), dict(kw, guidance_scale=guidance_scale, seed=seed)))
+        return np.stack([np.full((8, 8, 1), 20 * d, np.uint8) for d in self._digits(texts, guidance_scale)])
+
+    def generate_speech(self, texts, *, guidance_scale=1.0, seed=0, **kw):
+        self.asked.append(("tts", list(texts), dict(kw, guidance_scale=guidance_scale, seed=seed)))
+        return np.stack([np.full(800, 0.01 * (d + 1), np.float32) for d in self._digits(texts, guidance_scale)])
+
+
+class LoudnessClassifier:
+    def predict(self, audio):
+        return np.round(np.asarray(audio, np.float64).mean(1) * 100 - 1).astype(int)
+
+
+HELD_OUT_QUESTIONS = {T.sum_question(a, b, m) for a, b in T.REASONING_EVAL_PAIRS for m in ("image", "audio")}
+
+
+@pytest.mark.parametrize("modality,judge", [("image", BrightnessClassifier()), ("audio", LoudnessClassifier())])
+def test_choose_guidance_picks_the_best_validation_scale_and_never_sees_held_out_prompts(modality, judge):
+    model = GuidedStub(best=2.0, partly=3.0)
+    r = E.choose_guidance(model, judge, modality, scales=(3, 1, 2), seed=7, heldout_seed=0, per_class=2,
+                          pairs=T.REASONING_VALIDATION_PAIRS[:10], temperature=0.7, top_p=0.9)
+    assert r["chosen"] == 2.0 and r["scales"] == [1.0, 2.0, 3.0]
+    assert r["accuracy"] == {"1": 0.0, "2": 1.0, "3": pytest.approx(20 / 30)}
+    assert r["digit_accuracy"]["3"] == 1.0 and r["reasoning_accuracy"]["3"] == 0.0
+    assert (r["n"], r["n_digit"], r["n_reasoning"], r["seed"]) == (30, 20, 10, 7)
+    assert [call[2]["guidance_scale"] for call in model.asked] == [1.0, 2.0, 3.0]
+    for _, prompts, kw in model.asked:
+        assert kw["seed"] == 7 and kw["temperature"] == 0.7 and kw["top_p"] == 0.9
+        assert not set(prompts) & HELD_OUT_QUESTIONS and len(prompts) == 30
+        assert [p for p in prompts if p.startswith("the sum")] == [T.sum_question(a, b, modality)
+                                                                   for a, b in T.REASONING_VALIDATION_PAIRS[:10]]
+
+
+def test_pick_guidance_ties_go_to_the_smaller_scale_and_validation_refuses_held_out_data():
+    assert E.pick_guidance({3.0: 0.5, 1.0: 0.5, 2.0: 0.4}) == 1.0
+    assert E.pick_guidance({1.0: 0.1, 2.0: 0.6, 3.0: 0.6}) == 2.0
+    with pytest.raises(ValueError, match="no scores"):
+        E.pick_guidance({})
+    prompts, labels, reasoning = E.validation_prompts("image", per_class=1, pairs=[(1, 2)])
+    assert prompts == list(DIGITS) + ["the sum of one and two is"] and labels == [*range(10), 3]
+    assert reasoning.tolist() == [False] * 10 + [True]
+    with pytest.raises(ValueError, match=r"\(3, 4\)\] are held-out"):
+        E.validation_prompts("image", pairs=[(1, 2), (3, 4)])
+    model = GuidedStub(best=1.0)
+    with pytest.raises(ValueError, match="held-out evaluation's"):
+        E.choose_guidance(model, BrightnessClassifier(), "image", seed=0, heldout_seed=0)
+    with pytest.raises(ValueError, match="not in \\*\\*sampling"):
+        E.choose_guidance(model, BrightnessClassifier(), "image", seed=1, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="positive"):
+        E.choose_guidance(model, BrightnessClassifier(), "image", seed=1, scales=(0.0, 1.0))
+    with pytest.raises(ValueError, match="modality"):
+        E.choose_guidance(model, BrightnessClassifier(), "video", seed=1)
+    assert model.asked == []  # every check runs before any sampling

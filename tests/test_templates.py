@@ -92,12 +92,44 @@ def test_reasoning_pairs_are_disjoint_cover_every_sum_and_answer_with_a_digit():
     assert len(T.SUM_PAIRS) == 55
     assert {a + b for a, b in train} == set(range(10))  # every answer digit is a training target
     assert len({a + b for a, b in held}) >= 5  # held-out prompts ask for several different answers
-    q = T.sum_question(3, 4, "image")
-    assert q == "draw the sum of three and four" and T.sum_question(0, 9, "audio") == "say the sum of zero and nine"
+    # the question ends where the text corpus states the answer ("the sum of three and four is seven.")
+    assert T.sum_question(3, 4, "image") == "the sum of three and four is"
+    assert T.sum_question(0, 9, "audio") == "the sum of zero and nine is"
+    # the modality is told by the task marker and the span opener, not by the text
+    assert all(T.sum_question(a, b, "image") == T.sum_question(a, b, "audio") for a, b in T.SUM_PAIRS)
     with pytest.raises(ValueError, match="not a digit"):
         T.sum_question(5, 5, "image")
     with pytest.raises(ValueError, match="modality"):
         T.sum_question(1, 1, "video")
+
+
+def test_sum_question_is_a_prefix_of_the_text_corpus_sentence():
+    """The frozen LM read 'the sum of a and b is <answer>.' in pretraining: the prompt stops right before the answer."""
+    import random
+
+    from teal_jax.data import text_corpus
+
+    r = random.Random(0)
+    found = 0
+    for _ in range(2000):
+        sentence = text_corpus._arithmetic(r)
+        if not sentence.startswith("the sum of "):
+            continue
+        words = sentence.rstrip(".").split()  # the sum of A and B is C
+        names = [text_corpus.number_to_words(n) for n in range(11)]
+        a, b = names.index(words[3]), names.index(words[5])
+        if a + b <= 9:
+            assert sentence == f"{T.sum_question(a, b, 'image')} {T.DIGITS[a + b]}."
+            found += 1
+    assert found > 20
+
+
+def test_validation_pairs_are_the_training_pairs_round_robin_over_answers():
+    v = T.REASONING_VALIDATION_PAIRS
+    assert sorted(v) == sorted(T.REASONING_TRAIN_PAIRS) and len(v) == len(set(v))
+    assert not set(v) & set(T.REASONING_EVAL_PAIRS)
+    assert [a + b for a, b in v[:10]] == list(range(10))  # the first ten ask for every digit once
+    assert {a + b for a, b in v[:30]} == set(range(10))
 
 
 def test_audio_span_and_fit_audio():

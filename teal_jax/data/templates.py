@@ -19,10 +19,14 @@ Condition dropout (classifier-free guidance): a t2i/tts example whose condition 
 ``<null> <boi> image <eoi>`` (or ``<null> <boa> audio <eoa>``): precisely ``teal_generate.null_prompt`` of its prompt
 followed by its target, so the unconditional rows the sampler builds are ones the model was trained on.
 
-Reasoning prompts (TEAL's MNIST generation with reasoning): the text of a t2i/tts example is a question whose answer
-is a digit, e.g. ``draw the sum of three and four`` -> an image of 7; ``say the sum of three and four`` -> speech of
-"seven". The frozen text LM has read sums in words during pretraining; adaptation only has to connect its answer to
-the image/audio span. ``REASONING_EVAL_PAIRS`` are never used for training.
+Reasoning prompts (TEAL's MNIST generation with reasoning): the text of a t2i/tts example asks for a digit, e.g.
+``the sum of three and four is`` -> an image of 7 (t2i) or speech of "seven" (tts); the task marker and the span
+opener say which modality answers. The prompt ends where the text LM's corpus (``teal_jax.data.text_corpus``: "the
+sum of three and four is seven.") puts the answer, so the frozen LM's next-token state already holds it: measured on
+the demo's text LM, the answer is its next word after "... is" 15 times in 15, and 1 time in 15 after "draw the sum
+of three and four". Adaptation only has to connect that state to the image/audio span. ``REASONING_EVAL_PAIRS`` are
+never used for training; ``REASONING_VALIDATION_PAIRS`` (a subset of the training pairs) serve for choosing sampling
+settings, so the held-out pairs are touched only by the final evaluation.
 """
 
 from __future__ import annotations
@@ -46,14 +50,36 @@ REASONING_EVAL_PAIRS = ((0, 7), (1, 5), (2, 2), (2, 6), (3, 0), (3, 4), (4, 1), 
 REASONING_TRAIN_PAIRS = tuple(p for p in SUM_PAIRS if p not in REASONING_EVAL_PAIRS)
 
 
+def _round_robin(pairs: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """``pairs`` reordered round-robin over their answers 0..9 (the middle pair of each answer first), so that any
+    prefix is spread over the answer digits."""
+    groups = [sorted(p for p in pairs if p[0] + p[1] == d) for d in range(10)]
+    out = []
+    while any(groups):
+        for g in groups:
+            if g:
+                out.append(g.pop(len(g) // 2))
+    return tuple(out)
+
+
+# The training pairs in the order validation (choosing sampling settings such as the guidance scale) takes them:
+# round-robin over the answers, so the first 10 ask for every digit once. They are training prompts (the model has
+# seen their text): validation chooses settings with them and the held-out pairs alone judge the model.
+REASONING_VALIDATION_PAIRS = _round_robin(REASONING_TRAIN_PAIRS)
+
+
 def sum_question(a: int, b: int, modality: str) -> str:
-    """The reasoning prompt whose answer is the digit a + b: 'draw ...' for images, 'say ...' for speech."""
+    """The reasoning prompt whose answer is the digit a + b, e.g. 'the sum of three and four is' (-> 7).
+
+    It ends in 'is', where the text corpus states the answer ('the sum of three and four is seven.'), so the frozen
+    LM's state at the end of the prompt holds the answer. The text is the same for both modalities: the task marker
+    (``<task:t2i>`` / ``<task:tts>``) and the span opener say whether an image or speech answers; ``modality`` is
+    still checked ('image' or 'audio') so that a caller's mistake is caught."""
     if not (0 <= a <= 9 and 0 <= b <= 9 and a + b <= 9):
         raise ValueError(f"sum_question: {a} + {b} is not a digit")
-    verb = {"image": "draw", "audio": "say"}.get(modality)
-    if verb is None:
+    if modality not in ("image", "audio"):
         raise ValueError(f"sum_question: modality={modality!r}, expected 'image' or 'audio'")
-    return f"{verb} the sum of {DIGITS[a]} and {DIGITS[b]}"
+    return f"the sum of {DIGITS[a]} and {DIGITS[b]} is"
 
 
 Example = tuple[list[int], list[float]]  # (unified ids, loss mask: 1.0 on target tokens)

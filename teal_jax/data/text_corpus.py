@@ -13,7 +13,8 @@ comma-separated) and :func:`read_documents` yields documents from ``.jsonl`` (on
 configurable field) or ``.txt`` (one document a line) files, with errors that name the file, line and field.
 
 The vocabulary helpers (:func:`number_to_words`, :data:`COLOURS`, :data:`SHAPES`, :data:`ANIMALS`) are public: the
-TEAL task templates reuse them for reasoning prompts such as "draw the sum of three and four".
+TEAL task templates ask reasoning prompts in the corpus's own words: "the sum of three and four is" (the corpus
+says "the sum of three and four is seven.").
 """
 
 from __future__ import annotations

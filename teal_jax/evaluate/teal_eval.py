@@ -18,8 +18,13 @@ Definitions (all over the examples given; ``DIGITS = ("zero", ..., "nine")``):
   the corpus) of ``words(hypothesis)`` against ``words(reference)``; also the sentence exact-match rate.
 - **TTS accuracy**: the independent spoken-word classifier (``teal_jax.evaluate.speech_classifier``) on the
   generated speech (resampled to its 16 kHz when the codec's rate differs) equals the prompt's digit.
-- **reasoning accuracy**: prompts ``templates.sum_question(a, b, modality)`` for the held-out
-  ``templates.REASONING_EVAL_PAIRS``; correct iff the classifier (digit / speech) says ``a + b``.
+- **reasoning accuracy**: prompts ``templates.sum_question(a, b, modality)`` ("the sum of three and four is") for
+  the held-out ``templates.REASONING_EVAL_PAIRS``; correct iff the classifier (digit / speech) says ``a + b``.
+- **guidance selection** (:func:`choose_guidance`): the classifier-free guidance scale of a modality is the scale of
+  a small grid (``GUIDANCE_SCALES``) with the highest judged accuracy on a *validation* set: the ten digit prompts and
+  sum questions over ``templates.REASONING_VALIDATION_PAIRS`` (training pairs; a held-out pair is an error), sampled
+  with a seed other than the held-out evaluation's; ties go to the smaller scale. The held-out figures are then
+  measured once, with the chosen scale.
 - **conditioning by likelihood** (no sampling; sensitive where generation is at chance): *caption forced choice*:
   the digit word whose first text id has the highest logit right after the caption prompt equals the label;
   *t2i likelihood accuracy*: ``argmin_d NLL(image codes | t2i prompt of DIGITS[d])`` equals the label, with the
@@ -84,6 +89,18 @@ def _confusion(labels: np.ndarray, predictions: np.ndarray) -> list[list[int]]:
     m = np.zeros((10, 10), np.int64)
     np.add.at(m, (labels, predictions), 1)
     return m.tolist()
+
+
+def _spread(labels: np.ndarray, k: int) -> np.ndarray:
+    """Indices of at most ``k`` examples taken round-robin over the labels (first of each label, then second, ...),
+    sorted: the samples written as files cover every asked digit even when the prompts are digit-major."""
+    y = np.asarray(labels).reshape(-1)
+    rank = np.zeros(len(y), np.int64)  # how many earlier examples share the label
+    for d in np.unique(y):
+        idx = np.nonzero(y == d)[0]
+        rank[idx] = np.arange(len(idx))
+    order = np.lexsort((np.arange(len(y)), rank))
+    return np.sort(order[: max(0, int(k))])
 
 
 def _write_tsv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -174,26 +191,153 @@ def t2i_likelihood_accuracy(model, images, labels, *, prompt_format: str = "{wor
             "nll_null": float(null.mean()), "nll_mean": float(nll.mean())}
 
 
+# ---- generation, judged -------------------------------------------------------------------------------------------
+def _judge_images(model, classifier, prompts: Sequence[str], **sampling) -> tuple[np.ndarray, np.ndarray]:
+    """One generated image per prompt and the digit classifier's reading of it -> (uint8 images, int64 [n])."""
+    images = np.asarray(model.generate_image(list(prompts), **sampling))
+    return images, np.asarray(classifier.predict(images)).astype(np.int64).reshape(-1)
+
+
+def _judge_speech(model, speech_classifier, prompts: Sequence[str], **sampling) -> tuple[np.ndarray, np.ndarray]:
+    """One generated utterance per prompt and the spoken-word classifier's reading of it (resampled to its 16 kHz
+    when the codec's rate differs) -> (float32 [n, samples] at ``model.sample_rate``, int64 [n])."""
+    from teal_jax.evaluate import speech_classifier as sc
+
+    waves = np.asarray(model.generate_speech(list(prompts), **sampling), np.float32)
+    clf_in = waves
+    if model.sample_rate != sc.SAMPLE_RATE:
+        from teal_jax.audio_io import resample
+
+        clf_in = resample(waves, model.sample_rate, sc.SAMPLE_RATE)
+    return waves, np.asarray(speech_classifier.predict(clf_in)).astype(np.int64).reshape(-1)
+
+
+# ---- samples a reader can judge by eye ----------------------------------------------------------------------------
+GRID_RIGHT, GRID_WRONG, GRID_BLANK = (40, 170, 60), (210, 40, 40), (255, 255, 255)
+
+
+def image_grid(images, labels, predictions=None, *, pad: int = 2) -> tuple[np.ndarray, list[int], list[int]]:
+    """Images in one row per asked digit (rows in digit order, only the digits asked; within a row in the order
+    given) -> (uint8 RGB mosaic ``[rows * (H + 2 pad), columns * (W + 2 pad), 3]``, the row digits, how many of each
+    row the classifier judged right). Each image sits in a ``pad``-pixel frame: green where ``predictions`` equals the
+    label, red where not, white without predictions; cells past a row's last image are white. ``columns`` is the
+    largest number of images asked for one digit."""
+    x = np.asarray(images)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[0] == 0 or x.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"image_grid: images must be a non-empty [n, H, W(, 1|3|4)] batch, got shape {x.shape}")
+    if x.dtype != np.uint8:
+        x = np.clip(np.round(np.asarray(x, np.float64) * 255), 0, 255).astype(np.uint8)
+    x = np.repeat(x, 3, -1) if x.shape[-1] == 1 else x[..., :3]
+    y = _check_labels(labels, x.shape[0], "image_grid")
+    p = None if predictions is None else _check_labels(predictions, x.shape[0], "image_grid predictions")
+    rows = sorted(set(y.tolist()))
+    members = [np.nonzero(y == d)[0] for d in rows]
+    cols = max(len(m) for m in members)
+    n, h, w, _ = x.shape
+    ch, cw = h + 2 * pad, w + 2 * pad
+    mosaic = np.full((len(rows) * ch, cols * cw, 3), 255, np.uint8)
+    right = []
+    for r, idx in enumerate(members):
+        right.append(int(0 if p is None else np.sum(p[idx] == y[idx])))
+        for c, i in enumerate(idx):
+            frame = GRID_BLANK if p is None else (GRID_RIGHT if p[i] == y[i] else GRID_WRONG)
+            cell = mosaic[r * ch : (r + 1) * ch, c * cw : (c + 1) * cw]
+            cell[:] = frame
+            cell[pad : pad + h, pad : pad + w] = x[i]
+    return mosaic, rows, right
+
+
+def write_image_grid(path: str, images, labels, predictions=None, *, title: str = "") -> str:
+    """:func:`image_grid` as a PNG with each row labelled by its digit (and ``k/n judged right`` given
+    predictions); matplotlib Agg, the mosaic drawn at its own pixel size. -> ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    mosaic, rows, right = image_grid(images, labels, predictions)
+    counts = np.bincount(np.asarray(labels).astype(np.int64).reshape(-1), minlength=10)
+    dpi, margin_w, margin_h = 100, 1.6, 0.5
+    fig = plt.figure(figsize=(mosaic.shape[1] / dpi + margin_w, mosaic.shape[0] / dpi + margin_h), dpi=dpi)
+    ax = fig.add_axes((margin_w / fig.get_figwidth(), 0.05 / fig.get_figheight(),
+                       mosaic.shape[1] / dpi / fig.get_figwidth(), mosaic.shape[0] / dpi / fig.get_figheight()))
+    ax.imshow(mosaic, interpolation="nearest")
+    ch = mosaic.shape[0] / len(rows)
+    ax.set_yticks([(r + 0.5) * ch for r in range(len(rows))])
+    ax.set_yticklabels([DIGITS[d] + ("" if predictions is None else f"  {k}/{counts[d]}")
+                        for d, k in zip(rows, right, strict=True)], fontsize=8)
+    ax.set_xticks([])
+    if title:
+        fig.suptitle(title, fontsize=8, x=0.01, ha="left", y=1 - 0.08 / fig.get_figheight(), va="top")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def spectrogram(wave, sample_rate: int, *, floor_db: float = -80.0) -> np.ndarray:
+    """Log-magnitude STFT of one waveform -> float64 ``[n_fft // 2 + 1, frames]`` in dB relative to its maximum,
+    floored at ``floor_db`` (row 0 = 0 Hz). Hann window of ``n_fft`` = the power of two nearest 32 ms, hop
+    ``n_fft // 8``; a clip shorter than one window is zero-padded to it."""
+    x = np.asarray(wave, np.float64).reshape(-1)
+    if x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError("spectrogram: the waveform is empty or has NaN/Inf values")
+    if sample_rate <= 0:
+        raise ValueError(f"spectrogram: sample_rate={sample_rate} must be > 0")
+    n_fft = 2 ** max(3, int(round(np.log2(0.032 * sample_rate))))
+    hop = n_fft // 8
+    if x.size < n_fft:
+        x = np.pad(x, (0, n_fft - x.size))
+    frames = 1 + (x.size - n_fft) // hop
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
+    mag = np.abs(np.fft.rfft(x[idx] * np.hanning(n_fft)[None, :], axis=-1)).T  # [freq, frames]
+    db = 20.0 * np.log10(mag + 1e-10)
+    return np.maximum(db - db.max(), floor_db)
+
+
+def spectrogram_image(wave, sample_rate: int, *, floor_db: float = -80.0) -> np.ndarray:
+    """:func:`spectrogram` as uint8 RGB ``[n_fft // 2 + 1, frames, 3]`` (magma colour map, low frequencies at the
+    bottom)."""
+    from matplotlib import colormaps
+
+    db = spectrogram(wave, sample_rate, floor_db=floor_db)
+    rgba = colormaps["magma"](np.clip((db - floor_db) / -floor_db, 0.0, 1.0)[::-1])
+    return np.round(rgba[..., :3] * 255).astype(np.uint8)
+
+
+def write_spectrogram(path: str, wave, sample_rate: int) -> str:
+    """Writes :func:`spectrogram_image` of ``wave`` as a PNG (one pixel per STFT bin and frame) -> ``path``."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(spectrogram_image(wave, sample_rate)).save(path, "PNG")
+    return path
+
+
 # ---- text -> image ---------------------------------------------------------------------------------------------
 def image_prompt_accuracy(model, classifier, prompts: Sequence[str], labels, *, sample_dir: str | None = None,
                           prefix: str = "t2i", max_samples: int = 20, **sampling) -> dict[str, Any]:
     """Generates one image per prompt; correct iff ``classifier.predict`` gives the prompt's digit label.
-    -> {'accuracy', 'n', 'per_class', 'confusion' (10x10, rows = asked digit)}. Writes the first ``max_samples``
-    images (``{prefix}_{i}_{asked}_as_{predicted}.png``) and ``{prefix}.tsv`` to ``sample_dir``."""
+    -> {'accuracy', 'n', 'per_class', 'confusion' (10x10, rows = asked digit)}. Writes ``max_samples`` images
+    (``{prefix}_{i}_{asked}_as_{predicted}.png``, taken round-robin over the asked digits), ``{prefix}.tsv`` and
+    ``{prefix}_grid.png`` (every image, one row per asked digit: :func:`write_image_grid`) to ``sample_dir``."""
     prompts = list(prompts)
     if not prompts:
         raise ValueError("image_prompt_accuracy: no prompts")
     y = _check_labels(labels, len(prompts), "image_prompt_accuracy")
-    images = np.asarray(model.generate_image(prompts, **sampling))
-    pred = np.asarray(classifier.predict(images)).astype(np.int64)
+    images, pred = _judge_images(model, classifier, prompts, **sampling)
     correct = pred == y
     if sample_dir:
         os.makedirs(sample_dir, exist_ok=True)
         _write_tsv(os.path.join(sample_dir, f"{prefix}.tsv"), ("index", "prompt", "asked", "predicted"),
                    [(i, p, DIGITS[a], DIGITS[b]) for i, (p, a, b) in enumerate(zip(prompts, y, pred, strict=True))])
-        k = min(max_samples, len(prompts))
-        model.save_png(images[:k], [os.path.join(sample_dir, f"{prefix}_{i:03d}_{DIGITS[y[i]]}_as_{DIGITS[pred[i]]}"
-                                                 ".png") for i in range(k)])
+        keep = _spread(y, max_samples)
+        model.save_png(images[keep], [os.path.join(sample_dir, f"{prefix}_{i:03d}_{DIGITS[y[i]]}_as_"
+                                                    f"{DIGITS[pred[i]]}.png") for i in keep])
+        write_image_grid(os.path.join(sample_dir, f"{prefix}_grid.png"), images, y, pred,
+                         title=f"{prefix}: one row per prompted digit; green = judged right, red = judged wrong")
     return {"accuracy": float(correct.mean()), "n": int(len(y)), "per_class": _per_class(y, correct),
             "confusion": _confusion(y, pred)}
 
@@ -225,7 +369,7 @@ def text_to_image_accuracy(model, classifier, *, per_class: int = 10, prompt_for
 
 def reasoning_image_accuracy(model, classifier, *, pairs=templates_lib.REASONING_EVAL_PAIRS, per_pair: int = 4,
                              sample_dir: str | None = None, **sampling) -> dict[str, Any]:
-    """'draw the sum of a and b' -> an image the digit classifier reads as a + b (held-out pairs)."""
+    """'the sum of a and b is' -> an image the digit classifier reads as a + b (held-out pairs)."""
     prompts, labels = reasoning_prompts("image", pairs, per_pair)
     return image_prompt_accuracy(model, classifier, prompts, labels, sample_dir=sample_dir,
                                  prefix="reasoning_image", **sampling)
@@ -236,28 +380,24 @@ def speech_prompt_accuracy(model, speech_classifier, prompts: Sequence[str], lab
                            sample_dir: str | None = None, prefix: str = "tts", max_samples: int = 20,
                            **sampling) -> dict[str, Any]:
     """Generates speech per prompt; correct iff the spoken-word classifier gives the prompt's digit label.
-    -> {'accuracy', 'n', 'per_class', 'confusion'}. Writes WAVs + ``{prefix}.tsv`` to ``sample_dir``."""
-    from teal_jax.evaluate import speech_classifier as sc
-
+    -> {'accuracy', 'n', 'per_class', 'confusion'}. Writes ``max_samples`` WAVs (taken round-robin over the asked
+    digits), each with its spectrogram beside it (same name, ``.png``: :func:`write_spectrogram`), and
+    ``{prefix}.tsv`` to ``sample_dir``."""
     prompts = list(prompts)
     if not prompts:
         raise ValueError("speech_prompt_accuracy: no prompts")
     y = _check_labels(labels, len(prompts), "speech_prompt_accuracy")
-    waves = np.asarray(model.generate_speech(prompts, **sampling), np.float32)
-    clf_in = waves
-    if model.sample_rate != sc.SAMPLE_RATE:
-        from teal_jax.audio_io import resample
-
-        clf_in = resample(waves, model.sample_rate, sc.SAMPLE_RATE)
-    pred = np.asarray(speech_classifier.predict(clf_in)).astype(np.int64)
+    waves, pred = _judge_speech(model, speech_classifier, prompts, **sampling)
     correct = pred == y
     if sample_dir:
         os.makedirs(sample_dir, exist_ok=True)
         _write_tsv(os.path.join(sample_dir, f"{prefix}.tsv"), ("index", "prompt", "asked", "predicted"),
                    [(i, p, DIGITS[a], DIGITS[b]) for i, (p, a, b) in enumerate(zip(prompts, y, pred, strict=True))])
-        k = min(max_samples, len(prompts))
-        model.save_wav(waves[:k], [os.path.join(sample_dir, f"{prefix}_{i:03d}_{DIGITS[y[i]]}_as_{DIGITS[pred[i]]}"
-                                                ".wav") for i in range(k)])
+        keep = _spread(y, max_samples)
+        stems = [os.path.join(sample_dir, f"{prefix}_{i:03d}_{DIGITS[y[i]]}_as_{DIGITS[pred[i]]}") for i in keep]
+        model.save_wav(waves[keep], [f"{stem}.wav" for stem in stems])
+        for w, stem in zip(waves[keep], stems, strict=True):  # the spectrogram beside each WAV
+            write_spectrogram(f"{stem}.png", w, model.sample_rate)
     return {"accuracy": float(correct.mean()), "n": int(len(y)), "per_class": _per_class(y, correct),
             "confusion": _confusion(y, pred)}
 
@@ -272,10 +412,85 @@ def tts_accuracy(model, speech_classifier, *, per_class: int = 10, prompt_format
 
 def reasoning_speech_accuracy(model, speech_classifier, *, pairs=templates_lib.REASONING_EVAL_PAIRS,
                               per_pair: int = 4, sample_dir: str | None = None, **sampling) -> dict[str, Any]:
-    """'say the sum of a and b' -> speech the spoken-word classifier hears as a + b (held-out pairs)."""
+    """'the sum of a and b is' -> speech the spoken-word classifier hears as a + b (held-out pairs)."""
     prompts, labels = reasoning_prompts("audio", pairs, per_pair)
     return speech_prompt_accuracy(model, speech_classifier, prompts, labels, sample_dir=sample_dir,
                                   prefix="reasoning_speech", **sampling)
+
+
+# ---- classifier-free guidance, chosen on a validation set --------------------------------------------------------
+GUIDANCE_SCALES = (1.0, 2.0, 3.0)
+
+
+def validation_prompts(modality: str, *, per_class: int = 3,
+                       pairs: Sequence[tuple[int, int]] = templates_lib.REASONING_VALIDATION_PAIRS[:30]
+                       ) -> tuple[list[str], list[int], np.ndarray]:
+    """The validation prompts of one modality: ``per_class`` digit prompts per digit (digit-major), then one sum
+    question per pair of ``pairs`` -> (prompts, labels, reasoning mask [n] bool). A held-out pair
+    (``templates.REASONING_EVAL_PAIRS``) is an error: validation never sees the held-out questions."""
+    pairs = [(int(a), int(b)) for a, b in pairs]
+    held = sorted(set(pairs) & set(templates_lib.REASONING_EVAL_PAIRS))
+    if held:
+        raise ValueError(f"validation_prompts: pairs {held[:5]} are held-out reasoning pairs (REASONING_EVAL_PAIRS)")
+    if per_class < 0:
+        raise ValueError(f"validation_prompts: per_class={per_class} must be >= 0")
+    prompts, labels = digit_prompts(per_class) if per_class else ([], [])
+    n_digit = len(prompts)
+    if pairs:
+        q, a = reasoning_prompts(modality, pairs, 1)
+        prompts, labels = prompts + q, labels + a
+    if not prompts:
+        raise ValueError("validation_prompts: no prompts (per_class=0 and no pairs)")
+    return prompts, labels, np.arange(len(prompts)) >= n_digit
+
+
+def pick_guidance(scores: dict[float, float]) -> float:
+    """The scale with the highest validation score; a tie goes to the smaller scale (less compute, and the
+    sampling distribution moved least from the model's own)."""
+    if not scores:
+        raise ValueError("pick_guidance: no scores")
+    best = max(scores.values())
+    return float(min(s for s, v in scores.items() if v == best))
+
+
+def choose_guidance(model, judge, modality: str, *, scales: Sequence[float] = GUIDANCE_SCALES, seed: int,
+                    heldout_seed: int | None = None, per_class: int = 3,
+                    pairs: Sequence[tuple[int, int]] = templates_lib.REASONING_VALIDATION_PAIRS[:30],
+                    **sampling) -> dict[str, Any]:
+    """Chooses the classifier-free guidance scale of ``modality`` ('image': ``model.generate_image`` judged by the
+    digit classifier ``judge``; 'audio': ``model.generate_speech`` judged by the spoken-word classifier) among
+    ``scales`` by judged accuracy on :func:`validation_prompts` (digit prompts and sum questions over training
+    pairs), every scale sampled with the same ``seed`` (which must differ from ``heldout_seed``, the held-out
+    evaluation's) and the other ``sampling`` settings. -> {'chosen', 'scales', 'accuracy', 'digit_accuracy',
+    'reasoning_accuracy' (each {f'{scale:g}': value}), 'n', 'n_digit', 'n_reasoning', 'seed', 'pairs', 'wall_s'}."""
+    import time
+
+    if modality not in ("image", "audio"):
+        raise ValueError(f"choose_guidance: modality={modality!r}, expected 'image' or 'audio'")
+    if "guidance_scale" in sampling or "seed" in sampling:
+        raise ValueError("choose_guidance: pass the scales as `scales` and the seed as `seed`, not in **sampling")
+    if heldout_seed is not None and int(seed) == int(heldout_seed):
+        raise ValueError(f"choose_guidance: the validation seed {seed} is the held-out evaluation's; use another")
+    grid = sorted({float(s) for s in scales})
+    if not grid or any(not np.isfinite(s) or s <= 0 for s in grid):
+        raise ValueError(f"choose_guidance: scales={list(scales)} must be a non-empty list of positive numbers")
+    prompts, labels, reasoning = validation_prompts(modality, per_class=per_class, pairs=pairs)
+    y = np.asarray(labels)
+    run = _judge_images if modality == "image" else _judge_speech
+    t0 = time.time()
+    acc, digit_acc, reason_acc = {}, {}, {}
+    for scale in grid:
+        _, pred = run(model, judge, prompts, guidance_scale=scale, seed=int(seed), **sampling)
+        correct = pred == y
+        key = f"{scale:g}"
+        acc[key] = float(correct.mean())
+        digit_acc[key] = float(correct[~reasoning].mean()) if np.any(~reasoning) else float("nan")
+        reason_acc[key] = float(correct[reasoning].mean()) if np.any(reasoning) else float("nan")
+    chosen = pick_guidance({s: acc[f"{s:g}"] for s in grid})
+    return {"chosen": chosen, "scales": grid, "accuracy": acc, "digit_accuracy": digit_acc,
+            "reasoning_accuracy": reason_acc, "n": len(prompts), "n_digit": int((~reasoning).sum()),
+            "n_reasoning": int(reasoning.sum()), "seed": int(seed), "pairs": [list(p) for p in pairs],
+            "wall_s": round(time.time() - t0, 1)}
 
 
 # ---- speech -> text ----------------------------------------------------------------------------------------------
