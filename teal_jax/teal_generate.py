@@ -137,8 +137,10 @@ def init_cache(model: TealLM, batch_size: int):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "sampling", "spans", "guided"))
-def _sample_jit(params, tokens, segments, positions, mode, count, rng, *, config: TealConfig,
+def _sample_jit(params, tokens, segments, positions, mode, count, rng, scale, *, config: TealConfig,
                 sampling: SamplingConfig, spans: SpanConfig, guided: bool):
+    """``scale``: the guidance scale, traced (``spans.guidance_scale`` is ignored), so trying several scales
+    compiles the sampler once."""
     rows = tokens.shape[0]  # 2B with guidance: [cond rows; uncond rows]
     b = rows // 2 if guided else rows
     vocab = config.vocab
@@ -149,7 +151,7 @@ def _sample_jit(params, tokens, segments, positions, mode, count, rng, *, config
 
     def pick(mode, count, logits, key):
         if guided:
-            logits = guide(logits[:b], logits[b:], spans.guidance_scale, mode != MODE_TEXT)
+            logits = guide(logits[:b], logits[b:], scale, mode != MODE_TEXT)
         allowed = allowed_mask(vocab, spans, mode, count) if spans.constrain else valid[None]
         logits = jnp.where(allowed, logits, -jnp.inf)
         if sampling.temperature == 0:
@@ -211,8 +213,10 @@ def sample(config: TealConfig, params, prompts: Sequence[Sequence[int]], samplin
     need = -(-(tokens.shape[1] + sampling.max_new_tokens) // 64) * 64  # round up: fewer recompilations
     cfg = dataclasses.replace(config, lm=dataclasses.replace(config.lm, max_decode_len=need))
     rng = jax.random.key(0) if rng is None else rng
+    scale = jnp.asarray(spans.guidance_scale, jnp.float32)
+    static_spans = dataclasses.replace(spans, guidance_scale=1.0)  # the scale is traced: one compilation for all
     out = _sample_jit(params, tokens, segments, positions, jnp.asarray(states[:, 0]), jnp.asarray(states[:, 1]),
-                      rng, config=cfg, sampling=sampling, spans=spans, guided=guided)
+                      rng, scale, config=cfg, sampling=sampling, spans=static_spans, guided=guided)
     return np.asarray(out)
 
 
