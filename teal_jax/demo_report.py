@@ -239,6 +239,13 @@ def missed_targets_section(figures: dict[str, dict[str, Any]], main: str,
                if row.get("t2i_likelihood_accuracy", 1.0) <= 0.2 else
                "Above chance: the prompt shapes the image likelihood; sampling does not yet turn it into images the "
                "classifier reads."))
+    if "asr_wer_multi_word" in row and not _met(row.get("asr_wer", 0.0), 0.05, False):
+        lines.append(
+            f"- Where the ASR errors are: WER {_fmt(row['asr_wer_single_word'])} on one-word transcripts vs "
+            f"{_fmt(row['asr_wer_multi_word'])} on longer ones. A transcript's first word is predicted at the `<eoa>` "
+            "position (a non-text position: modality experts where the run has them); every later word at a text "
+            "position, which runs through the frozen LM's own weights and must find the audio through its frozen "
+            "queries.")
     if main == "teal_expert" and "teal_stage1" in figures:
         lines.append(f"- Strict TEAL on the same data ({RUN_LABELS['teal_stage1']} -> {RUN_LABELS['teal_expert']}): "
                      + _compare(figures["teal_stage1"], row) + ". The difference is what the modality-expert "
@@ -529,6 +536,9 @@ def evaluate_run(run_dir: str, *, digit_clf, speech_clf, images: np.ndarray, lab
     asr = teal_eval.asr_wer(model, speech["audio"][fits].astype(np.float32) / 32768.0,
                             [speech["text"][i] for i in fits], 16000, sample_dir=os.path.join(sample_dir, "asr"))
     figs["asr_wer"], figs["asr_exact_match"] = asr["wer"], asr["exact_match"]
+    for k in ("wer_single_word", "wer_multi_word"):  # asr_wer splits the WER by reference length
+        if k in asr:
+            figs[f"asr_{k}"] = asr[k]
 
     # Generation: every call in batches of one shape (see generation_plan).
     model.max_batch = int(plan["reasoning_n"])

@@ -147,6 +147,9 @@ def test_asr_wer_through_a_model(tmp_path):
     r = E.asr_wer(model, np.zeros((2, 100), np.float32), ["seven", "the number is two"], 16000,
                   sample_dir=str(tmp_path))
     assert r["wer"] == pytest.approx(1 / 5) and r["exact_match"] == 0.5
+    # the split by reference length: 0 errors in 1 one-word reference, 1 in 4 words of the longer one
+    assert (r["wer_single_word"], r["n_single_word"]) == (0.0, 1)
+    assert (r["wer_multi_word"], r["n_multi_word"]) == (pytest.approx(1 / 4), 1)
     assert (tmp_path / "asr.tsv").read_text().splitlines()[2] == "1\tthe number is two\tthe number is too"
     with pytest.raises(ValueError, match="2 clips but 1 transcripts"):
         E.asr_wer(model, np.zeros((2, 100), np.float32), ["seven"], 16000)

@@ -526,6 +526,13 @@ def asr_wer(model, waveforms, transcripts: Sequence[str], sample_rate: int, *, s
         raise ValueError(f"asr_wer: {n} clips but {len(transcripts)} transcripts")
     hyps = model.transcribe(waveforms, sample_rate, **sampling)
     result = word_error_rate(transcripts, hyps)
+    # Where the errors are: one-word references (the answer is predicted at the <eoa> position, a modality-expert
+    # position) vs longer ones (every word after the first is predicted at a text position, by the frozen LM).
+    for name, keep in (("single_word", lambda r: len(words(r)) == 1), ("multi_word", lambda r: len(words(r)) > 1)):
+        idx = [i for i, r in enumerate(transcripts) if keep(r)]
+        result[f"wer_{name}"] = (word_error_rate([transcripts[i] for i in idx], [hyps[i] for i in idx])["wer"]
+                                 if idx else float("nan"))
+        result[f"n_{name}"] = len(idx)
     if sample_dir:
         os.makedirs(sample_dir, exist_ok=True)
         _write_tsv(os.path.join(sample_dir, "asr.tsv"), ("index", "reference", "hypothesis"),
