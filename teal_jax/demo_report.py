@@ -246,6 +246,14 @@ def missed_targets_section(figures: dict[str, dict[str, Any]], main: str,
             "position (a non-text position: modality experts where the run has them); every later word at a text "
             "position, which runs through the frozen LM's own weights and must find the audio through its frozen "
             "queries.")
+    if "lm_sum_answers" in row and not all(
+            _met(row.get(k, 1.0), 0.80, True) for k in ("reasoning_image_accuracy", "reasoning_speech_accuracy")):
+        lines.append(
+            f"- Reasoning: the text LM's own greedy answer after each held-out sum question is right for "
+            f"{_fmt(row['lm_sum_answers'])} of them, while the generated images / speech are judged right for "
+            f"{_fmt(row.get('reasoning_image_accuracy', float('nan')))} / "
+            f"{_fmt(row.get('reasoning_speech_accuracy', float('nan')))}: where the LM knows the answer, what is "
+            "missing is the span reading the answer off the LM's state at 'is'.")
     if main == "teal_expert" and "teal_stage1" in figures:
         lines.append(f"- Strict TEAL on the same data ({RUN_LABELS['teal_stage1']} -> {RUN_LABELS['teal_expert']}): "
                      + _compare(figures["teal_stage1"], row) + ". The difference is what the modality-expert "
@@ -575,6 +583,8 @@ def evaluate_run(run_dir: str, *, digit_clf, speech_clf, images: np.ndarray, lab
                                              sample_dir=os.path.join(sample_dir, "reasoning_speech"),
                                              guidance_scale=ga, seed=seed, **gen)
     figs["reasoning_speech_accuracy"] = rs["accuracy"]
+    if hasattr(model, "generate_text"):  # does the text LM itself know the held-out sums? (diagnosis only)
+        figs["lm_sum_answers"] = teal_eval.lm_sum_answers(model)["accuracy"]
     generation_s = time.time() - t1
     ppl = teal_eval.text_perplexity(model, texts)
     figs["text_ppl"] = ppl["teal_ppl"]

@@ -408,3 +408,19 @@ def test_pick_guidance_ties_go_to_the_smaller_scale_and_validation_refuses_held_
     with pytest.raises(ValueError, match="modality"):
         E.choose_guidance(model, BrightnessClassifier(), "video", seed=1)
     assert model.asked == []  # every check runs before any sampling
+
+
+def test_lm_sum_answers_scores_the_first_generated_word():
+    class TextStub:
+        def __init__(self):
+            self.asked = None
+
+        def generate_text(self, prompts, max_new_tokens=4):
+            self.asked = list(prompts)
+            # right for the first pair (0 + 7), a numeral for the second (1 + 5 = '6'), wrong for the third (2 + 2)
+            return ["seven.", " 6 and", "five"][: len(prompts)]
+
+    m = TextStub()
+    r = E.lm_sum_answers(m, pairs=((0, 7), (1, 5), (2, 2)))
+    assert m.asked == ["the sum of zero and seven is", "the sum of one and five is", "the sum of two and two is"]
+    assert r["n"] == 3 and r["accuracy"] == pytest.approx(2 / 3)

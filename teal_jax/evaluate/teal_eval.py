@@ -350,6 +350,18 @@ def digit_prompts(per_class: int, prompt_format: str = "{word}") -> tuple[list[s
     return [prompt_format.format(word=DIGITS[d]) for d in labels], labels
 
 
+def lm_sum_answers(model, pairs: Sequence[tuple[int, int]] = templates_lib.REASONING_EVAL_PAIRS,
+                   max_new_tokens: int = 4) -> dict[str, Any]:
+    """Does the text LM itself know the answers of the reasoning prompts? Greedy text continuation (the LM's own
+    distribution, bitwise while it is frozen) of each ``sum_question``; correct iff the first word generated is the
+    digit word of a + b. Separates 'the LM does not know the sum' from 'the image/audio span does not read it'."""
+    prompts, answers = reasoning_prompts("image", pairs)
+    outs = model.generate_text(prompts, max_new_tokens=max_new_tokens)
+    first = [(words(o) or [""])[0] for o in outs]
+    correct = np.asarray([f == DIGITS[a] for f, a in zip(first, answers, strict=True)])
+    return {"accuracy": float(correct.mean()), "n": len(prompts), "continuations": list(outs)}
+
+
 def reasoning_prompts(modality: str, pairs: Sequence[tuple[int, int]] = templates_lib.REASONING_EVAL_PAIRS,
                       per_pair: int = 1) -> tuple[list[str], list[int]]:
     """``templates.sum_question`` prompts for ``pairs`` (``per_pair`` each) and their answers a + b."""
