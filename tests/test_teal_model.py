@@ -42,14 +42,14 @@ def _mixed_tokens(seed=0):
     return jnp.asarray(toks, jnp.int32)
 
 
-def _stage1_steps(model, params, steps=3):
-    """A few AdamW steps on mixed sequences through the project's optimizer with the stage-1 mask."""
-    mask = T.trainable_mask(params, "frozen_stage1")
+def _masked_steps(model, params, steps=3, stage="frozen_stage1", toks=None):
+    """A few AdamW steps on mixed sequences through the project's optimizer with the mask of ``stage``."""
+    mask = T.trainable_mask(params, stage)
     opt = ml_collections.ConfigDict(optim.default_optimizer_config().to_dict())
     opt.lr, opt.warmup_steps = 1e-2, 0
     tx, _ = optim.make_optimizer(opt, steps, mask)
     state = tx.init(params)
-    toks = _mixed_tokens()
+    toks = _mixed_tokens() if toks is None else toks
 
     def loss(p):
         logits = model.apply({"params": p}, toks[:, :-1])
@@ -92,7 +92,7 @@ def test_text_logits_bitwise_equal_to_base_lm(tie):
         before = got
         assert np.isneginf(got[..., VOCAB.used_size:]).all()
 
-        trained = _stage1_steps(model, params)
+        trained = _masked_steps(model, params)
         # Stage-1 training changed the non-text rows but not a bit of the LM...
         assert not np.array_equal(trained["image_embed"], params["image_embed"])
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
@@ -209,28 +209,6 @@ def test_config_and_merge_errors():
         T.merge_lm_params(params, biased)
 
 
-def _expert_steps(model, params, toks, steps=3):
-    """A few AdamW steps with the frozen_expert mask (non-text rows + the LM's experts) on mixed sequences."""
-    mask = T.trainable_mask(params, "frozen_expert")
-    opt = ml_collections.ConfigDict(optim.default_optimizer_config().to_dict())
-    opt.lr, opt.warmup_steps = 1e-2, 0
-    tx, _ = optim.make_optimizer(opt, steps, mask)
-    state = tx.init(params)
-
-    def loss(p):
-        logits = model.apply({"params": p}, toks[:, :-1])
-        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), toks[:, 1:, None], -1))
-
-    @jax.jit
-    def step(params, state):
-        upd, state = tx.update(jax.grad(loss)(params), state, params)
-        return optim.apply_updates(params, upd, mask), state
-
-    for _ in range(steps):
-        params, state = step(params, state)
-    return params
-
-
 @pytest.mark.parametrize("tie", [False, True])
 def test_modality_experts_keep_text_logits_bitwise_and_route_nontext_positions(tie):
     base = TransformerLM(_lm_config(tie_embeddings=tie))
@@ -255,7 +233,7 @@ def test_modality_experts_keep_text_logits_bitwise_and_route_nontext_positions(t
     np.testing.assert_allclose(np.asarray(_apply(model, params, mixed)),
                                np.asarray(_apply(plain, plain_params, mixed)), rtol=0, atol=1e-5)
 
-    trained = _expert_steps(model, params, mixed)
+    trained = _masked_steps(model, params, stage="frozen_expert", toks=mixed)
     t_layers = trained["lm"]["layers"]
     assert not np.array_equal(t_layers["attn"]["expert_q_proj"]["kernel"], layers["attn"]["expert_q_proj"]["kernel"])
     assert not np.array_equal(trained["image_span_pos"], params["image_span_pos"])
