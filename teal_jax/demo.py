@@ -197,7 +197,8 @@ def run_stage(name: str, workdir: str, variant: str) -> dict:
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
-    workdir = FLAGS.workdir
+    # Absolute: the runs record paths to each other (base LM, tokenizers), and must load from any directory.
+    workdir = os.path.abspath(FLAGS.workdir)
     os.makedirs(workdir, exist_ok=True)
     stages = FLAGS.stages or list(STAGE_ORDER)
     unknown = [s for s in stages if s not in STAGE_ORDER]

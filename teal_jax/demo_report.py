@@ -269,8 +269,8 @@ def missed_targets_section(figures: dict[str, dict[str, Any]], main: str,
                      + _compare(frozen, full) + ". What unfreezing gains at equal steps is the part of the gap that "
                      "keeping this small LM frozen costs.")
     lines += ["- The frozen LM here is the small text LM this demo trains in minutes; TEAL's results are for 7B-scale "
-              "frozen LMs. docs/teal.md ('What limits it') has single-task diagnostics on the same pipeline that "
-              "locate the limit in the frozen LM (full fine-tuning learns what the frozen one cannot).", ""]
+              "frozen LMs. docs/teal.md ('Fidelity work', 'What limits it') has the experiments and single-task "
+              "diagnostics on the same pipeline.", ""]
     return lines
 
 
