@@ -28,7 +28,7 @@ so each tokenizer compiles once.
 
 Sources (``source`` dicts / ``config.data.image_source`` / ``audio_source``, see :func:`default_source_config`):
 ``kind='digits'`` (:func:`teal_jax.data.digits.build_digits`), ``'spoken_words'``
-(:func:`teal_jax.data.speech.build_spoken_words`, ``config`` 'small' | 'tiny') or ``'tfds'``: any prepared tfds
+(:func:`teal_jax.data.speech.build_spoken_words`, ``config`` 'small' | 'medium' | 'tiny') or ``'tfds'``: any prepared tfds
 dataset (``name``, ``data_dir``, ``image_key``/``audio_key``, ``text_key``, ``label_key``, ``train_split``,
 ``eval_split``; keys may be paths into nested features, e.g. coco_captions' ``'captions/text'``; speech goes through
 :class:`teal_jax.data.speech.RecordAdapter`, e.g. librispeech's ``speech`` at ``source_rate`` 16000).
@@ -100,7 +100,7 @@ def default_source_config(modality: str) -> ml_collections.ConfigDict:
             kind="spoken_words",  # 'spoken_words' | 'tfds'
             name="",  # tfds: e.g. 'librispeech'
             data_dir="",  # '' = the codec run's data dir (spoken_words) / tfds' default dir (tfds)
-            config="small",  # spoken_words builder config: 'small' | 'tiny'
+            config="small",  # spoken_words builder config: 'small' | 'medium' | 'tiny'
             audio_key="audio",  # librispeech: 'speech'
             text_key="text",
             label_key="label",  # '' = no labels (-1)
