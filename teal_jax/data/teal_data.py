@@ -30,8 +30,9 @@ Sources (``source`` dicts / ``config.data.image_source`` / ``audio_source``, see
 ``kind='digits'`` (:func:`teal_jax.data.digits.build_digits`), ``'spoken_words'``
 (:func:`teal_jax.data.speech.build_spoken_words`, ``config`` 'small' | 'medium' | 'tiny') or ``'tfds'``: any
 prepared tfds dataset (``name``, ``data_dir``, ``image_key``/``audio_key``, ``text_key``, ``label_key``,
-``train_split``, ``eval_split``; keys may be paths into nested features, e.g. coco_captions' ``'captions/text'``; speech goes through
-:class:`teal_jax.data.speech.RecordAdapter`, e.g. librispeech's ``speech`` at ``source_rate`` 16000).
+``train_split``, ``eval_split``; keys may be paths into nested features, e.g. coco_captions' ``'captions/text'``;
+speech goes through :class:`teal_jax.data.speech.RecordAdapter`, e.g. librispeech's ``speech`` at ``source_rate``
+16000).
 Token splits are always ``'train'`` and ``'test'`` (the source's held-out split).
 
 **Task stream** (:class:`TealTaskStream`, a checkpointable ``DataIterator``). Each row of ``seq_len + 1`` tokens
