@@ -424,3 +424,9 @@ def test_lm_sum_answers_scores_the_first_generated_word():
     r = E.lm_sum_answers(m, pairs=((0, 7), (1, 5), (2, 2)))
     assert m.asked == ["the sum of zero and seven is", "the sum of one and five is", "the sum of two and two is"]
     assert r["n"] == 3 and r["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_reasoning_prompts_with_the_answer_appended():
+    prompts, labels = E.reasoning_prompts("image", ((3, 4), (0, 2)), answer_in_prompt=True)
+    assert prompts == ["the sum of three and four is seven", "the sum of zero and two is two"] and labels == [7, 2]
+    assert E.reasoning_prompts("audio", ((3, 4),))[0] == ["the sum of three and four is"]

@@ -363,12 +363,19 @@ def lm_sum_answers(model, pairs: Sequence[tuple[int, int]] = templates_lib.REASO
 
 
 def reasoning_prompts(modality: str, pairs: Sequence[tuple[int, int]] = templates_lib.REASONING_EVAL_PAIRS,
-                      per_pair: int = 1) -> tuple[list[str], list[int]]:
-    """``templates.sum_question`` prompts for ``pairs`` (``per_pair`` each) and their answers a + b."""
+                      per_pair: int = 1, *, answer_in_prompt: bool = False) -> tuple[list[str], list[int]]:
+    """``templates.sum_question`` prompts for ``pairs`` (``per_pair`` each) and their answers a + b.
+
+    ``answer_in_prompt`` (a diagnostic): append the answer's digit word, as the frozen LM itself would continue
+    ('the sum of three and four is seven'). Judged accuracy with it vs without separates 'the span cannot draw the
+    digit once it is named' from 'the span does not read the answer off the LM's state'."""
     if per_pair < 1:
         raise ValueError(f"per_pair={per_pair} must be >= 1")
     pairs = [(int(a), int(b)) for a, b in pairs for _ in range(per_pair)]
-    return [templates_lib.sum_question(a, b, modality) for a, b in pairs], [a + b for a, b in pairs]
+    prompts = [templates_lib.sum_question(a, b, modality) for a, b in pairs]
+    if answer_in_prompt:
+        prompts = [f"{q} {DIGITS[a + b]}" for q, (a, b) in zip(prompts, pairs, strict=True)]
+    return prompts, [a + b for a, b in pairs]
 
 
 def text_to_image_accuracy(model, classifier, *, per_class: int = 10, prompt_format: str = "{word}",
@@ -380,9 +387,11 @@ def text_to_image_accuracy(model, classifier, *, per_class: int = 10, prompt_for
 
 
 def reasoning_image_accuracy(model, classifier, *, pairs=templates_lib.REASONING_EVAL_PAIRS, per_pair: int = 4,
-                             sample_dir: str | None = None, **sampling) -> dict[str, Any]:
-    """'the sum of a and b is' -> an image the digit classifier reads as a + b (held-out pairs)."""
-    prompts, labels = reasoning_prompts("image", pairs, per_pair)
+                             sample_dir: str | None = None, answer_in_prompt: bool = False,
+                             **sampling) -> dict[str, Any]:
+    """'the sum of a and b is' -> an image the digit classifier reads as a + b (held-out pairs);
+    ``answer_in_prompt``: see :func:`reasoning_prompts`."""
+    prompts, labels = reasoning_prompts("image", pairs, per_pair, answer_in_prompt=answer_in_prompt)
     return image_prompt_accuracy(model, classifier, prompts, labels, sample_dir=sample_dir,
                                  prefix="reasoning_image", **sampling)
 
@@ -423,9 +432,11 @@ def tts_accuracy(model, speech_classifier, *, per_class: int = 10, prompt_format
 
 
 def reasoning_speech_accuracy(model, speech_classifier, *, pairs=templates_lib.REASONING_EVAL_PAIRS,
-                              per_pair: int = 4, sample_dir: str | None = None, **sampling) -> dict[str, Any]:
-    """'the sum of a and b is' -> speech the spoken-word classifier hears as a + b (held-out pairs)."""
-    prompts, labels = reasoning_prompts("audio", pairs, per_pair)
+                              per_pair: int = 4, sample_dir: str | None = None, answer_in_prompt: bool = False,
+                              **sampling) -> dict[str, Any]:
+    """'the sum of a and b is' -> speech the spoken-word classifier hears as a + b (held-out pairs);
+    ``answer_in_prompt``: see :func:`reasoning_prompts`."""
+    prompts, labels = reasoning_prompts("audio", pairs, per_pair, answer_in_prompt=answer_in_prompt)
     return speech_prompt_accuracy(model, speech_classifier, prompts, labels, sample_dir=sample_dir,
                                   prefix="reasoning_speech", **sampling)
 
