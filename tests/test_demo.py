@@ -13,8 +13,8 @@ import teal_jax
 from teal_jax import demo_report as R
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ("text_lm", "image_tokenizer", "audio_codec", "teal_stage1", "teal_stage2", "ablation_codebook",
-          "ablation_full")
+STAGES = ("text_lm", "image_tokenizer", "audio_codec", "teal_expert", "teal_stage1", "teal_stage2",
+          "ablation_codebook", "ablation_full")
 
 
 @pytest.fixture(scope="module")
