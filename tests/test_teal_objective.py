@@ -212,3 +212,26 @@ def test_base_lm_from_hf_llama_directory(tmp_path):
     c.model.lm.rope_theta = 500.0  # a different architecture is refused, naming the field
     with pytest.raises(ValueError, match="rope_theta"):
         jax.eval_shape(TO.TealObjective(c).init, jax.random.key(0), batch)
+
+
+def test_match_lm_scale_puts_new_rows_at_the_lm_spread():
+    """model.nontext_init='match_lm': non-text rows take the std of the LM's embedding table, head columns the
+    std of its output head; the LM, codebook projections and span positions are untouched (float64 reference)."""
+    from teal_jax.train.teal_objective import match_lm_scale
+
+    rng = np.random.default_rng(0)
+    std = 0.02
+    lm = {"embed": {"embedding": rng.normal(0, 0.3, (64, 16)).astype(np.float32)},
+          "lm_head": {"kernel": rng.normal(0, 0.7, (16, 64)).astype(np.float32)}}
+    params = {"lm": lm, "image_embed": rng.normal(0, std, (40, 16)).astype(np.float32),
+              "image_head": rng.normal(0, std, (16, 40)).astype(np.float32),
+              "special_embed": rng.normal(0, std, (8, 16)).astype(np.float32),
+              "image_span_pos": np.zeros((4, 16), np.float32),
+              "image_proj": {"kernel": np.ones((3, 16), np.float32)}}
+    out = match_lm_scale(params, std)
+    emb_std = np.std(lm["embed"]["embedding"].astype(np.float64))
+    head_std = np.std(lm["lm_head"]["kernel"].astype(np.float64))
+    for key, want in (("image_embed", emb_std), ("special_embed", emb_std), ("image_head", head_std)):
+        np.testing.assert_allclose(np.asarray(out[key], np.float64), params[key] * want / std, rtol=1e-5)
+    for key in ("image_span_pos", "image_proj", "lm"):
+        assert out[key] is params[key]

@@ -142,15 +142,14 @@ class TealLM(nn.Module):
     def embed(self, tokens: Array, span_index: Array | None = None) -> Array:
         """tokens [B, T] unified ids -> [B, T, D] in the LM's compute dtype.
 
-        span_index [B, T]: each token's index inside its image/audio span (see :func:`span_index`); computed from
+        span_index [B, T]: each token's index inside its image/audio span (see :func:`compute_span_index`); computed from
         ``tokens`` when None, which needs every span's opener inside ``tokens`` (one-token decode steps pass it)."""
         v = self.config.vocab
         t = v.text_size
         is_text = tokens < t
         text = self.lm.embed(jnp.where(is_text, tokens, 0))
         table = self.nontext_table()
-        idx = tokens - t
-        other = jnp.take(table, jnp.clip(idx, 0, table.shape[0] - 1), axis=0)
+        other = jnp.take(table, jnp.clip(tokens - t, 0, table.shape[0] - 1), axis=0)
         if self.span_pos:
             if span_index is None:
                 span_index = compute_span_index(v, tokens)
