@@ -142,8 +142,9 @@ class TealLM(nn.Module):
     def embed(self, tokens: Array, span_index: Array | None = None) -> Array:
         """tokens [B, T] unified ids -> [B, T, D] in the LM's compute dtype.
 
-        span_index [B, T]: each token's index inside its image/audio span (see :func:`compute_span_index`); computed from
-        ``tokens`` when None, which needs every span's opener inside ``tokens`` (one-token decode steps pass it)."""
+        span_index [B, T]: each token's index inside its image/audio span (see :func:`compute_span_index`);
+        computed from ``tokens`` when None, which needs every span's opener inside ``tokens`` (one-token decode
+        steps pass it)."""
         v = self.config.vocab
         t = v.text_size
         is_text = tokens < t
