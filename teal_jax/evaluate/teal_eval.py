@@ -279,8 +279,11 @@ def write_image_grid(path: str, images, labels, predictions=None, *, title: str 
 
 def spectrogram(wave, sample_rate: int, *, floor_db: float = -80.0) -> np.ndarray:
     """Log-magnitude STFT of one waveform -> float64 ``[n_fft // 2 + 1, frames]`` in dB relative to its maximum,
-    floored at ``floor_db`` (row 0 = 0 Hz). Hann window of ``n_fft`` = the power of two nearest 32 ms, hop
-    ``n_fft // 8``; a clip shorter than one window is zero-padded to it."""
+    floored at ``floor_db`` (row 0 = 0 Hz). ``evaluate.audio.stft_magnitude`` (centred Hann frames, frames =
+    1 + samples // hop) with ``n_fft`` = the power of two nearest 32 ms and hop ``n_fft // 8``; a clip shorter than
+    one window is zero-padded to it."""
+    from teal_jax.evaluate.audio import stft_magnitude
+
     x = np.asarray(wave, np.float64).reshape(-1)
     if x.size == 0 or not np.all(np.isfinite(x)):
         raise ValueError("spectrogram: the waveform is empty or has NaN/Inf values")
@@ -290,10 +293,8 @@ def spectrogram(wave, sample_rate: int, *, floor_db: float = -80.0) -> np.ndarra
     hop = n_fft // 8
     if x.size < n_fft:
         x = np.pad(x, (0, n_fft - x.size))
-    frames = 1 + (x.size - n_fft) // hop
-    idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
-    mag = np.abs(np.fft.rfft(x[idx] * np.hanning(n_fft)[None, :], axis=-1)).T  # [freq, frames]
-    db = 20.0 * np.log10(mag + 1e-10)
+    mag = np.asarray(stft_magnitude(jnp.asarray(x[None], jnp.float32), n_fft, hop)[0], np.float64).T  # [freq, t]
+    db = 20.0 * np.log10(mag)
     return np.maximum(db - db.max(), floor_db)
 
 
