@@ -10,15 +10,13 @@ What comes back depends on what the workdir trained (``config.objective``):
 from __future__ import annotations
 
 import importlib
-import json
-import os
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from teal_jax import checkpoint
+from teal_jax import checkpoint, lineage
 from teal_jax.generate import SamplingConfig, sample
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
 
@@ -28,20 +26,6 @@ _LOADERS = {
     "audio_codec": "teal_jax.tokenizers.audio:AudioTokenizer.from_checkpoint",
     "teal": "teal_jax.teal:TealModel.from_checkpoint",
 }
-
-
-def find_tokenizer_model(workdir: str, config) -> str | None:
-    """The SentencePiece model a text run used: config.data.tokenizer_model, else the one its data preparation
-    recorded in ``<data_dir>/lm_data.json``."""
-    path = config.data.get("tokenizer_model") if "data" in config else None
-    if path:
-        return path
-    data_dir = (config.data.get("data_dir") if "data" in config else None) or os.path.join(workdir, "data")
-    manifest = os.path.join(data_dir, "lm_data.json")
-    if os.path.isfile(manifest):
-        with open(manifest) as f:
-            return json.load(f).get("tokenizer_model")
-    return None
 
 
 class LanguageModel:
@@ -63,7 +47,7 @@ class LanguageModel:
         if config.data.get("kind", "text") == "text":
             from teal_jax.tokenizers.text import TextTokenizer
 
-            path = find_tokenizer_model(workdir, config)
+            path = lineage.lm_run_text_tokenizer(workdir, config)
             if path is None:
                 raise FileNotFoundError(f"no SentencePiece model found for {workdir} (config.data.tokenizer_model)")
             tokenizer = TextTokenizer.load(path)

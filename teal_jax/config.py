@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import ml_collections
 
-from teal_jax.train.optim import _FIELDS as _OPT_FIELDS
-from teal_jax.train.optim import default_optimizer_config
-
 _TRAIN_FIELDS = {
     "steps": int, "batch_size": int, "grad_accum": int, "log_every": int, "eval_every": int, "eval_batches": int,
     "checkpoint_every": int, "keep_checkpoints": int, "compute_dtype": str, "async_checkpoints": bool,
     "peak_flops_per_device": float,
 }
+
+OPTIMIZER_FIELDS = {
+    "name": str, "lr": float, "warmup_steps": int, "decay": str, "end_lr_ratio": float, "b1": float, "b2": float,
+    "eps": float, "weight_decay": float, "clip_norm": float,
+}
+
+
+def default_optimizer_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        name="adamw", lr=3e-4, warmup_steps=100, decay="cosine", end_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
+        weight_decay=0.1, clip_norm=1.0,
+    ))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -59,7 +68,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if key not in config:
             raise ValueError(f"config.{key} is missing (start configs from teal_jax.config.base_config())")
     _check_section(config, "train", _TRAIN_FIELDS)
-    _check_section(config, "optimizer", _OPT_FIELDS)
+    _check_section(config, "optimizer", OPTIMIZER_FIELDS)
     t = config.train
     for key in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
         if t.get(key, 1) < 1:

@@ -41,11 +41,11 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from teal_jax import teal_generate
+from teal_jax import lineage, teal_generate
+from teal_jax import vocab as vocab_lib
 from teal_jax.data import templates as templates_lib
 from teal_jax.generate import SamplingConfig
 from teal_jax.models.teal import TealConfig, TealLM
-from teal_jax.tokenizers import vocab as vocab_lib
 
 
 def _require_texts(texts: Sequence[str], what: str) -> list[str]:
@@ -65,36 +65,6 @@ def _config_path(config: ml_collections.ConfigDict, field: str) -> str:
     data = config.get("data") or {}
     value = data.get(field) if hasattr(data, "get") else None
     return os.fspath(value) if value else ""
-
-
-def _find_text_tokenizer(config: ml_collections.ConfigDict, workdir: str, depth: int = 0) -> str:
-    """The SentencePiece model of a TEAL run: ``config.data.text_tokenizer``, else the base LM's (through
-    ``config.model.base_lm_workdir``, following TEAL-on-TEAL continuations) or ``<base_lm_hf>/tokenizer.model``."""
-    from teal_jax import checkpoint
-    from teal_jax.api import find_tokenizer_model
-
-    path = _config_path(config, "text_tokenizer")
-    if path:
-        return path
-    model = config.get("model") or {}
-    base, hf = model.get("base_lm_workdir"), model.get("base_lm_hf")
-    if base and depth < 8:
-        try:
-            base_cfg = checkpoint.read_config(base)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{workdir}: config.data.text_tokenizer is '' and the base LM named by "
-                                    f"config.model.base_lm_workdir={base!r} cannot be read ({e})") from e
-        if base_cfg.get("objective", "lm") == "teal":
-            return _find_text_tokenizer(base_cfg, base, depth + 1)
-        found = find_tokenizer_model(base, base_cfg)
-        if found:
-            return found
-    if hf and os.path.isfile(os.path.join(hf, "tokenizer.model")):
-        return os.path.join(hf, "tokenizer.model")
-    raise FileNotFoundError(
-        f"{workdir}: no text tokenizer: config.data.text_tokenizer is '' and none was found through "
-        f"config.model.base_lm_workdir={base!r} / base_lm_hf={hf!r}; set config.data.text_tokenizer to the "
-        "SentencePiece .model path")
 
 
 def _load_tokenizer(kind: str, path: str):
@@ -125,7 +95,7 @@ class TealModel:
 
     Args:
       config: the model's :class:`TealConfig` (or the run's ConfigDict, converted with
-        ``teal_objective.teal_config_from``).
+        ``models.teal.TealConfig.from_config``).
       params: ``TealLM`` parameters (boxed or not; ``{'model': tree}`` as in a train state is accepted too).
       text_tokenizer: a :class:`teal_jax.tokenizers.text.TextTokenizer` whose ids are the LM's text ids
         (``vocab_size <= config.lm.vocab_size``).
@@ -140,10 +110,9 @@ class TealModel:
                  image_tokenizer=None, audio_tokenizer=None, audio_frames: int = 0, *,
                  run_config: ml_collections.ConfigDict | None = None, max_batch: int = 64):
         if isinstance(config, ml_collections.ConfigDict):
-            from teal_jax.train.teal_objective import teal_config_from
 
             run_config = config if run_config is None else run_config
-            config = teal_config_from(config)
+            config = TealConfig.from_config(config)
         if not isinstance(config, TealConfig):
             raise TypeError(f"config must be a TealConfig or the run's ConfigDict, got {type(config).__name__}")
         self.config, self.vocab, self.run_config = config, config.vocab, run_config
@@ -190,13 +159,12 @@ class TealModel:
         (``config.data.text_tokenizer`` / ``image_tokenizer`` / ``audio_tokenizer`` / ``audio_seconds``)."""
         from teal_jax import checkpoint
         from teal_jax.tokenizers.text import TextTokenizer
-        from teal_jax.train.teal_objective import teal_config_from
 
         config, params, _ = checkpoint.load_params(workdir, step)
         if config.get("objective") != "teal":
             raise ValueError(f"{workdir}: checkpoint of objective {config.get('objective')!r}, expected 'teal'")
-        teal_config = teal_config_from(config)
-        text_path = _find_text_tokenizer(config, workdir)
+        teal_config = TealConfig.from_config(config)
+        text_path = lineage.text_tokenizer(config, run=workdir)
         try:
             text = TextTokenizer.load(text_path)
         except (FileNotFoundError, ValueError) as e:
@@ -434,7 +402,7 @@ class TealModel:
 
     def save_wav(self, waves, paths: Sequence[str | os.PathLike]) -> list[str]:
         """Writes float waveforms [B, samples] (at :attr:`sample_rate`) to ``paths`` as 16-bit PCM WAV."""
-        from teal_jax.audio_io import write_wav
+        from teal_jax.media.audio import write_wav
 
         x = np.asarray(waves)
         if x.ndim != 2:

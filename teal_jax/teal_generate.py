@@ -29,7 +29,7 @@ import numpy as np
 
 from teal_jax.generate import SamplingConfig, filter_logits, left_pad
 from teal_jax.models.teal import TealConfig, TealLM
-from teal_jax.tokenizers.vocab import AUDIO, IMAGE, TEXT, UnifiedVocab
+from teal_jax.vocab import AUDIO, IMAGE, TEXT, UnifiedVocab
 
 MODE_TEXT, MODE_IMAGE, MODE_AUDIO = 0, 1, 2
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from teal_jax.audio_io import read_wav, resample, write_wav
 from teal_jax.evaluate import audio as ae
+from teal_jax.media.audio import read_wav, resample, write_wav
 
 
 def _ref_filterbank(sr, n_fft, n_mels):

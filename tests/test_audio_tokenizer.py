@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from teal_jax.audio_io import write_wav
+from teal_jax.media.audio import write_wav
 from teal_jax.models.codec import Codec, CodecConfig
 from teal_jax.tokenizers.audio import AudioTokenizer
 

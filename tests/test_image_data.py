@@ -5,7 +5,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from teal_jax.data.digits import HELD_OUT, build_digits, digits_split_indices, upscale_digit
-from teal_jax.data.image_pipeline import center_crop_resize, convert_channels, make_image_iterator, tfds_image_source
+from teal_jax.data.image_pipeline import make_image_iterator, tfds_image_source
+from teal_jax.media.image import center_crop_resize, convert_channels
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,12 @@ from flax import linen as nn
 from configs.audio import speech_tiny
 from configs.image import digits_tiny
 from teal_jax import teal_generate
+from teal_jax import vocab as V
 from teal_jax.data import templates as T
 from teal_jax.models.codec import Codec, CodecConfig
-from teal_jax.models.teal import TealLM
+from teal_jax.models.teal import TealConfig, TealLM
 from teal_jax.models.vqgan import VQGAN, VQGANConfig
 from teal_jax.teal import TealModel
-from teal_jax.tokenizers import vocab as V
 from teal_jax.tokenizers.audio import AudioTokenizer
 from teal_jax.tokenizers.image import ImageTokenizer
 from teal_jax.tokenizers.text import TextTokenizer
@@ -99,7 +99,7 @@ def tiny_parts() -> dict:
     audio = AudioTokenizer(acfg, fake_params(nn.unbox(ashapes["params"]), 2), astate)
 
     config = run_config(text, d)
-    teal_config = TO.teal_config_from(config)
+    teal_config = TealConfig.from_config(config)
     shapes = jax.eval_shape(TealLM(teal_config).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     frames, _ = T.audio_span(AUDIO_SECONDS, acfg.sample_rate, acfg.hop_length)
     return dict(dir=d, text=text, image=image, audio=audio, image_run=image_run, audio_run=audio_run,
@@ -311,7 +311,7 @@ def test_bad_inputs_give_clear_errors(model, parts, tmp_path):
 def test_save_png_and_wav_round_trip(run, model, tmp_path):
     from PIL import Image
 
-    from teal_jax.audio_io import read_wav
+    from teal_jax.media.audio import read_wav
 
     imgs = run["results"]["t2i"][0]
     paths = model.save_png(imgs, [tmp_path / "a.png", tmp_path / "sub" / "b.png"])
@@ -423,7 +423,7 @@ def test_load_names_the_missing_tokenizer(saved, tmp_path):
     ckpt = Checkpointer(broken, async_save=False)
     ckpt.save(2, {"params": params}, {}, cfg)
     ckpt.close()
-    with pytest.raises(FileNotFoundError, match=r"config.data.text_tokenizer .*no.model.* does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"config.data.text_tokenizer.*no.model.* does not exist"):
         TealModel.from_checkpoint(broken)
     cfg.data.text_tokenizer = ""
     ckpt = Checkpointer(broken, async_save=False)
@@ -434,10 +434,10 @@ def test_load_names_the_missing_tokenizer(saved, tmp_path):
 
 
 def test_text_tokenizer_found_through_the_base_lm(parts, tmp_path):
-    """config.data.text_tokenizer='' -> the base LM's tokenizer (api.find_tokenizer_model on its config)."""
+    """config.data.text_tokenizer='' -> the base LM's tokenizer (lineage.lm_run_text_tokenizer on its config)."""
     from teal_jax.checkpoint import Checkpointer
     from teal_jax.config import base_config
-    from teal_jax.teal import _find_text_tokenizer
+    from teal_jax.lineage import text_tokenizer
 
     base = base_config()
     base.objective = "lm"
@@ -448,4 +448,4 @@ def test_text_tokenizer_found_through_the_base_lm(parts, tmp_path):
     c = run_config(parts["text"], str(tmp_path))
     c.data.text_tokenizer = ""
     c.model.base_lm_workdir = str(tmp_path / "lm")
-    assert _find_text_tokenizer(c, "run") == parts["text"].path
+    assert text_tokenizer(c, run="run") == parts["text"].path

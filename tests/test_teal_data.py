@@ -20,19 +20,19 @@ from flax import linen as nn
 
 from configs.audio import speech_tiny
 from configs.image import digits_tiny
-from teal_jax import teal_generate
+from teal_jax import lineage, teal_generate
 from teal_jax.checkpoint import Checkpointer
 from teal_jax.data import lm as lm_data
 from teal_jax.data import speech
 from teal_jax.data import teal_data as TD
 from teal_jax.data import templates as T
-from teal_jax.data.image_pipeline import center_crop_resize, convert_channels
+from teal_jax.media.image import center_crop_resize, convert_channels
 from teal_jax.models.codec import Codec, CodecConfig
 from teal_jax.models.vqgan import VQGAN, VQGANConfig
 from teal_jax.tokenizers.audio import AudioTokenizer
 from teal_jax.tokenizers.image import ImageTokenizer
 from teal_jax.tokenizers.text import TextTokenizer
-from teal_jax.tokenizers.vocab import UnifiedVocab
+from teal_jax.vocab import UnifiedVocab
 
 SECONDS = 0.5  # 50 codec frames at 16 kHz / hop 160; many spoken-words clips are longer (skipped)
 BATCH = 16  # tokenize_batch
@@ -461,7 +461,7 @@ def test_vocab_tokenizer_mismatch_and_missing_tokenizer_are_clear_errors(env, tm
         TO.TealObjective(c).prepare(str(tmp_path))
     c = _task_config(env)
     c.data.text_tokenizer = ""
-    with pytest.raises(ValueError, match="no text tokenizer: set config.data.text_tokenizer"):
+    with pytest.raises(FileNotFoundError, match="no text tokenizer: config.data.text_tokenizer is ''"):
         TO.TealObjective(c).prepare(str(tmp_path))
     with pytest.raises(ValueError, match="unknown data field"):
         TO.teal_task_config(tokenz_dir="x")
@@ -495,13 +495,13 @@ def test_text_tokenizer_and_documents_are_found_through_the_base_lm(env, tmp_pat
     ckpt.close()
     c = _task_config(env, text_tokenizer="", lm_data_dir="")
     c.model.base_lm_workdir = lm_run
-    assert TD.resolve_text_tokenizer(c) == os.path.abspath(env["lm_paths"]["tokenizer_model"])
-    assert TD.resolve_lm_data(c) == {"dataset": env["lm_paths"]["dataset"], "tfds_dir": env["lm_paths"]["tfds_dir"]}
+    assert lineage.text_tokenizer(c) == os.path.abspath(env["lm_paths"]["tokenizer_model"])
+    assert lineage.lm_data(c) == {"dataset": env["lm_paths"]["dataset"], "tfds_dir": env["lm_paths"]["tfds_dir"]}
     c.model.base_lm_workdir = None
-    assert TD.resolve_lm_data(c) is None
+    assert lineage.lm_data(c) is None
     c.data.lm_data_dir = str(tmp_path)
     with pytest.raises(FileNotFoundError, match="has no lm_data.json"):
-        TD.resolve_lm_data(c)
+        lineage.lm_data(c)
 
 
 # ---- generic tfds sources (tfds.testing.mock_data) -------------------------------------------------------------------

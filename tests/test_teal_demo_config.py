@@ -6,7 +6,7 @@ from configs.audio import speech_tiny
 from configs.image import digits_tiny
 from configs.teal import demo as demo_cfg
 from teal_jax import demo
-from teal_jax.train.teal_objective import teal_config_from
+from teal_jax.models.teal import TealConfig
 
 
 @pytest.mark.parametrize("variant,stage,experts", [
@@ -16,7 +16,7 @@ def test_variants_pick_stage_and_experts(variant, stage, experts):
     c = demo_cfg.get_config(variant)
     assert c.model.stage == stage
     assert c.model.lm.expert_attention is experts and c.model.lm.expert_mlp is experts
-    tc = teal_config_from(c)
+    tc = TealConfig.from_config(c)
     assert tc.image_span_len == demo_cfg.IMAGE_TOKENS == 16
     assert tc.audio_span_len == demo_cfg.AUDIO_FRAMES * tc.vocab.audio_levels_used
     assert c.model.nontext_init == "match_lm"

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from teal_jax import lineage
 from teal_jax.data import templates as T
 from teal_jax.evaluate import teal_eval as E
 from teal_jax.teal import TealModel
@@ -71,7 +72,7 @@ class StubModel:
     save_png = staticmethod(TealModel.save_png)
 
     def save_wav(self, waves, paths):
-        from teal_jax.audio_io import write_wav
+        from teal_jax.media.audio import write_wav
 
         for w, p in zip(waves, paths, strict=True):
             write_wav(p, w, self.sample_rate)
@@ -230,7 +231,7 @@ def test_base_lm_params_from_the_runs_base_workdir(model, tmp_path):
     ckpt = Checkpointer(str(tmp_path / "base"), async_save=False)
     ckpt.save(1, {"params": {"model": jax.tree.map(np.asarray, p["params"])}}, {}, p["config"])
     ckpt.close()
-    loaded = E.load_base_lm_params(str(tmp_path / "base"))
+    loaded = lineage.load_base_lm_params(str(tmp_path / "base"))
     jax.tree.map(np.testing.assert_array_equal, loaded, jax.tree.map(np.asarray, p["params"]["lm"]))
     cfg = p["config"].copy_and_resolve_references()
     cfg.model.base_lm_workdir = str(tmp_path / "base")
@@ -242,7 +243,7 @@ def test_base_lm_params_from_the_runs_base_workdir(model, tmp_path):
     ckpt.save(0, {"params": {"model": {"w": np.zeros(2, np.float32)}}}, {}, other)
     ckpt.close()
     with pytest.raises(ValueError, match="checkpoint of objective 'image_vq', expected 'lm' or 'teal'"):
-        E.load_base_lm_params(str(tmp_path / "img"))
+        lineage.load_base_lm_params(str(tmp_path / "img"))
 
 
 def test_likelihood_conditioning_metrics_against_a_direct_computation(model):

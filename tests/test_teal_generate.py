@@ -7,10 +7,10 @@ import pytest
 from flax import linen as nn
 
 from teal_jax import teal_generate as G
+from teal_jax import vocab as V
 from teal_jax.generate import SamplingConfig
 from teal_jax.models.teal import TealConfig, TealLM
 from teal_jax.models.transformer import TransformerConfig
-from teal_jax.tokenizers import vocab as V
 
 VOCAB = V.UnifiedVocab(text_size=64, image_codebook_size=20, audio_codebook_size=8, audio_num_levels=3)
 CONFIG = TealConfig(TransformerConfig(vocab_size=64, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2,

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from teal_jax import config as config_lib
 from teal_jax.models import teal as T
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
-from teal_jax.tokenizers.vocab import UnifiedVocab
 from teal_jax.train import optim
+from teal_jax.vocab import UnifiedVocab
 
 
 def _init(model, rng, toks):
@@ -45,7 +46,7 @@ def _mixed_tokens(seed=0):
 def _masked_steps(model, params, steps=3, stage="frozen_stage1", toks=None):
     """A few AdamW steps on mixed sequences through the project's optimizer with the mask of ``stage``."""
     mask = T.trainable_mask(params, stage)
-    opt = ml_collections.ConfigDict(optim.default_optimizer_config().to_dict())
+    opt = ml_collections.ConfigDict(config_lib.default_optimizer_config().to_dict())
     opt.lr, opt.warmup_steps = 1e-2, 0
     tx, _ = optim.make_optimizer(opt, steps, mask)
     state = tx.init(params)

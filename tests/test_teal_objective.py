@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from teal_jax import vocab as V
 from teal_jax.config import base_config
 from teal_jax.models import teal as teal_lib
-from teal_jax.tokenizers import vocab as V
 from teal_jax.train import teal_objective as TO
 from teal_jax.train import trainer as trainer_lib
 

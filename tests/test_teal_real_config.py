@@ -39,13 +39,13 @@ from flax import linen as nn
 from configs.audio import encodec_24khz
 from configs.image import vqgan_256
 from configs.teal import llama as llama_config
-from teal_jax import checkpoint
+from teal_jax import checkpoint, lineage
 from teal_jax.checkpoint import Checkpointer
 from teal_jax.data import speech
 from teal_jax.data import teal_data as TD
 from teal_jax.data import templates as T
-from teal_jax.data.image_pipeline import center_crop_resize, convert_channels
 from teal_jax.data.text_corpus import write_corpus
+from teal_jax.media.image import center_crop_resize, convert_channels
 from teal_jax.models.codec import Codec, CodecConfig
 from teal_jax.models.vqgan import VQGAN, VQGANConfig
 from teal_jax.tokenizers.audio import AudioTokenizer
@@ -368,7 +368,7 @@ def test_stage1_prepares_mock_coco_and_librispeech_and_keeps_the_llama_frozen(en
     c2 = _tiny(env, "stage2")
     c2.model.base_lm_workdir = workdir
     assert c2.model.base_lm_hf is None and c2.model.lm.use_bias and c2.model.stage == "frozen_stage2"
-    assert TD.resolve_text_tokenizer(c2) == os.path.join(env["hf"], "tokenizer.model")
+    assert lineage.text_tokenizer(c2) == os.path.join(env["hf"], "tokenizer.model")
     obj2 = TO.TealObjective(c2)
     obj2._load_host_arrays()
     assert obj2._base[0] == "teal" and _same_tree(obj2._base[1], p2["model"])

@@ -6,7 +6,7 @@ import pytest
 
 from teal_jax import teal_generate
 from teal_jax.data import templates as T
-from teal_jax.tokenizers.vocab import UnifiedVocab
+from teal_jax.vocab import UnifiedVocab
 
 VOCAB = UnifiedVocab(text_size=40, image_codebook_size=12, audio_codebook_size=5, audio_num_levels=2)
 BOS, EOS = 2, 3

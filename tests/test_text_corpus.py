@@ -6,6 +6,7 @@ import re
 import pytest
 
 from teal_jax.data import text_corpus as tc
+from teal_jax.media import text as media_text
 
 WORD_TO_NUMBER = {tc.number_to_words(n): n for n in range(1000)}
 _NUM = "|".join(sorted(WORD_TO_NUMBER, key=len, reverse=True))  # longest first: 'twenty one' before 'twenty'
@@ -64,19 +65,19 @@ def test_resolve_and_read_documents(tmp_path):
     good.write_text('{"body": "first doc", "id": 1}\n\n{"body": "second\\ndoc"}\n')
     txt = tmp_path / "b.txt"
     txt.write_text("line one\n\n  \nline two\n")
-    files = tc.resolve_corpus_files(f"{tmp_path}/*.jsonl, {txt}")
+    files = media_text.resolve_corpus_files(f"{tmp_path}/*.jsonl, {txt}")
     assert files == [str(good), str(txt)]
-    got = list(tc.read_documents(files, "body"))
+    got = list(media_text.read_documents(files, "body"))
     assert got == [(str(good), 1, "first doc"), (str(good), 3, "second\ndoc"), (str(txt), 1, "line one"),
                    (str(txt), 4, "line two")]
 
     with pytest.raises(FileNotFoundError, match=r"data.corpus: no corpus file matches '.*nothing\*.jsonl'"):
-        tc.resolve_corpus_files(f"{tmp_path}/nothing*.jsonl")
+        media_text.resolve_corpus_files(f"{tmp_path}/nothing*.jsonl")
     (tmp_path / "c.csv").write_text("x")
     with pytest.raises(ValueError, match=r"c.csv is neither .jsonl nor .txt"):
-        tc.resolve_corpus_files(str(tmp_path / "c.csv"))
+        media_text.resolve_corpus_files(str(tmp_path / "c.csv"))
     with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
-        list(tc.read_documents([str(tmp_path / "missing.jsonl")]))
+        list(media_text.read_documents([str(tmp_path / "missing.jsonl")]))
 
 
 @pytest.mark.parametrize("content,pattern", [
@@ -89,11 +90,11 @@ def test_read_documents_bad_jsonl(tmp_path, content, pattern):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
     with pytest.raises(ValueError, match=pattern):
-        list(tc.read_documents([str(path)], "text"))
+        list(media_text.read_documents([str(path)], "text"))
 
 
 def test_read_documents_not_utf8(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"fine\n\xff\xfe broken\n")
     with pytest.raises(ValueError, match=r"bad.txt:2: not UTF-8"):
-        list(tc.read_documents([str(path)]))
+        list(media_text.read_documents([str(path)]))

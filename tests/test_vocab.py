@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from teal_jax.tokenizers import vocab as V
+from teal_jax import vocab as V
 
 
 def _vocab(**kw):

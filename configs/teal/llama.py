@@ -114,7 +114,7 @@ def example_lengths(config: ml_collections.ConfigDict, image_model=None, audio_m
                     text_tokens: int = TEXT_BUDGET) -> dict[str, int]:
     """Tokens of the longest example of every enabled caption/t2i/asr/tts task with a ``text_tokens``-long text,
     laid out by the templates the stream uses (the image/audio spans have a fixed length)."""
-    from teal_jax.tokenizers.vocab import UnifiedVocab
+    from teal_jax.vocab import UnifiedVocab
 
     image_cfg, audio_cfg = tokenizer_configs(image_model, audio_model)
     vocab = UnifiedVocab.from_config(config.model.vocab, text_size=int(config.model.lm.vocab_size))

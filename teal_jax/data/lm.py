@@ -28,11 +28,13 @@ import ml_collections
 from ml_collections import config_dict
 
 from teal_jax.data import text_corpus
+from teal_jax.lineage import LM_DATA_MANIFEST
+from teal_jax.media.text import resolve_corpus_files
 
 if TYPE_CHECKING:
     from teal_jax.data.pipeline import PackedBatches
 
-MANIFEST = "lm_data.json"
+MANIFEST = LM_DATA_MANIFEST
 SPLITS = ("train", "eval")
 
 
@@ -81,7 +83,7 @@ def _log(verbose: bool, msg: str) -> None:
 def _corpus_files(data_config, data_dir: str, verbose: bool) -> list[str]:
     spec = _get(data_config, "corpus")
     if spec != "generated":
-        return text_corpus.resolve_corpus_files(spec, field="data.corpus")
+        return resolve_corpus_files(spec, field="data.corpus")
     n, seed = int(_get(data_config, "num_docs")), int(_get(data_config, "corpus_seed"))
     if n < 2:
         raise ValueError(f"data.num_docs={n} must be >= 2 (a train and an eval document)")

@@ -29,8 +29,8 @@ from typing import Any
 import grain
 import numpy as np
 
+from teal_jax.data.iterator import DataIterator
 from teal_jax.data.packing import pack_dataset
-from teal_jax.train.objective import DataIterator
 
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
 

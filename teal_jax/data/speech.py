@@ -35,8 +35,8 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from teal_jax.audio_io import resample
-from teal_jax.train.objective import DataIterator
+from teal_jax.data.iterator import DataIterator
+from teal_jax.media.audio import resample
 
 SAMPLE_RATE = 16000
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -57,9 +57,10 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from teal_jax import lineage
 from teal_jax.data import templates as templates_lib
-from teal_jax.tokenizers.vocab import UnifiedVocab
-from teal_jax.train.objective import DataIterator
+from teal_jax.data.iterator import DataIterator
+from teal_jax.vocab import UnifiedVocab
 
 DATASET_NAME = "teal_tokens"
 FORMAT_VERSION = 1  # part of every digest: bump when the stored records change meaning
@@ -411,7 +412,8 @@ def pretokenize_images(tokenizer: Any, source: Mapping[str, Any], tokens_dir: st
     ``{'dataset', 'tfds_dir', 'modality', 'code_shape': [h*w], 'records': {split: n}, 'skipped', 'source',
     'tokenizer'}``. ``sources`` (``{'train': seq, 'test': seq}``) replaces opening the source (tests, in-memory
     data); ``data_dir`` is the default data dir of a 'digits' source."""
-    from teal_jax.data.image_pipeline import center_crop_resize, convert_channels, random_affine
+    from teal_jax.data.image_pipeline import random_affine
+    from teal_jax.media.image import center_crop_resize, convert_channels
 
     src = _source_dict(source, "image")
     cfg = tokenizer.config
@@ -800,80 +802,6 @@ class TealTaskStream(DataIterator):
 
 
 # ---- config level: what to read, checks, preparation --------------------------------------------------------------
-def _lm_ancestor(model_cfg) -> tuple[str | None, Any]:
-    """(workdir, config) of the text LM run behind ``model.base_lm_workdir`` (following TEAL runs to their base)."""
-    from teal_jax import checkpoint
-
-    workdir = model_cfg.get("base_lm_workdir") if model_cfg is not None else None
-    for _ in range(8):
-        if not workdir:
-            return None, None
-        if not os.path.isdir(workdir):
-            raise ValueError(f"config.model.base_lm_workdir={workdir!r}: no such directory")
-        try:
-            cfg = checkpoint.read_config(workdir)
-        except FileNotFoundError as e:
-            raise ValueError(f"config.model.base_lm_workdir={workdir!r}: {e}") from e
-        if cfg.get("objective", "lm") != "teal":
-            return workdir, cfg
-        d = cfg.data
-        if d.get("text_tokenizer") or d.get("lm_data_dir") or cfg.model.get("base_lm_hf"):
-            return workdir, cfg  # a TEAL run that named them explicitly, or one on a HF checkpoint
-        workdir = cfg.model.get("base_lm_workdir")
-    raise ValueError("config.model.base_lm_workdir: more than 8 chained TEAL runs")
-
-
-def resolve_text_tokenizer(config) -> str:
-    """The SentencePiece model: ``data.text_tokenizer``, else the base LM's (``model.base_lm_workdir`` through
-    ``teal_jax.api.find_tokenizer_model``; a TEAL base is followed to its LM), else ``<model.base_lm_hf>/
-    tokenizer.model`` (this run's, or that of the TEAL run it continues)."""
-    path = config.data.get("text_tokenizer")
-    if not path:
-        workdir, cfg = _lm_ancestor(config.model)
-        if cfg is not None and cfg.get("objective", "lm") == "teal":
-            path = cfg.data.get("text_tokenizer")
-        elif workdir:
-            from teal_jax.api import find_tokenizer_model
-
-            path = find_tokenizer_model(workdir, cfg)
-        hf = config.model.get("base_lm_hf")
-        if not hf and cfg is not None and cfg.get("objective", "lm") == "teal":
-            hf = cfg.model.get("base_lm_hf")  # e.g. stage 2 continuing a stage-1 run on a HF checkpoint
-        if not path and hf and os.path.isfile(os.path.join(hf, "tokenizer.model")):
-            path = os.path.join(hf, "tokenizer.model")
-    if not path:
-        raise ValueError("no text tokenizer: set config.data.text_tokenizer (a SentencePiece .model) or "
-                         "config.model.base_lm_workdir (an LM run whose data preparation recorded one)")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config.data.text_tokenizer: SentencePiece model {path} does not exist")
-    return os.path.abspath(path)
-
-
-def resolve_lm_data(config) -> dict[str, str] | None:
-    """``{'dataset', 'tfds_dir'}`` of the LM text documents (``data.lm_data_dir``, else the base LM run's data
-    dir), or None when there are none."""
-    from teal_jax.data.lm import MANIFEST
-
-    d = config.data.get("lm_data_dir")
-    if not d:
-        workdir, cfg = _lm_ancestor(config.model)
-        if cfg is None:
-            return None
-        if cfg.get("objective", "lm") == "teal":
-            d = cfg.data.get("lm_data_dir")
-        elif cfg.data.get("kind", "text") == "text":
-            d = cfg.data.get("data_dir") or os.path.join(os.path.abspath(workdir), "data")
-        if not d:
-            return None  # e.g. a base LM trained on synthetic tokens: no documents
-    manifest = os.path.join(d, MANIFEST)
-    if not os.path.isfile(manifest):
-        raise FileNotFoundError(f"LM data dir {d} has no {MANIFEST} (config.data.lm_data_dir or the base LM's "
-                                "data dir): prepare the LM data first (teal_jax.data.lm.prepare_lm_data)")
-    with open(manifest) as f:
-        paths = json.load(f)
-    return {"dataset": paths["dataset"], "tfds_dir": paths["tfds_dir"]}
-
-
 def tokenizer_run_vocab(workdir: str, modality: str) -> dict[str, int]:
     """Vocabulary sizes of a tokenizer run, from its saved config only: image ``{'codebook_size'}``, audio
     ``{'codebook_size', 'num_levels'}``. A missing run raises ValueError naming the field."""
@@ -935,8 +863,8 @@ def prepare_task_data(config, workdir: str | None, vocab: UnifiedVocab, *, verbo
     tokens_dir = resolve_tokens_dir(d, workdir)
     fallback = os.path.join(workdir, "data") if workdir else None
     validate_task_data_config(d)
-    lm = resolve_lm_data(config) if task_weights(d.get("tasks")).get("lm", 0) > 0 else None
-    out: dict[str, Any] = {"text_tokenizer": resolve_text_tokenizer(config), "lm": lm, "image": None, "audio": None}
+    lm = lineage.lm_data(config) if task_weights(d.get("tasks")).get("lm", 0) > 0 else None
+    out: dict[str, Any] = {"text_tokenizer": lineage.text_tokenizer(config), "lm": lm, "image": None, "audio": None}
     batch = int(d.get("tokenize_batch", 32))
     for m in ("image", "audio"):
         run = d.get(f"{m}_tokenizer") or ""

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from teal_jax.tokenizers.vocab import UnifiedVocab
+from teal_jax.vocab import UnifiedVocab
 
 TASKS = ("caption", "t2i", "asr", "tts", "lm")
 GENERATION_TASKS = ("t2i", "tts")  # condition = text, target = a modality span: condition dropout applies

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from teal_jax.data.text_corpus import read_documents
+from teal_jax.media.text import read_documents
 
 DATASET_NAME = "local_text_corpus"
 

@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from teal_jax import lineage
 from teal_jax.data import templates as templates_lib
 from teal_jax.data.templates import DIGITS
 
@@ -206,7 +207,7 @@ def _judge_speech(model, speech_classifier, prompts: Sequence[str], **sampling) 
     waves = np.asarray(model.generate_speech(list(prompts), **sampling), np.float32)
     clf_in = waves
     if model.sample_rate != sc.SAMPLE_RATE:
-        from teal_jax.audio_io import resample
+        from teal_jax.media.audio import resample
 
         clf_in = resample(waves, model.sample_rate, sc.SAMPLE_RATE)
     return waves, np.asarray(speech_classifier.predict(clf_in)).astype(np.int64).reshape(-1)
@@ -565,20 +566,6 @@ def asr_wer(model, waveforms, transcripts: Sequence[str], sample_rate: int, *, s
 
 
 # ---- text perplexity -------------------------------------------------------------------------------------------
-def load_base_lm_params(workdir: str) -> Any:
-    """The text LM parameters of a checkpoint: an 'lm' run's ``params['model']``, or a 'teal' run's
-    ``params['model']['lm']``."""
-    from teal_jax import checkpoint
-
-    config, params, _ = checkpoint.load_params(workdir)
-    kind = config.get("objective", "lm")
-    if kind == "lm":
-        return params["model"]
-    if kind == "teal":
-        return params["model"]["lm"]
-    raise ValueError(f"{workdir}: checkpoint of objective {kind!r}, expected 'lm' or 'teal'")
-
-
 @functools.lru_cache(maxsize=8)
 def _lm_forward(config):
     """The jitted ``TransformerLM(config)`` forward ``(params, tokens [B, T]) -> logits``, one per config."""
@@ -606,11 +593,11 @@ def text_perplexity(model, texts: Sequence[str], *, base_lm_params: Any = None, 
     """Perplexity of held-out ``texts`` under the base LM and under the TEAL model's text rows.
 
     ``base_lm_params``: the base ``TransformerLM`` parameters (default: read from the run's
-    ``config.model.base_lm_workdir`` with :func:`load_base_lm_params`). Each text becomes ``bos ids eos``, cut to
-    ``max_len`` ids; rows are right-padded to one length (a multiple of 16, at most ``max_len``) and run in batches of
-    ``batch_size`` (the last padded with empty rows), so each model compiles once. -> {'base_ppl', 'teal_ppl',
-    'base_nll', 'teal_nll', 'tokens', 'logits_bitwise_equal', 'max_abs_logit_diff'} (the logit comparison is over
-    real positions: base logits vs TEAL ``logits[..., :text_size]``)."""
+    ``config.model.base_lm_workdir`` with :func:`teal_jax.lineage.load_base_lm_params`). Each text becomes ``bos ids
+    eos``, cut to ``max_len`` ids; rows are right-padded to one length (a multiple of 16, at most ``max_len``) and
+    run in batches of ``batch_size`` (the last padded with empty rows), so each model compiles once. -> {'base_ppl',
+    'teal_ppl', 'base_nll', 'teal_nll', 'tokens', 'logits_bitwise_equal', 'max_abs_logit_diff'} (the logit
+    comparison is over real positions: base logits vs TEAL ``logits[..., :text_size]``)."""
     texts = list(texts)
     if not texts:
         raise ValueError("text_perplexity: no texts")
@@ -619,7 +606,7 @@ def text_perplexity(model, texts: Sequence[str], *, base_lm_params: Any = None, 
                 else None)
         if not base:
             raise ValueError("text_perplexity: pass base_lm_params (the run names no config.model.base_lm_workdir)")
-        base_lm_params = load_base_lm_params(base)
+        base_lm_params = lineage.load_base_lm_params(base)
     tok = model.text_tokenizer
     rows = [[tok.bos_id, *tok.encode(t), tok.eos_id][:max_len] for t in texts]
     short = [i for i, r in enumerate(rows) if len(r) < 2]

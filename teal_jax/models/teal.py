@@ -27,11 +27,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import linen as nn
 
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
-from teal_jax.tokenizers.vocab import UnifiedVocab
+from teal_jax.vocab import UnifiedVocab
 
 Array = jax.Array
 EMBEDDING_INITS = ("random", "codebook")
@@ -68,6 +69,22 @@ class TealConfig:
             for m in NONTEXT_MODALITIES:
                 if self.rows(m) and getattr(self, f"{m}_code_dim") < 1:
                     raise ValueError(f"model.{m}_code_dim must be >= 1 with embedding_init='codebook'")
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> TealConfig:
+        """The model of a TEAL run config: ``config.model.lm`` (TransformerConfig fields), ``config.model.vocab``
+        (UnifiedVocab fields except text_size), the compute dtype from ``config.train``."""
+        m = config.model
+        if "lm" not in m or "vocab" not in m:
+            raise ValueError("config.model needs an 'lm' sub-config (TransformerConfig fields) and a 'vocab' "
+                             "sub-config (UnifiedVocab fields except text_size)")
+        lm = TransformerConfig.from_config(m.lm, dtype=config.train.compute_dtype)
+        vocab = UnifiedVocab.from_config(m.vocab, text_size=lm.vocab_size)
+        return cls(lm=lm, vocab=vocab, embedding_init=m.get("embedding_init", "random"),
+                   image_code_dim=int(m.get("image_code_dim", 0) or 0),
+                   audio_code_dim=int(m.get("audio_code_dim", 0) or 0),
+                   image_span_len=int(m.get("image_span_len", 0) or 0),
+                   audio_span_len=int(m.get("audio_span_len", 0) or 0))
 
     def rows(self, modality: str) -> int:
         """Number of unified ids of a non-text modality ('special', 'image' or 'audio')."""

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from teal_jax.audio_io import read_wav, resample
+from teal_jax.media.audio import read_wav, resample
 from teal_jax.models.codec import Codec, CodecConfig
 
 

@@ -159,13 +159,13 @@ class ImageTokenizer:
                 if not self.resize:
                     raise ValueError(f"{p}: image is {arr.shape[0]}x{arr.shape[1]}, the tokenizer expects "
                                      f"{size}x{size} (resize=False)")
-                from teal_jax.data.image_pipeline import center_crop_resize
+                from teal_jax.media.image import center_crop_resize
 
                 arr = center_crop_resize(arr, size)
             images.append(arr)
         chans = {a.shape[-1] for a in images}
         if len(chans) > 1:  # mixed gray/RGB/RGBA files: bring all to the model's channels on the host
-            from teal_jax.data.image_pipeline import convert_channels
+            from teal_jax.media.image import convert_channels
 
             c = self.config.in_channels
             images = [convert_channels(a, c, name=os.fspath(p)) for a, p in zip(images, paths, strict=True)]

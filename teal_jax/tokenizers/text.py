@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from teal_jax.data.text_corpus import read_documents
+from teal_jax.media.text import read_documents
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 _MAX_LINE_CHARS = 2000  # SentencePiece skips training sentences over max_sentence_length (4192 bytes by default)

@@ -29,10 +29,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from teal_jax.data.iterator import DataIterator
 from teal_jax.evaluate import audio as audio_eval
 from teal_jax.models import audio_discriminators as discs
 from teal_jax.models.codec import Codec, CodecConfig
-from teal_jax.train.objective import DataIterator, Objective
+from teal_jax.train.objective import Objective
 
 STATE = "quantizer_state"
 
@@ -267,7 +268,7 @@ class AudioCodecObjective(Objective):
     def on_eval(self, params, model_state, workdir, step):
         if jax.process_index() != 0:
             return {}
-        from teal_jax.audio_io import write_wav
+        from teal_jax.media.audio import write_wav
 
         values, arrays = self.heldout_eval(params, model_state)
         if self.data_kind == "spoken_words" and self.codec_config.num_levels > 1:

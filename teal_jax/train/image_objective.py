@@ -28,10 +28,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from teal_jax.data.iterator import DataIterator
 from teal_jax.evaluate import image as image_eval
 from teal_jax.models.image_discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
 from teal_jax.models.vqgan import VQGAN, VQGANConfig
-from teal_jax.train.objective import DataIterator, Objective
+from teal_jax.train.objective import Objective
 
 STATE = "quantizer_state"
 

@@ -19,8 +19,9 @@ import ml_collections
 import numpy as np
 import optax
 
+from teal_jax.data.iterator import DataIterator
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
-from teal_jax.train.objective import DataIterator, Objective
+from teal_jax.train.objective import Objective
 
 
 class SyntheticTokens(DataIterator):

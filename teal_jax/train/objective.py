@@ -20,35 +20,17 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import ml_collections
 
+from teal_jax.data.iterator import DataIterator
+
 PyTree = Any
 Batch = Mapping[str, Any]  # dict of arrays with a leading batch axis
 Metrics = dict[str, jax.Array]
-
-
-class DataIterator(abc.ABC):
-    """A host-local iterator of numpy batches that can be checkpointed.
-
-    ``get_state()`` returns a JSON-serialisable dict; ``set_state(state)`` restores it so the next batch is exactly
-    the one an uninterrupted run would have seen.
-    """
-
-    @abc.abstractmethod
-    def __next__(self) -> dict[str, Any]: ...
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return self
-
-    @abc.abstractmethod
-    def get_state(self) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def set_state(self, state: dict[str, Any]) -> None: ...
 
 
 class Objective(abc.ABC):

@@ -13,17 +13,7 @@ import jax
 import ml_collections
 import optax
 
-_FIELDS = {
-    "name": str, "lr": float, "warmup_steps": int, "decay": str, "end_lr_ratio": float, "b1": float, "b2": float,
-    "eps": float, "weight_decay": float, "clip_norm": float,
-}
-
-
-def default_optimizer_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        name="adamw", lr=3e-4, warmup_steps=100, decay="cosine", end_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
-        weight_decay=0.1, clip_norm=1.0,
-    ))
+from teal_jax.config import OPTIMIZER_FIELDS
 
 
 def group_config(config: ml_collections.ConfigDict, group: str) -> ml_collections.ConfigDict:
@@ -31,8 +21,9 @@ def group_config(config: ml_collections.ConfigDict, group: str) -> ml_collection
     base = ml_collections.ConfigDict(config.optimizer.to_dict())
     overrides = config.get("optimizers", {}) or {}
     for key, value in dict(overrides.get(group, {}) or {}).items():
-        if key not in _FIELDS:
-            raise ValueError(f"config.optimizers.{group}.{key}: unknown optimizer field; known: {sorted(_FIELDS)}")
+        if key not in OPTIMIZER_FIELDS:
+            raise ValueError(f"config.optimizers.{group}.{key}: unknown optimizer field; "
+                             f"known: {sorted(OPTIMIZER_FIELDS)}")
         base[key] = value
     return base
 

@@ -38,12 +38,14 @@ import numpy as np
 import optax
 from flax import linen as nn
 
+from teal_jax import lineage
+from teal_jax import vocab as vocab_lib
 from teal_jax.config import base_config
+from teal_jax.data.iterator import DataIterator
 from teal_jax.models import teal as teal_lib
 from teal_jax.models.transformer import TransformerConfig
-from teal_jax.tokenizers import vocab as vocab_lib
-from teal_jax.tokenizers.vocab import UnifiedVocab
-from teal_jax.train.objective import DataIterator, Objective
+from teal_jax.train.objective import Objective
+from teal_jax.vocab import UnifiedVocab
 
 MODALITIES = ("text", "special", "image", "audio")  # indices = vocab_lib.TEXT .. vocab_lib.AUDIO
 TASKS = ("caption", "t2i", "asr", "tts")
@@ -132,20 +134,6 @@ def teal_task_config(config: ml_collections.ConfigDict | None = None, *, base_lm
             if c.model.vocab.get("audio_scheme") == "first_levels":
                 c.model.vocab.audio_keep_levels = min(int(c.model.vocab.audio_keep_levels), sizes["num_levels"])
     return c
-
-
-def teal_config_from(config: ml_collections.ConfigDict) -> teal_lib.TealConfig:
-    m = config.model
-    if "lm" not in m or "vocab" not in m:
-        raise ValueError("config.model needs an 'lm' sub-config (TransformerConfig fields) and a 'vocab' "
-                         "sub-config (UnifiedVocab fields except text_size)")
-    lm = TransformerConfig.from_config(m.lm, dtype=config.train.compute_dtype)
-    vocab = UnifiedVocab.from_config(m.vocab, text_size=lm.vocab_size)
-    return teal_lib.TealConfig(lm=lm, vocab=vocab, embedding_init=m.get("embedding_init", "random"),
-                               image_code_dim=int(m.get("image_code_dim", 0) or 0),
-                               audio_code_dim=int(m.get("audio_code_dim", 0) or 0),
-                               image_span_len=int(m.get("image_span_len", 0) or 0),
-                               audio_span_len=int(m.get("audio_span_len", 0) or 0))
 
 
 NONTEXT_INITS = ("random", "match_lm")
@@ -351,16 +339,13 @@ def _load_base(model_cfg: ml_collections.ConfigDict, ours: TransformerConfig) ->
     if workdir and hf:
         raise ValueError("set only one of config.model.base_lm_workdir and config.model.base_lm_hf")
     if workdir:
-        from teal_jax import checkpoint
-
-        base_cfg, params, _ = checkpoint.load_params(workdir)
-        kind = base_cfg.get("objective", "lm")
-        if kind not in ("lm", "teal"):
-            raise ValueError(f"config.model.base_lm_workdir={workdir!r} holds a {kind!r} checkpoint, "
-                             "expected 'lm' or 'teal'")
+        try:
+            kind, base_cfg, params = lineage.load_base(workdir)
+        except ValueError as e:
+            raise ValueError(f"config.model.base_lm_workdir: {e}") from e
         lm_fields = base_cfg.model if kind == "lm" else base_cfg.model.lm
         check_same_architecture(TransformerConfig.from_config(lm_fields), ours, workdir)
-        return kind, params["model"]
+        return kind, params
     if hf:
         from teal_jax.convert.llama import import_llama  # imported lazily: only HF runs need it
 
@@ -388,7 +373,7 @@ def _load_codebooks(cfg: teal_lib.TealConfig, model_cfg: ml_collections.ConfigDi
 class TealObjective(Objective):
     def __init__(self, config: ml_collections.ConfigDict, *, codebooks: dict[str, Any] | None = None):
         super().__init__(config)
-        self.teal_config = teal_config_from(config)
+        self.teal_config = teal_lib.TealConfig.from_config(config)
         self.vocab = self.teal_config.vocab
         self.model = teal_lib.TealLM(self.teal_config)
         self.stage = config.model.get("stage", "frozen_stage1")
