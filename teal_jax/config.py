@@ -6,6 +6,9 @@ wrong type raise ``ValueError`` naming the field.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 import ml_collections
 
 _TRAIN_FIELDS = {
@@ -25,6 +28,52 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
         name="adamw", lr=3e-4, warmup_steps=100, decay="cosine", end_lr_ratio=0.1, b1=0.9, b2=0.95, eps=1e-8,
         weight_decay=0.1, clip_norm=1.0,
     ))
+
+
+SMOKE = "smoke"  # the one name of every config's tiny variant (a few steps, tiny shapes: what tests and CI run)
+
+
+class Variants(frozenset):
+    """The flags of a ``--config=path.py:a,b,key=value`` argument; ``values`` holds the ``key=value`` parts."""
+
+    values: dict[str, str]
+
+
+def parse_variants(arg: str | None, known: Iterable[str], *, config: str, keyed: Iterable[str] = (),
+                   exclusive: Iterable[Iterable[str]] = ()) -> Variants:
+    """Parses a config argument: comma-separated flags from ``known`` plus ``key=value`` parts for ``keyed`` keys.
+
+    Every config's ``get_config(arg)`` calls this, so an unknown variant is always an error naming the config, the
+    variant, the closest known one and the full list; a key given twice, an empty value, or two flags of one
+    ``exclusive`` group are errors too.
+    """
+    known, keyed = tuple(known), tuple(keyed)
+    flags, values = set(), {}
+    for part in (p.strip() for p in (arg or "").split(",")):
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        if eq:
+            if key not in keyed:
+                raise ValueError(f"{config}: unknown variant key {key!r} in {part!r}; "
+                                 f"keys: {', '.join(keyed) or 'none'}")
+            if not value or key in values:
+                raise ValueError(f"{config}: give one non-empty {key}=VALUE, got {arg!r}")
+            values[key] = value
+            continue
+        if part not in known:
+            close = difflib.get_close_matches(part, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{config}: unknown variant {part!r}{hint} known: {', '.join(sorted(known))}"
+                             + (f" and {', '.join(k + '=...' for k in keyed)}" if keyed else ""))
+        flags.add(part)
+    for group in exclusive:
+        chosen = sorted(flags & set(group))
+        if len(chosen) > 1:
+            raise ValueError(f"{config}: variants {chosen} exclude each other; pick one")
+    out = Variants(flags)
+    out.values = values
+    return out
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -75,7 +75,7 @@ def audio_codec_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
 
 
 def _teal_config(variant: str, workdir: str, teal_variant: str) -> ml_collections.ConfigDict:
-    arg = ",".join(v for v in (teal_variant, "quick" if variant == "quick" else "") if v)
+    arg = ",".join(v for v in (teal_variant, "smoke" if variant == "quick" else "") if v)
     c = _config("configs.teal.demo", arg)
     data_dir = os.path.join(workdir, "data")
     c.model.base_lm_workdir = os.path.join(workdir, "text_lm")

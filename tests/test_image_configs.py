@@ -58,7 +58,7 @@ def test_digits_tiny_token_grids(arg, grid, codes):
 
 def test_digits_tiny_quantizer_variants_exclude_each_other():
     for arg in ("coarse,grid8x8_9", "coarse,vq", "grid8x8_9,vq"):
-        with pytest.raises(ValueError, match="choose the quantizer"):
+        with pytest.raises(ValueError, match="exclude each other; pick one"):
             digits_tiny.get_config(arg)
 
 

@@ -11,7 +11,7 @@ from teal_jax.models.teal import TealConfig
 
 @pytest.mark.parametrize("variant,stage,experts", [
     ("", "frozen_stage1", False), ("expert", "frozen_expert", True), ("stage2", "frozen_stage2", False),
-    ("full", "full", False), ("codebook", "frozen_stage1", False), ("expert,quick", "frozen_expert", True)])
+    ("full", "full", False), ("codebook", "frozen_stage1", False), ("expert,smoke", "frozen_expert", True)])
 def test_variants_pick_stage_and_experts(variant, stage, experts):
     c = demo_cfg.get_config(variant)
     assert c.model.stage == stage

@@ -6,11 +6,11 @@ The same shape as transformers' ``EncodecModel`` default config: ``teal_jax.conv
 those weights into it. Training it needs accelerators; on a CPU use configs/audio/speech_tiny.py.
 """
 
-from teal_jax.config import base_config
+from teal_jax.config import base_config, parse_variants
 
 
 def get_config(arg: str | None = None):
-    del arg
+    parse_variants(arg, (), config="configs/audio/encodec_24khz.py")  # no variants: any is an error
     c = base_config()
     c.objective = "audio_codec"
     m = c.model

@@ -15,17 +15,14 @@ Variants (``--config=configs/audio/speech_tiny.py:VARIANT``, comma-separated):
            (1.2 kbit/s; 0.3 kbit/s at 1 level): half the tokens per second of audio for the TEAL LM.
 """
 
-from teal_jax.config import base_config
+from teal_jax.config import SMOKE, base_config, parse_variants
 
-VARIANTS = ("coarse", "gan", "seanet", "smoke")
+VARIANTS = ("coarse", "gan", "seanet", SMOKE)
 
 
 def get_config(arg: str | None = None):
-    variants = set((arg or "").split(",")) - {""}
-    unknown = variants - set(VARIANTS)
-    if unknown:
-        raise ValueError(f"speech_tiny: unknown variant(s) {sorted(unknown)}; known: {', '.join(VARIANTS)}")
-    smoke = "smoke" in variants
+    variants = parse_variants(arg, VARIANTS, config="configs/audio/speech_tiny.py")
+    smoke = SMOKE in variants
     c = base_config()
     c.objective = "audio_codec"
     m = c.model

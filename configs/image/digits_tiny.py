@@ -12,18 +12,12 @@ Variants (``--config=configs/image/digits_tiny.py:VARIANT``, comma-separated):
 ``coarse`` and ``grid8x8_9`` choose the quantizer, so they exclude each other and ``vq``.
 """
 
-from teal_jax.config import base_config
+from teal_jax.config import SMOKE, base_config, parse_variants
 
 
 def get_config(arg: str | None = None):
-    variants = set((arg or "").split(",")) - {""}
-    known = ("vq", "gan", "smoke", "coarse", "grid8x8_9")
-    unknown = variants - set(known)
-    if unknown:
-        raise ValueError(f"digits_tiny: unknown variant(s) {sorted(unknown)}; known: {', '.join(known)}")
-    quantizer_variants = sorted(variants & {"vq", "coarse", "grid8x8_9"})
-    if len(quantizer_variants) > 1:
-        raise ValueError(f"digits_tiny: variants {quantizer_variants} each choose the quantizer; pick one")
+    variants = parse_variants(arg, ("vq", "gan", SMOKE, "coarse", "grid8x8_9"), config="configs/image/digits_tiny.py",
+                              exclusive=[("vq", "coarse", "grid8x8_9")])  # each chooses the quantizer
     c = base_config()
     c.objective = "image_vq"
     m = c.model

@@ -10,14 +10,11 @@ Variants (``--config=configs/image/vqgan_256.py:VARIANT``): ``runlocal`` shrinks
 code path executes on a laptop (64x64 digits, 8x8 tokens); ``fsq`` swaps in FSQ [8, 8, 8, 5, 5, 5] (2^16 codes).
 """
 
-from teal_jax.config import base_config
+from teal_jax.config import base_config, parse_variants
 
 
 def get_config(arg: str | None = None):
-    variants = set((arg or "").split(",")) - {""}
-    unknown = variants - {"runlocal", "fsq"}
-    if unknown:
-        raise ValueError(f"vqgan_256: unknown variant(s) {sorted(unknown)}; known: runlocal, fsq")
+    variants = parse_variants(arg, ("runlocal", "fsq"), config="configs/image/vqgan_256.py")
     c = base_config()
     c.objective = "image_vq"
     m = c.model

@@ -3,11 +3,12 @@
 Variants (``--config=configs/lm/tiny.py:synthetic``): ``synthetic`` trains on random tokens (no dataset to build).
 """
 
-from teal_jax.config import base_config
+from teal_jax.config import base_config, parse_variants
 from teal_jax.data import lm as lm_data
 
 
 def get_config(arg: str | None = None):
+    variants = parse_variants(arg, ("synthetic",), config="configs/lm/tiny.py")
     c = base_config()
     c.objective = "lm"
     c.model.vocab_size = 1024
@@ -27,7 +28,7 @@ def get_config(arg: str | None = None):
     c.model.max_decode_len = 256
 
     c.data = lm_data.default_data_config()  # every data field, so each can be overridden on the command line
-    c.data.kind = "synthetic" if arg == "synthetic" else "text"
+    c.data.kind = "synthetic" if "synthetic" in variants else "text"
     c.data.num_docs = 20_000
     c.data.vocab_size = c.model.vocab_size
     c.data.seq_len = 128

@@ -5,11 +5,12 @@ Variants: ``synthetic`` (random tokens: benchmarks), ``hf=/path/to/hf_dir`` is n
 bf16 compute, fp32 params and Adam state, remat of everything but weight matmuls.
 """
 
-from teal_jax.config import base_config
+from teal_jax.config import base_config, parse_variants
 from teal_jax.data import lm as lm_data
 
 
 def get_config(arg: str | None = None):
+    variants = parse_variants(arg, ("synthetic",), config="configs/lm/tinyllama_1b.py")
     c = base_config()
     c.objective = "lm"
     c.model.vocab_size = 32_000
@@ -29,7 +30,7 @@ def get_config(arg: str | None = None):
     c.model.max_decode_len = 2048
 
     c.data = lm_data.default_data_config()  # every data field, so each can be overridden on the command line
-    c.data.kind = "synthetic" if arg == "synthetic" else "text"
+    c.data.kind = "synthetic" if "synthetic" in variants else "text"
     c.data.num_docs = 200_000
     c.data.vocab_size = c.model.vocab_size
     c.data.seq_len = 2048

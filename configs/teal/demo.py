@@ -18,13 +18,13 @@ Variants (``--config=configs/teal/demo.py:VARIANT``, comma-separated):
                 projections and the MLP used only at non-text positions (``model.stage='frozen_expert'``); text
                 positions run through the original weights, so text-only inputs give the base LM's logits bit for
                 bit.
-  ``quick``   : a few steps on the tiny data (CI runs the whole demo with it).
+  ``smoke``   : a few steps on the tiny data (CI runs the whole demo with it: ``teal_jax.demo --variant=quick``).
 """
 
 import ml_collections
 
 from configs.lm import tiny as tiny_lm
-from teal_jax.config import base_config
+from teal_jax.config import SMOKE, base_config, parse_variants
 from teal_jax.data import teal_data
 
 # The demo's tokenizers (teal_jax.demo): digits_tiny:coarse (4 x 4 codes over FSQ [4, 4, 4]) and
@@ -33,15 +33,12 @@ IMAGE_CODES, IMAGE_TOKENS = 64, 16
 AUDIO_CODES, AUDIO_LEVELS, AUDIO_SECONDS, AUDIO_FRAME_RATE = 64, 4, 1.0, 50
 AUDIO_FRAMES = int(AUDIO_SECONDS * AUDIO_FRAME_RATE)
 
-_VARIANTS = {"stage2", "codebook", "full", "expert", "quick"}
+_VARIANTS = ("stage2", "codebook", "full", "expert", SMOKE)
 
 
 def get_config(arg: str | None = None):
-    variants = set((arg or "").split(",")) - {""}
-    unknown = variants - _VARIANTS
-    if unknown:
-        raise ValueError(f"teal demo: unknown variant(s) {sorted(unknown)}; known: {sorted(_VARIANTS)}")
-    quick = "quick" in variants
+    variants = parse_variants(arg, _VARIANTS, config="configs/teal/demo.py")
+    quick = SMOKE in variants
     c = base_config()
     c.objective = "teal"
 

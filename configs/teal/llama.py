@@ -61,7 +61,7 @@ import numpy as np
 from configs.audio import encodec_24khz
 from configs.image import vqgan_256
 from configs.lm import tinyllama_1b
-from teal_jax.config import base_config
+from teal_jax.config import base_config, parse_variants
 from teal_jax.data import teal_data
 from teal_jax.data import templates as templates_lib
 
@@ -76,15 +76,8 @@ TEXT_BUDGET = 128
 
 
 def _parse(arg: str | None) -> tuple[set[str], str | None]:
-    parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
-    hf = [p[3:] for p in parts if p.startswith("hf=")]
-    variants = {p for p in parts if not p.startswith("hf=")}
-    unknown = variants - _VARIANTS
-    if unknown:
-        raise ValueError(f"teal llama: unknown variant(s) {sorted(unknown)}; known: {sorted(_VARIANTS)} and hf=DIR")
-    if len(hf) > 1 or (hf and not hf[0]):
-        raise ValueError(f"teal llama: give one hf=DIR (a HF Llama checkpoint directory), got {hf}")
-    return variants, (hf[0] if hf else None)
+    variants = parse_variants(arg, _VARIANTS, config="configs/teal/llama.py", keyed=("hf",))
+    return variants, variants.values.get("hf")
 
 
 def _lm_shape_from_hf(hf_dir: str) -> dict:
