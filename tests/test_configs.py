@@ -23,7 +23,8 @@ def test_suggestion_keyed_values_and_exclusive_groups():
         parse_variants("expret", ("expert", "full"), config="c.py")
     v = parse_variants(" full , hf=/x/y ,", ("expert", "full"), config="c.py", keyed=("hf",))
     assert set(v) == {"full"} and v.values == {"hf": "/x/y"}
-    assert parse_variants(None, ("a",), config="c.py") == frozenset() and parse_variants("", (), config="c").values == {}
+    assert parse_variants(None, ("a",), config="c.py") == frozenset()
+    assert parse_variants("", (), config="c.py").values == {}
     with pytest.raises(ValueError, match="unknown variant key 'hg'"):
         parse_variants("hg=/x", (), config="c.py", keyed=("hf",))
     with pytest.raises(ValueError, match="give one non-empty hf=VALUE"):
