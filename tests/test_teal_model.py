@@ -9,6 +9,7 @@ from flax import linen as nn
 
 from teal_jax import config as config_lib
 from teal_jax.models import teal as T
+from teal_jax.models.param_count import count_params
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
 from teal_jax.train import optim
 from teal_jax.vocab import UnifiedVocab
@@ -139,7 +140,7 @@ def test_stage_masks_select_exactly_the_intended_leaves():
         assert all(isinstance(t, bool) for t in jax.tree.leaves(mask))
     with pytest.raises(ValueError, match="model.stage"):
         T.trainable_mask(shapes, "stage3")
-    counts = T.param_counts(shapes, T.trainable_mask(shapes, "frozen_stage1"))
+    counts = count_params(shapes, T.trainable_mask(shapes, "frozen_stage1"), group_of=T.param_group)
     assert counts["codebooks (constant)"] == (40 * 6 + 24 * 5, 0)
     assert counts["lm/layers"][1] == 0 and counts["nontext/image"][0] == counts["nontext/image"][1]
     assert sum(n for n, _ in counts.values()) == sum(int(np.prod(v.shape)) for v in flat.values())
@@ -254,7 +255,7 @@ def test_frozen_expert_mask_and_counts():
     experts = {f"lm/layers/attn/expert_{n}/kernel" for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
     assert got == {"special_embed", "special_head", "image_embed", "image_head", "audio_embed", "audio_head",
                    "image_span_pos"} | experts
-    counts = T.param_counts(shapes, mask)
+    counts = count_params(shapes, mask, group_of=T.param_group)
     assert counts["lm/experts"][0] == counts["lm/experts"][1] > 0
     assert counts["lm/layers"][1] == 0
     assert "audio_span_pos" not in shapes  # audio_span_len=0: no table

@@ -26,6 +26,7 @@ import ml_collections
 from configs.lm import tiny as tiny_lm
 from teal_jax.config import SMOKE, base_config, parse_variants
 from teal_jax.data import teal_data
+from teal_jax.models.transformer import ARCHITECTURE_FIELDS, RUNTIME_FIELDS
 
 # The demo's tokenizers (teal_jax.demo): digits_tiny:coarse (4 x 4 codes over FSQ [4, 4, 4]) and
 # speech_tiny:coarse (50 frames/s, RVQ levels of 64 codes, the first level kept); one 1 s span per clip.
@@ -46,9 +47,7 @@ def get_config(arg: str | None = None):
     if quick:  # the quick text LM of teal_jax.demo
         lm.vocab_size = 512
         lm.num_layers = 2
-    c.model.lm = ml_collections.ConfigDict({k: lm[k] for k in (
-        "vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim", "rope_theta",
-        "norm_eps", "qk_norm", "tie_embeddings", "attention_impl", "remat_policy", "max_decode_len")})
+    c.model.lm = ml_collections.ConfigDict({k: lm[k] for k in ARCHITECTURE_FIELDS + RUNTIME_FIELDS})
     c.model.lm.max_decode_len = 512
     c.model.lm.use_bias = "stage2" in variants
     c.model.lm.expert_attention = "expert" in variants

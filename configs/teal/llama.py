@@ -64,12 +64,9 @@ from configs.lm import tinyllama_1b
 from teal_jax.config import base_config, parse_variants
 from teal_jax.data import teal_data
 from teal_jax.data import templates as templates_lib
+from teal_jax.models.transformer import ARCHITECTURE_FIELDS, RUNTIME_FIELDS
 
 _VARIANTS = {"stage2"}
-# TransformerConfig fields the TEAL model reads from config.model.lm.
-_LM_FIELDS = ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-              "rope_theta", "norm_eps", "qk_norm", "tie_embeddings", "attention_impl", "remat_policy",
-              "max_decode_len")
 # Longest caption / transcript (Llama tokens) the default seq_len leaves room for; COCO captions are ~10-20 words,
 # a 12 s LibriSpeech transcript ~35-45. The stream checks the real texts at start-up.
 TEXT_BUDGET = 128
@@ -89,7 +86,7 @@ def _lm_shape_from_hf(hf_dir: str) -> dict:
         raise ValueError(f"teal llama: hf={hf_dir!r} has no config.json (expected a HF Llama checkpoint directory)")
     with open(path) as f:
         cfg = config_from_hf(json.load(f), path)
-    return {k: getattr(cfg, k) for k in _LM_FIELDS if k not in ("attention_impl", "remat_policy")}
+    return {k: getattr(cfg, k) for k in (*ARCHITECTURE_FIELDS, "max_decode_len")}
 
 
 def tokenizer_configs(image_model=None, audio_model=None):
@@ -148,7 +145,7 @@ def get_config(arg: str | None = None):
     c.objective = "teal"
 
     base = tinyllama_1b.get_config().model
-    c.model.lm = ml_collections.ConfigDict({k: base[k] for k in _LM_FIELDS})
+    c.model.lm = ml_collections.ConfigDict({k: base[k] for k in ARCHITECTURE_FIELDS + RUNTIME_FIELDS})
     if hf:
         c.model.lm.update(_lm_shape_from_hf(hf))
     c.model.lm.use_bias = stage2

@@ -333,27 +333,6 @@ def param_group(keys: tuple[str, ...]) -> str:
     return "nontext/" + keys[0].split("_")[0]
 
 
-def param_counts(params: Any, trainable: Any | None = None) -> dict[str, tuple[int, int]]:
-    """group -> (parameters, trainable parameters); leaves may be arrays or shape structs."""
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    flags = jax.tree.leaves(trainable) if trainable is not None else [True] * len(leaves)
-    out: dict[str, tuple[int, int]] = {}
-    for (path, leaf), t in zip(leaves, flags, strict=True):
-        n = int(np.prod(leaf.shape))
-        g = param_group(_keys(path))
-        total, tr = out.get(g, (0, 0))
-        out[g] = (total + n, tr + (n if t else 0))
-    return dict(sorted(out.items()))
-
-
-def format_param_counts(counts: Mapping[str, tuple[int, int]]) -> str:
-    lines = [f"  {g:<22} {n:>14,} params {t:>14,} trainable" for g, (n, t) in counts.items()]
-    total = sum(n for n, _ in counts.values())
-    train = sum(t for _, t in counts.values())
-    lines.append(f"  {'total':<22} {total:>14,} params {train:>14,} trainable")
-    return "\n".join(lines)
-
-
 def _is_box(x) -> bool:
     return isinstance(x, nn.meta.AxisMetadata)
 

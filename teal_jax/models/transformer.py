@@ -30,6 +30,13 @@ REMAT_POLICIES = {
 }
 
 
+# The one list of the LM's fields, in two parts: those that change what the weights compute (two configs that agree
+# on them hold interchangeable weights), and those a run may choose freely (kernel, memory policy, cache length).
+ARCHITECTURE_FIELDS = ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+                       "rope_theta", "norm_eps", "qk_norm", "tie_embeddings")
+RUNTIME_FIELDS = ("attention_impl", "remat_policy", "max_decode_len")
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     vocab_size: int
@@ -86,6 +93,14 @@ class TransformerConfig:
         kw = {k: v for k, v in d.items() if k in names}
         kw.update(overrides)
         return cls(**kw)
+
+    def check_same_architecture(self, other: TransformerConfig, source: str) -> None:
+        """ValueError naming ``source`` and every differing ARCHITECTURE_FIELDS entry when ``other`` (the weights
+        at ``source``) cannot stand in for this config's."""
+        diff = [f"{f}: base {getattr(other, f)!r} vs config.model.lm {getattr(self, f)!r}"
+                for f in ARCHITECTURE_FIELDS if getattr(other, f) != getattr(self, f)]
+        if diff:
+            raise ValueError(f"the base LM at {source} does not match config.model.lm: " + "; ".join(diff))
 
     @property
     def num_params(self) -> int:

@@ -43,6 +43,7 @@ from teal_jax import vocab as vocab_lib
 from teal_jax.config import base_config
 from teal_jax.data.iterator import DataIterator
 from teal_jax.models import teal as teal_lib
+from teal_jax.models.param_count import count_params, format_counts
 from teal_jax.models.transformer import TransformerConfig
 from teal_jax.train.objective import Objective
 from teal_jax.vocab import UnifiedVocab
@@ -306,18 +307,6 @@ class SyntheticTealTasks(DataIterator):
 
 
 # ---- base weights ------------------------------------------------------------------------------------------------
-# Fields that change what the weights compute; the rest (dtype, remat, attention kernel, cache length) may differ.
-_ARCH_FIELDS = ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
-                "rope_theta", "norm_eps", "qk_norm", "tie_embeddings")
-
-
-def check_same_architecture(base: TransformerConfig, ours: TransformerConfig, source: str) -> None:
-    diff = [f"{f}: base {getattr(base, f)!r} vs config.model.lm {getattr(ours, f)!r}" for f in _ARCH_FIELDS
-            if getattr(base, f) != getattr(ours, f)]
-    if diff:
-        raise ValueError(f"the base LM at {source} does not match config.model.lm: " + "; ".join(diff))
-
-
 def check_base_lm_given(model_cfg: ml_collections.ConfigDict) -> None:
     """``model.require_base_lm`` ('base_lm_hf' | 'base_lm_workdir'; '' = off): a config meant for a pretrained LM
     fails naming that field when no base is set, instead of training on a random frozen LM."""
@@ -344,13 +333,13 @@ def _load_base(model_cfg: ml_collections.ConfigDict, ours: TransformerConfig) ->
         except ValueError as e:
             raise ValueError(f"config.model.base_lm_workdir: {e}") from e
         lm_fields = base_cfg.model if kind == "lm" else base_cfg.model.lm
-        check_same_architecture(TransformerConfig.from_config(lm_fields), ours, workdir)
+        ours.check_same_architecture(TransformerConfig.from_config(lm_fields), workdir)
         return kind, params
     if hf:
         from teal_jax.convert.llama import import_llama  # imported lazily: only HF runs need it
 
         base_cfg, params = import_llama(hf)
-        check_same_architecture(base_cfg, ours, hf)
+        ours.check_same_architecture(base_cfg, hf)
         return "lm", params
     return None
 
@@ -450,8 +439,8 @@ class TealObjective(Objective):
         if not self._printed:
             self._printed = True
             unboxed = nn.unbox(params)
-            counts = teal_lib.param_counts(unboxed, teal_lib.trainable_mask(unboxed, self.stage))
-            print(f"TEAL parameters (stage {self.stage}):\n" + teal_lib.format_param_counts(counts))
+            counts = count_params(unboxed, teal_lib.trainable_mask(unboxed, self.stage), group_of=teal_lib.param_group)
+            print(f"TEAL parameters (stage {self.stage}):\n" + format_counts(counts))
         return {"model": params}, {}
 
     def trainable(self, params):

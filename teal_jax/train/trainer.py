@@ -27,6 +27,7 @@ from flax import linen as nn
 
 from teal_jax import config as config_lib
 from teal_jax.checkpoint import Checkpointer
+from teal_jax.models.param_count import count_params, format_counts
 from teal_jax.parallel import sharding as shd
 from teal_jax.train import metrics as metrics_lib
 from teal_jax.train import optim
@@ -175,14 +176,8 @@ class Trainer:
                                         process_count=jax.process_count())
 
     def _print_param_counts(self, params) -> None:
-        lines = []
-        for g in self.groups:
-            sizes = [(int(np.prod(p.shape)), t) for p, t in zip(jax.tree.leaves(params[g]),
-                                                                 jax.tree.leaves(self.trainable[g]), strict=True)]
-            total = sum(s for s, _ in sizes)
-            train = sum(s for s, t in sizes if t)
-            lines.append(f"  {g}: {total:,} parameters, {train:,} trainable, {total - train:,} frozen")
-        self.writer.print("parameters:\n" + "\n".join(lines))
+        counts = count_params({g: params[g] for g in self.groups}, {g: self.trainable[g] for g in self.groups})
+        self.writer.print("parameters:\n" + format_counts(counts))
 
     def init_state(self) -> dict[str, Any]:
         init_rng, state_rng = jax.random.split(self.rng)
