@@ -4,9 +4,9 @@
 ``jax.jit``-compiled and batched; inputs may be numpy or (sharded) jax arrays, the outputs keep the batch sharding.
 
 Accepted images: ``[batch, H, W]`` or ``[batch, H, W, 1|3|4]``, uint8 in [0, 255] or float in [0, 1]. Channels are
-converted to the model's (gray -> RGB repeats, RGB -> gray is ITU-R 601 luma, RGBA -> RGB drops alpha over
-black). Images whose size differs from ``config.image_size`` are center-cropped to a square and resized (bicubic)
-when ``resize=True``, otherwise rejected with a ValueError naming both sizes.
+converted to the model's by :func:`teal_jax.media.image.mix_channels` (gray -> RGB repeats, RGB -> gray is ITU-R
+601 luma, RGBA is composited over black). Images whose size differs from ``config.image_size`` are center-cropped
+to a square and resized (bicubic) when ``resize=True``, otherwise rejected with a ValueError naming both sizes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from teal_jax.media.image import mix_channels
 from teal_jax.models.vqgan import VQGAN, VQGANConfig
 
 
@@ -31,13 +32,7 @@ def _prepare(images: jax.Array, channels: int, size: int, resize: bool) -> jax.A
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
         raise ValueError(f"images must be [batch, H, W] or [batch, H, W, 1|3|4], got shape {images.shape}")
     x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
-    if x.shape[-1] == 4:  # drop alpha, composited over black
-        x = x[..., :3] * x[..., 3:]
-    if x.shape[-1] != channels:
-        if channels == 3:
-            x = jnp.repeat(x, 3, axis=-1)
-        else:
-            x = (x[..., 0:1] * 0.299 + x[..., 1:2] * 0.587 + x[..., 2:3] * 0.114)
+    x = mix_channels(x, channels)
     h, w = x.shape[1:3]
     if (h, w) != (size, size):
         if not resize:
