@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from teal_jax.models.quantizers import FSQ, QuantizerOutput, ResidualVQ, VectorQuantizer, kmeans, l2_normalize
+from teal_jax.models.fsq import FSQ
+from teal_jax.models.quantizers import QuantizerOutput, ResidualVQ, VectorQuantizer, kmeans, l2_normalize
 
 ATOL = 1e-5  # float32 math vs float64 reference on O(1) values
 

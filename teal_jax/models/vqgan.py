@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
-from teal_jax.models.quantizers import FSQ, QuantizerOutput, VectorQuantizer
+from teal_jax.models.fsq import FSQ
+from teal_jax.models.quantizers import QuantizerOutput, VectorQuantizer
 
 Array = jax.Array
 CONV_AXES = (None, None, "conv_in", "conv_out")
