@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from teal_jax.models.audio_layers import centered_stft
+
 Array = jax.Array
 
 
@@ -48,12 +50,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
 
 def stft_magnitude(x: Array, n_fft: int, hop: int, eps: float = 1e-7) -> Array:
     """``x [batch, samples]`` -> ``[batch, frames, n_fft // 2 + 1]`` magnitudes, frames = 1 + samples // hop."""
-    pad = n_fft // 2
-    xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (pad, pad)), mode="reflect")
-    n_frames = 1 + (xp.shape[1] - n_fft) // hop
-    idx = np.arange(n_frames)[:, None] * hop + np.arange(n_fft)[None, :]
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
-    spec = jnp.fft.rfft(xp[:, idx] * window, axis=-1)
+    spec = centered_stft(x, n_fft, hop)  # torch.stft(center=True) framing, periodic Hann
     return jnp.sqrt(jnp.real(spec) ** 2 + jnp.imag(spec) ** 2 + eps)
 
 

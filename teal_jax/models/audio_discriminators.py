@@ -15,8 +15,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
+
+from teal_jax.models.audio_layers import centered_stft
 
 Array = jax.Array
 _CONV_NAMES = (None, None, "conv_in", "conv_out")
@@ -29,12 +30,7 @@ def _conv(features, kernel, strides=(1, 1), dilation=(1, 1), name=None, dtype=jn
 
 def complex_stft(x: Array, n_fft: int, hop: int) -> Array:
     """``[batch, samples]`` -> float32 ``[batch, frames, n_fft//2+1, 2]`` (real, imaginary), Hann window."""
-    pad = n_fft // 2
-    xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (pad, pad)), mode="reflect")
-    n_frames = 1 + (xp.shape[1] - n_fft) // hop
-    idx = np.arange(n_frames)[:, None] * hop + np.arange(n_fft)[None, :]
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
-    spec = jnp.fft.rfft(xp[:, idx] * window, axis=-1)
+    spec = centered_stft(x, n_fft, hop)
     return jnp.stack([jnp.real(spec), jnp.imag(spec)], axis=-1)
 
 

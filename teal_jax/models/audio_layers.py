@@ -260,6 +260,17 @@ def stft(x: Array, n_fft: int, hop: int, pad_mode: str = "reflect") -> Array:
     return jnp.fft.rfft(frame_signal(x.astype(jnp.float32), n_fft, hop, pad_mode) * hann_window(n_fft), axis=-1)
 
 
+def centered_stft(x: Array, n_fft: int, hop: int) -> Array:
+    """torch.stft's ``center=True`` framing (reflect-pad ``n_fft // 2`` on both sides; frames = 1 + samples // hop),
+    periodic Hann window: complex ``[batch, frames, n_fft // 2 + 1]``. The losses, discriminators and metrics use
+    this one; the codec's own encoder/decoder use the block-centred :func:`stft` / :func:`istft` pair."""
+    pad = n_fft // 2
+    xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (pad, pad)), mode="reflect")
+    n_frames = 1 + (xp.shape[1] - n_fft) // hop
+    idx = np.arange(n_frames)[:, None] * hop + np.arange(n_fft)[None, :]
+    return jnp.fft.rfft(xp[:, idx] * hann_window(n_fft), axis=-1)
+
+
 def istft(spec: Array, n_fft: int, hop: int) -> Array:
     """Inverse of :func:`stft` (least-squares overlap-add): ``spec [batch, frames, n_fft // 2 + 1]`` complex ->
     float32 ``[batch, frames * hop]``: ``y = OLA(irfft(spec) * w) / OLA(w^2)`` with the Hann window ``w``, trimmed
