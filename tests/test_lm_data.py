@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from teal_jax.data import lm
+from teal_jax.data.iterator import GrainBatches
 from teal_jax.data.packing import unpack_row
-from teal_jax.data.pipeline import BATCH_KEYS, PackedBatches, text_dataset
+from teal_jax.data.pipeline import BATCH_KEYS, text_dataset
 from teal_jax.tokenizers.text import TextTokenizer
 
 B, T = 4, 33
@@ -83,7 +84,7 @@ def test_batch_layout_and_contents(prepared):
     tok = TextTokenizer.load(paths["tokenizer_model"])
     corpus = {json.loads(line)["text"] for line in open(paths["corpus_files"][0])}
     it = _iter(prepared)
-    assert isinstance(it, PackedBatches)
+    assert isinstance(it, GrainBatches)
     whole_docs = 0
     for _ in range(5):
         b = next(it)
@@ -135,7 +136,7 @@ def test_resume_across_epochs_and_epoch_reshuffle(prepared):
     source = [{"text": f"document {i} has {i % 7} cats"} for i in range(24)]
 
     def make():
-        return PackedBatches(text_dataset(source, tokenizer_model=paths["tokenizer_model"], batch_size=2, seq_len=16,
+        return GrainBatches(text_dataset(source, tokenizer_model=paths["tokenizer_model"], batch_size=2, seq_len=16,
                                           train=True, seed=3))
 
     it = make()

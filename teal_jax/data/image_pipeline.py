@@ -20,7 +20,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from teal_jax.data.iterator import DataIterator
+from teal_jax.data.iterator import GrainBatches
 from teal_jax.media.image import center_crop_resize, convert_channels
 
 
@@ -58,23 +58,6 @@ class _Preprocess(grain.transforms.Map):
         return {"image": img, "label": np.int32(label if np.ndim(label) == 0 else -1)}
 
 
-class ImageBatches(DataIterator):
-    """Wraps a grain dataset iterator; ``get_state``/``set_state`` give exact resumption."""
-
-    def __init__(self, dataset: grain.MapDataset):
-        self._dataset = dataset
-        self._it = iter(dataset)
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._it)
-
-    def get_state(self) -> dict[str, Any]:
-        return dict(self._it.get_state())
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._it.set_state(dict(state))
-
-
 def make_image_iterator(
     source: Sequence[dict[str, Any]],
     *,
@@ -87,7 +70,7 @@ def make_image_iterator(
     process_count: int = 1,
     image_key: str = "image",
     label_key: str | None = "label",
-) -> ImageBatches:
+) -> GrainBatches:
     """Batches from a random-access ``source`` (e.g. ``tfds.data_source(...)``).
 
     train=True: shuffled with ``seed``, repeated forever, full batches. train=False: one pass in order, the last
@@ -101,7 +84,7 @@ def make_image_iterator(
     if train:
         ds = ds.shuffle(seed=seed).repeat()
     ds = ds.map(_Preprocess(image_key, label_key, image_size, channels))
-    return ImageBatches(ds.batch(batch_size, drop_remainder=True))
+    return GrainBatches(ds.batch(batch_size, drop_remainder=True), "image")
 
 
 def tfds_image_source(name: str, split: str, data_dir: str | None = None):

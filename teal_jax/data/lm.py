@@ -12,7 +12,7 @@ missing. A call that finds everything prepared reads one small manifest and retu
       tfds/local_text_corpus/c<digest>/1.0.0/local_text_corpus-{train,eval}.array_record-*
 
 ``make_lm_iterator(config.data, split, batch_size=..., seq_len=..., ...)`` returns a
-:class:`~teal_jax.data.pipeline.PackedBatches` (see :mod:`teal_jax.data.pipeline` for the batch layout and the
+:class:`~teal_jax.data.iterator.GrainBatches` (see :mod:`teal_jax.data.pipeline` for the batch layout and the
 resume semantics). The data config fields and their defaults are :func:`default_data_config`; docs/data.md
 describes each.
 """
@@ -22,17 +22,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
 from teal_jax.data import text_corpus
+from teal_jax.data.iterator import GrainBatches
 from teal_jax.lineage import LM_DATA_MANIFEST
 from teal_jax.media.text import resolve_corpus_files
-
-if TYPE_CHECKING:
-    from teal_jax.data.pipeline import PackedBatches
 
 MANIFEST = LM_DATA_MANIFEST
 SPLITS = ("train", "eval")
@@ -190,7 +188,7 @@ def make_lm_iterator(
     data_dir: str | None = None,
     workdir: str | None = None,
     num_epochs: int | None = None,
-) -> PackedBatches:
+) -> GrainBatches:
     """Host-local packed batches of ``split`` ('train' or 'eval'): ``{key: [batch_size, seq_len]}``.
 
     Prepares the data first if needed (a no-op after :func:`prepare_lm_data`). Train: shuffled with
@@ -201,7 +199,7 @@ def make_lm_iterator(
         raise ValueError(f"split={split!r}: the LM dataset has splits {SPLITS}")
     import tensorflow_datasets as tfds
 
-    from teal_jax.data.pipeline import PackedBatches, text_dataset
+    from teal_jax.data.pipeline import text_dataset
 
     paths = prepare_lm_data(data_config, workdir, data_dir=data_dir, verbose=process_index == 0)
     if split == "eval" and float(_get(data_config, "eval_fraction")) <= 0:
@@ -217,4 +215,4 @@ def make_lm_iterator(
         add_eos=bool(_get(data_config, "add_eos")), packing=_get(data_config, "packing"),
         packing_bins=int(_get(data_config, "packing_bins")),
     )
-    return PackedBatches(ds)
+    return GrainBatches(ds, "text")

@@ -13,23 +13,20 @@ Stages, in order (all deterministic given ``seed``)::
 Batches are ``{'tokens': int32 [B, T], 'segment_ids': int32 [B, T], 'positions': int32 [B, T],
 'loss_mask': float32 [B, T]}`` with ``B`` the host batch and ``T = seq_len``.
 
-:class:`PackedBatches` is the :class:`~teal_jax.train.objective.DataIterator`: ``get_state()`` is grain's iterator
-state made JSON-safe (tuples become lists, bytes become ``{'__bytes__': base64}``); ``set_state`` undoes that and
+:class:`~teal_jax.data.iterator.GrainBatches` wraps the dataset: ``get_state()`` is grain's iterator state made
+JSON-safe (tuples become lists, bytes become ``{'__bytes__': base64}``); ``set_state`` undoes that and
 hands it back to grain, after which the next batch is exactly the one an uninterrupted run would have produced.
 Prefetching is thread-based (grain ``ReadOptions``), which grain accounts for in its state.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
-from teal_jax.data.iterator import DataIterator
 from teal_jax.data.packing import pack_dataset
 
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
@@ -67,53 +64,6 @@ class Tokenize(grain.transforms.Map):
         ids = self.tokenizer.encode(str(text), add_bos=self.add_bos, add_eos=self.add_eos)
         tokens = np.asarray(ids, np.int32)
         return {"tokens": tokens, "loss_mask": np.ones(tokens.shape, np.float32)}
-
-
-def _to_json(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _to_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_to_json(v) for v in x]
-    if isinstance(x, bytes):
-        return {"__bytes__": base64.b64encode(x).decode("ascii")}
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return x
-
-
-def _from_json(x: Any) -> Any:
-    if isinstance(x, dict):
-        if set(x) == {"__bytes__"}:
-            return base64.b64decode(x["__bytes__"])
-        return {k: _from_json(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_from_json(v) for v in x]
-    return x
-
-
-class PackedBatches(DataIterator):
-    """A grain dataset iterator with JSON-safe, exact ``get_state``/``set_state``."""
-
-    def __init__(self, dataset: grain.IterDataset):
-        self._dataset = dataset
-        self._it = iter(dataset)
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._it)
-
-    def get_state(self) -> dict[str, Any]:
-        state = _to_json(self._it.get_state())
-        json.dumps(state)  # fail here, not in the checkpointer, if grain ever returns something unexpected
-        return state
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        try:
-            self._it.set_state(_from_json(dict(state)))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"data iterator state {json.dumps(state)[:300]} does not fit this text pipeline "
-                             f"({type(e).__name__}: {e}); was it saved by another data config?") from None
 
 
 def text_dataset(

@@ -35,7 +35,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from teal_jax.data.iterator import DataIterator
+from teal_jax.data.iterator import GrainBatches
 from teal_jax.media.audio import resample
 
 SAMPLE_RATE = 16000
@@ -285,25 +285,9 @@ class _StartCrop(grain.transforms.Map):
         return {"audio": piece, "length": np.int32(n), "label": np.int32(record["label"])}
 
 
-class SpeechBatches(DataIterator):
-    """A grain dataset iterator with exact ``get_state``/``set_state`` resumption."""
-
-    def __init__(self, dataset):
-        self._it = iter(dataset)
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._it)
-
-    def get_state(self) -> dict[str, Any]:
-        return dict(self._it.get_state())
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self._it.set_state(dict(state))
-
-
 def make_speech_iterator(source: Sequence[dict[str, Any]], *, batch_size: int, crop_samples: int, train: bool,
                          seed: int = 0, process_index: int = 0, process_count: int = 1,
-                         adapter: RecordAdapter | None = None) -> SpeechBatches:
+                         adapter: RecordAdapter | None = None) -> GrainBatches:
     """Batches ``{'audio': int16 [batch, crop], 'length': int32 [batch], 'label': int32 [batch]}``.
 
     train=True: shuffled with ``seed``, repeated, random crops. train=False: one pass in order, crops from the
@@ -319,7 +303,7 @@ def make_speech_iterator(source: Sequence[dict[str, Any]], *, batch_size: int, c
         ds = ds.shuffle(seed=seed).repeat().random_map(_RandomCrop(crop_samples), seed=seed)
     else:
         ds = ds.map(_StartCrop(crop_samples))
-    return SpeechBatches(ds.batch(batch_size, drop_remainder=True))
+    return GrainBatches(ds.batch(batch_size, drop_remainder=True), "speech")
 
 
 def load_clips(source: Sequence[dict[str, Any]], *, max_samples: int, labelled_only: bool = False,
