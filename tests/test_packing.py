@@ -1,5 +1,6 @@
 """Packing properties for both methods: nothing lost or duplicated, positions restart, padding masked, long
-documents split, per-token weights and extra features carried; exact resumption of the packed stream."""
+documents split, per-token weights and extra features carried; exact resumption of the packed stream; the draw packer
+of the TEAL task streams."""
 
 import json
 
@@ -7,7 +8,7 @@ import grain
 import numpy as np
 import pytest
 
-from teal_jax.data.packing import pack_dataset, pack_examples, unpack_row
+from teal_jax.data.packing import pack_dataset, pack_drawn_examples, pack_examples, unpack_row
 
 SEQ = 16
 
@@ -127,3 +128,32 @@ def test_packed_stream_resumes_exactly(method):
     for a, b in zip(expected, [next(resumed) for _ in range(6)], strict=True):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_pack_drawn_examples_places_whole_draws_and_closes_a_row_after_max_tries():
+    """Rows take draws left to right; a draw that does not fit is dropped and counts as a miss; a row closes when
+    full or after max_tries misses; 'example' weights make every placed example's weights sum to 1."""
+    lengths = iter([5, 6, 4, 3, 9, 2, 7, 1, 8, 8, 8, 8, 8, 8])
+    drawn = []
+
+    def draw():
+        n = next(lengths)
+        drawn.append(n)
+        return list(range(10, 10 + n)), [0.0] + [1.0] * (n - 1), {"n": n}
+
+    out, placed = pack_drawn_examples(draw, 2, 12, max_tries=2, example_weights=True)
+    # row 0: 5 + 6 (11), 4 misses, 3 misses -> closed; row 1: 9 + 2 (11), 7 misses, 1 fits (12) -> full
+    assert drawn == [5, 6, 4, 3, 9, 2, 7, 1]
+    assert [(p["row"], p["segment"], p["n"]) for p in placed] == [(0, 1, 5), (0, 2, 6), (1, 1, 9), (1, 2, 2),
+                                                                    (1, 3, 1)]
+    assert out["segment_ids"][0].tolist() == [1] * 5 + [2] * 6 + [0]
+    assert out["positions"][1].tolist() == list(range(9)) + [0, 1, 0]
+    for key in ("tokens", "loss_mask", "loss_weight"):
+        assert out[key][0, 11] == 0  # padding
+    for p in placed:
+        sel = out["segment_ids"][p["row"]] == p["segment"]
+        np.testing.assert_allclose(out["loss_weight"][p["row"], sel].sum(), 1.0 if p["n"] > 1 else 0.0)
+        np.testing.assert_array_equal(out["loss_weight"][p["row"], sel], out["loss_mask"][p["row"], sel] /
+                                      max(1.0, out["loss_mask"][p["row"], sel].sum()))
+    one, _ = pack_drawn_examples(lambda: ([7, 7, 7], [1.0] * 3, {}), 1, 8, max_tries=1)
+    assert one["segment_ids"].tolist() == [[1, 1, 1, 2, 2, 2, 0, 0]] and "loss_weight" not in one

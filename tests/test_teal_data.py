@@ -24,8 +24,11 @@ from teal_jax import lineage, teal_generate
 from teal_jax.checkpoint import Checkpointer
 from teal_jax.data import lm as lm_data
 from teal_jax.data import speech
-from teal_jax.data import teal_data as TD
 from teal_jax.data import templates as T
+from teal_jax.data.teal import config as TC
+from teal_jax.data.teal import sources as TS
+from teal_jax.data.teal import token_dataset as TT
+from teal_jax.data.teal.task_stream import TealTaskStream
 from teal_jax.media.image import center_crop_resize, convert_channels
 from teal_jax.models.codec import Codec, CodecConfig
 from teal_jax.models.vqgan import VQGAN, VQGANConfig
@@ -37,7 +40,7 @@ from teal_jax.vocab import UnifiedVocab
 SECONDS = 0.5  # 50 codec frames at 16 kHz / hop 160; many spoken-words clips are longer (skipped)
 BATCH = 16  # tokenize_batch
 TEXT_SIZE = 320
-ALL_TASKS = {t: 1.0 for t in TD.TASKS}
+ALL_TASKS = {t: 1.0 for t in TC.TASKS}
 
 
 # ---- fixtures -----------------------------------------------------------------------------------------------------
@@ -82,8 +85,8 @@ def env(tmp_path_factory):
     text_tok = TextTokenizer.load(lm_paths["tokenizer_model"])
 
     tokens_dir = str(root / "tokens")
-    image = TD.pretokenize_images(image_tok, {"kind": "digits"}, tokens_dir, data_dir=data_dir, batch_size=BATCH)
-    audio = TD.pretokenize_audio(audio_tok, {"kind": "spoken_words", "config": "tiny"}, tokens_dir, seconds=SECONDS,
+    image = TT.pretokenize_images(image_tok, {"kind": "digits"}, tokens_dir, data_dir=data_dir, batch_size=BATCH)
+    audio = TT.pretokenize_audio(audio_tok, {"kind": "spoken_words", "config": "tiny"}, tokens_dir, seconds=SECONDS,
                                  data_dir=data_dir, batch_size=BATCH)
     vocab = UnifiedVocab(text_size=TEXT_SIZE, image_codebook_size=image_tok.vocab_size,
                          audio_codebook_size=audio_tok.codebook_size, audio_num_levels=audio_tok.num_levels)
@@ -99,10 +102,10 @@ def _lm_source(env, split):
 def _stream(env, split="train", *, tasks=None, seq_len=256, batch_size=4, seed=0, p=0, n=1, dropout=0.5,
             vocab=None, loss_normalization="token"):
     token_split = "train" if split == "train" else "test"
-    return TD.TealTaskStream(
+    return TealTaskStream(
         vocab=vocab or env["vocab"], text_tokenizer=env["text_tok"], tasks=tasks or ALL_TASKS, split=split,
-        batch_size=batch_size, seq_len=seq_len, seed=seed, image=TD.token_source(env["image"], token_split),
-        audio=TD.token_source(env["audio"], token_split), lm_docs=_lm_source(env, "train" if split == "train" else
+        batch_size=batch_size, seq_len=seq_len, seed=seed, image=TT.token_source(env["image"], token_split),
+        audio=TT.token_source(env["audio"], token_split), lm_docs=_lm_source(env, "train" if split == "train" else
                                                                               "eval"),
         cond_dropout=dropout, process_index=p, process_count=n, loss_normalization=loss_normalization)
 
@@ -114,9 +117,9 @@ def _speech_source(env, split):
 # ---- pre-tokenization ---------------------------------------------------------------------------------------------
 def test_image_tokens_are_the_tokenizers_codes_of_every_digit(env):
     tok, man = env["image_tok"], env["image"]
-    for split in TD.SPLITS:
+    for split in TS.SPLITS:
         src = tfds.data_source("digits_images/16px", split=split, data_dir=env["data_dir"])
-        tokens = TD.token_source(man, split)
+        tokens = TT.token_source(man, split)
         assert len(tokens) == len(src) == man["records"][split] and man["skipped"][split] == 0
         want = np.asarray(tok.encode(np.stack([src[i]["image"] for i in range(BATCH)]))).reshape(BATCH, -1)
         got = np.stack([tokens[i]["codes"] for i in range(BATCH)])
@@ -134,18 +137,18 @@ def test_augmented_image_copies_are_jittered_train_records_with_their_originals_
     codes), the held-out split none; the copies are a pure function of the record, and the count is in the name."""
     from teal_jax.data.image_pipeline import random_affine
 
-    src = {s: tfds.data_source("digits_images/16px", split=s, data_dir=env["data_dir"]) for s in TD.SPLITS}
-    sources = {s: [src[s][i] for i in range(8)] for s in TD.SPLITS}
+    src = {s: tfds.data_source("digits_images/16px", split=s, data_dir=env["data_dir"]) for s in TS.SPLITS}
+    sources = {s: [src[s][i] for i in range(8)] for s in TS.SPLITS}
     tok = env["image_tok"]
-    build = lambda copies, d: TD.pretokenize_images(  # noqa: E731
+    build = lambda copies, d: TT.pretokenize_images(  # noqa: E731
         tok, {"kind": "digits", "augment_copies": copies}, str(tmp_path / d), sources=sources, batch_size=BATCH,
         verbose=False)
     plain, aug, again = build(0, "a"), build(2, "b"), build(2, "c")
     assert plain["dataset"] != aug["dataset"] == again["dataset"]
     assert aug["records"] == {"train": 24, "test": 8} and plain["records"] == {"train": 8, "test": 8}
-    base = TD.token_source(plain, "train")
+    base = TT.token_source(plain, "train")
     by_index = {}
-    for r in TD.token_source(aug, "train"):
+    for r in TT.token_source(aug, "train"):
         by_index.setdefault(int(r["index"]), []).append(r)
     assert sorted(by_index) == list(range(8)) and all(len(v) == 3 for v in by_index.values())
     changed = 0
@@ -156,11 +159,11 @@ def test_augmented_image_copies_are_jittered_train_records_with_their_originals_
         assert tuple(np.asarray(orig["codes"]).tolist()) in codes  # the original is kept
         changed += len(set(codes)) - 1
     assert changed >= 8  # most jittered copies tokenize differently
-    b = [tuple(np.asarray(r["codes"]).tolist()) for r in TD.token_source(aug, "train")]
-    c = [tuple(np.asarray(r["codes"]).tolist()) for r in TD.token_source(again, "train")]
+    b = [tuple(np.asarray(r["codes"]).tolist()) for r in TT.token_source(aug, "train")]
+    c = [tuple(np.asarray(r["codes"]).tolist()) for r in TT.token_source(again, "train")]
     assert sorted(b) == sorted(c)  # deterministic
-    held = [tuple(np.asarray(r["codes"]).tolist()) for r in TD.token_source(aug, "test")]
-    assert sorted(held) == sorted(tuple(np.asarray(r["codes"]).tolist()) for r in TD.token_source(plain, "test"))
+    held = [tuple(np.asarray(r["codes"]).tolist()) for r in TT.token_source(aug, "test")]
+    assert sorted(held) == sorted(tuple(np.asarray(r["codes"]).tolist()) for r in TT.token_source(plain, "test"))
     # the jitter itself: a shifted/rotated copy of the same size, equal for the same generator state
     img = np.asarray(src["train"][0]["image"])
     a1, a2 = (random_affine(img, np.random.default_rng(3)) for _ in range(2))
@@ -173,8 +176,8 @@ def test_audio_tokens_are_the_codecs_codes_of_fixed_spans_and_long_clips_are_ski
     tok, man = env["audio_tok"], env["audio"]
     frames, samples = T.audio_span(SECONDS, tok.sample_rate, tok.config.hop_length)
     assert man["code_shape"] == [frames, tok.num_levels] and man["span"]["frames"] == frames
-    for split in TD.SPLITS:
-        src, tokens = _speech_source(env, split), TD.token_source(man, split)
+    for split in TS.SPLITS:
+        src, tokens = _speech_source(env, split), TT.token_source(man, split)
         kept = [i for i in range(len(src)) if len(src[i]["audio"]) <= samples]
         assert 0 < len(kept) < len(src)  # some clips are longer than the span
         assert man["skipped"][split] == len(src) - len(kept) and man["records"][split] == len(kept) == len(tokens)
@@ -193,19 +196,19 @@ def test_pretokenization_is_idempotent_and_keyed_by_its_inputs(env, capsys):
     files = lambda: {os.path.join(r, f): os.path.getmtime(os.path.join(r, f))  # noqa: E731
                      for r, _, fs in os.walk(env["tokens_dir"]) for f in fs}
     before = files()
-    again = TD.pretokenize_images(env["image_tok"], {"kind": "digits"}, env["tokens_dir"], data_dir=env["data_dir"],
+    again = TT.pretokenize_images(env["image_tok"], {"kind": "digits"}, env["tokens_dir"], data_dir=env["data_dir"],
                                   batch_size=BATCH)
     assert again == env["image"]
     assert "records" not in capsys.readouterr().out  # nothing was built
     assert files() == before
     # Another source (here: a subset of the records) is another dataset, built beside the first one.
-    digits = {s: tfds.data_source("digits_images/16px", split=s, data_dir=env["data_dir"]) for s in TD.SPLITS}
-    subset = {s: [digits[s][i] for i in range(20)] for s in TD.SPLITS}
-    small = TD.pretokenize_images(env["image_tok"], {"kind": "digits"}, env["tokens_dir"], sources=subset,
+    digits = {s: tfds.data_source("digits_images/16px", split=s, data_dir=env["data_dir"]) for s in TS.SPLITS}
+    subset = {s: [digits[s][i] for i in range(20)] for s in TS.SPLITS}
+    small = TT.pretokenize_images(env["image_tok"], {"kind": "digits"}, env["tokens_dir"], sources=subset,
                                   batch_size=BATCH)
     assert small["dataset"] != env["image"]["dataset"] and small["records"] == {"train": 20, "test": 20}
     assert all(before[f] == t for f, t in files().items() if f in before)  # the first dataset is untouched
-    big, sub = TD.token_source(env["image"], "test"), TD.token_source(small, "test")
+    big, sub = TT.token_source(env["image"], "test"), TT.token_source(small, "test")
     np.testing.assert_array_equal(np.stack([sub[i]["codes"] for i in range(20)]),
                                   np.stack([big[i]["codes"] for i in range(20)]))
     # Another tokenizer (one parameter changed) has another fingerprint, hence another dataset name.
@@ -214,9 +217,9 @@ def test_pretokenization_is_idempotent_and_keyed_by_its_inputs(env, capsys):
     leaf = jax.tree_util.tree_leaves(params)[0]
     leaf.reshape(-1)[0] += 1.0
     changed = ImageTokenizer(tok.config, params)
-    assert TD.tokenizer_fingerprint(changed) != TD.tokenizer_fingerprint(tok)
-    assert TD.tokenizer_fingerprint(ImageTokenizer(tok.config, tok.variables["params"])) == \
-        TD.tokenizer_fingerprint(tok)
+    assert TT.tokenizer_fingerprint(changed) != TT.tokenizer_fingerprint(tok)
+    assert TT.tokenizer_fingerprint(ImageTokenizer(tok.config, tok.variables["params"])) == \
+        TT.tokenizer_fingerprint(tok)
 
 
 # ---- the task stream ------------------------------------------------------------------------------------------------
@@ -278,7 +281,7 @@ def _parse(v, tok, toks, mask, hw, alen):
 
 def _check_batches(env, stream, batches, token_split, pairs, lm_split):
     v, tok = stream.vocab, env["text_tok"]
-    img_src, aud_src = TD.token_source(env["image"], token_split), TD.token_source(env["audio"], token_split)
+    img_src, aud_src = TT.token_source(env["image"], token_split), TT.token_source(env["audio"], token_split)
     lm_src = _lm_source(env, lm_split)
     hw, alen = 16, env["audio"]["code_shape"][0] * v.audio_levels_used
     seen = set()
@@ -295,13 +298,13 @@ def _check_batches(env, stream, batches, token_split, pairs, lm_split):
                 seen.add(d["task"])
                 if d["dropped"]:
                     seen.add(d["task"] + "/dropped")
-                assert task == TD._TEMPLATE_TASK[d["task"]]
+                assert task == T.layout(d["task"])
                 assert (toks[0] == v.null) == d["dropped"]
                 if d["task"] == "lm":
                     doc = tok.encode(lm_src[d["index"]]["text"].decode())
                     assert tgt == doc[: len(tgt)] and (len(tgt) == len(doc) or len(toks) == stream.row)
                     continue
-                m = "image" if d["task"] in TD.IMAGE_TASKS else "audio"
+                m = "image" if d["task"] in TC.IMAGE_TASKS else "audio"
                 rec = (img_src if m == "image" else aud_src)[d["index"]]
                 span = (v.image_to_unified(rec["codes"].reshape(1, -1)) if m == "image"
                         else v.audio_to_unified(rec["codes"])).tolist()
@@ -327,7 +330,7 @@ def test_train_rows_pack_whole_examples_with_loss_on_targets_only(env):
         batch = next(stream)
         batches.append((batch, stream.last_draws))
     seen = _check_batches(env, stream, batches, "train", T.REASONING_TRAIN_PAIRS, "train")
-    assert set(TD.TASKS) <= seen  # every task appears
+    assert set(TC.TASKS) <= seen  # every task appears
     assert {"t2i/dropped", "tts/dropped"} & seen  # condition dropout happens on the train split
     mask = np.concatenate([b["loss_mask"] for b, _ in batches])
     assert 0 < mask.mean() < 1
@@ -394,7 +397,7 @@ def test_host_shards_are_disjoint_and_hosts_draw_only_their_records(env):
         for _ in range(2):
             next(h)
             for d in h.last_draws:
-                m = "image" if d["task"] in TD.IMAGE_TASKS else "audio" if d["task"] in TD.AUDIO_TASKS else None
+                m = "image" if d["task"] in TC.IMAGE_TASKS else "audio" if d["task"] in TC.AUDIO_TASKS else None
                 allowed = h.lm_indices if m is None else h.records[m].indices
                 assert d["index"] in set(allowed.tolist())
 
@@ -417,7 +420,7 @@ def test_an_example_longer_than_a_row_is_a_clear_error(env):
     with pytest.raises(ValueError, match="unknown tasks"):
         _stream(env, tasks={"translate": 1.0})
     with pytest.raises(ValueError, match="needs audio token records"):
-        TD.TealTaskStream(vocab=env["vocab"], text_tokenizer=env["text_tok"], tasks={"asr": 1.0}, split="train",
+        TealTaskStream(vocab=env["vocab"], text_tokenizer=env["text_tok"], tasks={"asr": 1.0}, split="train",
                           batch_size=2, seq_len=256, seed=0)
     with pytest.raises(ValueError, match="text tokenizer .* has \\d+ pieces but .* has 64"):
         _stream(env, vocab=UnifiedVocab(text_size=64, image_codebook_size=200, audio_codebook_size=64,
@@ -548,15 +551,15 @@ def test_generic_tfds_sources_through_mock_data(env, tmp_path):
     libri = {"kind": "tfds", "name": "libri_like", "data_dir": str(tmp_path), "audio_key": "speech",
              "text_key": "text", "label_key": "", "eval_split": "test_clean", "source_rate": 16000}
     with tfds.testing.mock_data(num_examples=5):
-        img_src = TD.open_sources(coco, "image")
-        aud_src = TD.open_sources(libri, "audio")
+        img_src = TS.open_sources(coco, "image")
+        aud_src = TS.open_sources(libri, "audio")
     tok, atok = env["image_tok"], env["audio_tok"]
     tokens_dir = str(tmp_path / "tokens")
-    man = TD.pretokenize_images(tok, coco, tokens_dir, sources=img_src, batch_size=BATCH)
-    aman = TD.pretokenize_audio(atok, libri, tokens_dir, seconds=SECONDS, sources=aud_src, batch_size=BATCH)
+    man = TT.pretokenize_images(tok, coco, tokens_dir, sources=img_src, batch_size=BATCH)
+    aman = TT.pretokenize_audio(atok, libri, tokens_dir, seconds=SECONDS, sources=aud_src, batch_size=BATCH)
     frames, samples = T.audio_span(SECONDS, atok.sample_rate, atok.config.hop_length)
-    for split in TD.SPLITS:
-        tokens, src = TD.token_source(man, split), img_src[split]
+    for split in TS.SPLITS:
+        tokens, src = TT.token_source(man, split), img_src[split]
         assert len(tokens) == len(src) == 5
         imgs = np.stack([center_crop_resize(convert_channels(src[i]["image"], 1), 16) for i in range(5)])
         want = np.asarray(tok.encode(np.concatenate([imgs, np.zeros((BATCH - 5, 16, 16, 1), np.uint8)])))[:5]
@@ -564,7 +567,7 @@ def test_generic_tfds_sources_through_mock_data(env, tmp_path):
         for i in range(5):
             caps = [str(c) for c in src[i]["captions"]["text"]]
             assert tokens[i]["text"].decode().split("\n") == caps and int(tokens[i]["label"]) == -1
-        atokens, asrc = TD.token_source(aman, split), aud_src[split]
+        atokens, asrc = TT.token_source(aman, split), aud_src[split]
         assert len(atokens) + aman["skipped"][split] == 5
         clips = [speech.RecordAdapter(audio_key="speech", label_key=None).map(asrc[int(atokens[j]["index"])])["audio"]
                  for j in range(len(atokens))]
@@ -576,29 +579,29 @@ def test_generic_tfds_sources_through_mock_data(env, tmp_path):
             str(asrc[int(atokens[j]["index"])]["text"]) for j in range(len(atokens))]
     # Unlabelled sources feed caption/t2i/asr/tts; reasoning needs labels and says so.
     kw = dict(vocab=env["vocab"], text_tokenizer=env["text_tok"], split="train", batch_size=2, seq_len=256, seed=0,
-              image=TD.token_source(man, "train"), audio=TD.token_source(aman, "train"))
-    stream = TD.TealTaskStream(tasks={"caption": 1.0, "t2i": 1.0, "asr": 1.0, "tts": 1.0}, **kw)
+              image=TT.token_source(man, "train"), audio=TT.token_source(aman, "train"))
+    stream = TealTaskStream(tasks={"caption": 1.0, "t2i": 1.0, "asr": 1.0, "tts": 1.0}, **kw)
     next(stream)
     assert {d["task"] for d in stream.last_draws} <= {"caption", "t2i", "asr", "tts"}
     with pytest.raises(ValueError, match="reason_t2i.*no labelled image record"):
-        TD.TealTaskStream(tasks={"reason_t2i": 1.0}, **kw)
+        TealTaskStream(tasks={"reason_t2i": 1.0}, **kw)
 
 
 def test_generic_tfds_kind_over_prepared_files_gives_the_builtin_sources_codes(env, tmp_path):
     """kind='tfds' reads a prepared dataset from its files (no builder code) and yields the same records."""
     generic = {"kind": "tfds", "name": "spoken_words/tiny", "data_dir": env["data_dir"], "audio_key": "audio",
                "text_key": "text", "label_key": "label"}
-    man = TD.pretokenize_audio(env["audio_tok"], generic, str(tmp_path), seconds=SECONDS, batch_size=BATCH)
+    man = TT.pretokenize_audio(env["audio_tok"], generic, str(tmp_path), seconds=SECONDS, batch_size=BATCH)
     assert man["dataset"] != env["audio"]["dataset"]  # another source description, another dataset
     assert man["records"] == env["audio"]["records"] and man["skipped"] == env["audio"]["skipped"]
-    for split in TD.SPLITS:
-        a, b = TD.token_source(man, split), TD.token_source(env["audio"], split)
+    for split in TS.SPLITS:
+        a, b = TT.token_source(man, split), TT.token_source(env["audio"], split)
         for j in range(len(a)):
             np.testing.assert_array_equal(a[j]["codes"], b[j]["codes"])
             assert (a[j]["text"], int(a[j]["label"]), int(a[j]["index"])) == (b[j]["text"], int(b[j]["label"]),
                                                                               int(b[j]["index"]))
     with pytest.raises(ValueError, match="cannot open tfds dataset 'spoken_words/tiny' split 'validation'"):
-        TD.open_sources({**generic, "eval_split": "validation"}, "audio")
+        TS.open_sources({**generic, "eval_split": "validation"}, "audio")
 
 
 # ---- through the trainer -------------------------------------------------------------------------------------------
@@ -627,7 +630,7 @@ def test_trainer_runs_on_task_data_and_reuses_the_token_datasets(env, tmp_path, 
     again = obj.make_data("eval", batch_size=4, process_index=0, process_count=1)  # every evaluation: batch 0 on
     np.testing.assert_array_equal(next(again)["tokens"], batch["tokens"])
     test_idx = set(range(env["image"]["records"]["test"]))
-    assert all(d["index"] in test_idx for d in ev.last_draws if d["task"] in TD.IMAGE_TASKS)
+    assert all(d["index"] in test_idx for d in ev.last_draws if d["task"] in TC.IMAGE_TASKS)
 
 
 def test_no_tensorflow_was_imported():

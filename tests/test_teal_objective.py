@@ -10,6 +10,7 @@ from flax import linen as nn
 
 from teal_jax import vocab as V
 from teal_jax.config import base_config
+from teal_jax.data import templates as T
 from teal_jax.models import teal as teal_lib
 from teal_jax.train import teal_objective as TO
 from teal_jax.train import trainer as trainer_lib
@@ -80,6 +81,7 @@ def test_synthetic_stream_is_deterministic_and_well_formed():
     obj = TO.TealObjective(c)
     it = obj.make_data("train", batch_size=4, process_index=0, process_count=1)
     first = next(it)
+    draws = it.last_draws
     state = it.get_state()
     second = next(it)
     it.set_state(state)
@@ -100,11 +102,26 @@ def test_synthetic_stream_is_deterministic_and_well_formed():
             if v.boi in toks:
                 img = toks[list(toks).index(v.boi) + 1: list(toks).index(v.eoi)]
                 assert v.unified_to_image(img, h, w).shape == (h, w)
-            if toks[0] in (v.special_id("<task:t2i>"), v.special_id("<task:tts>"), v.null):
+            assert toks[0] in (0, v.null)  # bos (text id 0) or a dropped condition
+            if toks[0] == v.null or toks[1] in (v.special_id("<task:t2i>"), v.special_id("<task:tts>")):
                 assert set(V.MODALITY_NAMES[x] for x in v.modality_of(target[:-1])) <= {"image", "audio"}
                 assert target[-1] in (v.eoi, v.eoa)
             else:
                 assert (v.modality_of(target) == V.TEXT).all()
+    # The layouts are the templates' (bos = text id 0, eos = the last text id; class c is named by 1 + c and
+    # 1 + num_classes + c), as last_draws says, one draw per segment.
+    tpl = T.Templates(v, 0, v.text_size - 1)
+    assert len(draws) == int(sum(first["segment_ids"][b].max() for b in range(4)))
+    for d in draws:
+        sel = first["segment_ids"][d["row"]] == d["segment"]
+        toks, m = first["tokens"][d["row"], sel].tolist(), first["loss_mask"][d["row"], sel].tolist()
+        cond, tgt = toks[: m.index(1.0)], toks[m.index(1.0):]
+        words = [1 + d["label"], 1 + c.data.num_classes + d["label"]]
+        if d["task"] in T.GENERATION_TASKS:
+            assert cond == (tpl.null_prompt(d["task"]) if d["dropped"] else tpl.prompt(d["task"], words))
+        else:
+            assert tgt == tpl.target(d["task"], words) and cond[:2] == [0, tpl.marker(d["task"])]
+    assert {d["task"] for d in draws} == set(TO.synthetic_config().data.tasks)
 
 
 def _host(tree):

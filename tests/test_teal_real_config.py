@@ -16,8 +16,9 @@ What is real and what stands in:
   ``librispeech_decoded``, registered here with librispeech's exact feature keys and ``speech`` as the decoded
   int16 PCM it holds (``Tensor`` instead of ``Audio``), mocked the same way.
 
-The trainer opens the sources itself: ``teal_data.open_sources`` is wrapped so that the real function runs under
-``tfds.testing.mock_data`` (the pre-tokenization that follows must not: tfds' mock also stubs dataset building).
+The trainer opens the sources itself: ``teal_jax.data.teal.sources.open_sources`` is wrapped so that the real
+function runs under ``tfds.testing.mock_data`` (the pre-tokenization that follows must not: tfds' mock also stubs
+dataset building).
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ from configs.teal import llama as llama_config
 from teal_jax import checkpoint, lineage
 from teal_jax.checkpoint import Checkpointer
 from teal_jax.data import speech
-from teal_jax.data import teal_data as TD
 from teal_jax.data import templates as T
+from teal_jax.data.teal import config as TC
+from teal_jax.data.teal import sources as TS
+from teal_jax.data.teal import token_dataset as TT
 from teal_jax.data.text_corpus import write_corpus
 from teal_jax.media.image import center_crop_resize, convert_channels
 from teal_jax.models.codec import Codec, CodecConfig
@@ -195,16 +198,16 @@ def _tiny(env, arg: str = ""):
 @pytest.fixture
 def mocked_sources(env, monkeypatch):
     """The real ``open_sources`` under ``tfds.testing.mock_data`` (once per source); returns what it opened."""
-    real, opened = TD.open_sources, {}
+    real, opened = TS.open_sources, {}
 
     def open_mocked(source, modality, **kwargs):
-        key = (modality, TD._source_dict(source, modality)["name"])
+        key = (modality, TC.source_dict(source, modality)["name"])
         if key not in opened:
             with tfds.testing.mock_data(num_examples=NUM_EXAMPLES, data_dir=env["data_dir"]):
                 opened[key] = real(source, modality, **kwargs)
         return opened[key]
 
-    monkeypatch.setattr(TD, "open_sources", open_mocked)
+    monkeypatch.setattr(TS, "open_sources", open_mocked)
     return opened
 
 
@@ -303,7 +306,7 @@ def test_stage1_prepares_mock_coco_and_librispeech_and_keeps_the_llama_frozen(en
     assert set(mocked_sources) == {("image", "coco_captions"), ("audio", "librispeech_decoded")}
     coco = mocked_sources[("image", "coco_captions")]
     libri = mocked_sources[("audio", "librispeech_decoded")]
-    assert all(len(coco[s]) == len(libri[s]) == NUM_EXAMPLES for s in TD.SPLITS)
+    assert all(len(coco[s]) == len(libri[s]) == NUM_EXAMPLES for s in TS.SPLITS)
     assert coco["train"].dataset_info.data_dir == env["coco_dir"]  # coco_captions/2014/1.1.0: read from its files
     assert (coco["train"].split, coco["test"].split, libri["test"].split) == ("train", "val", "dev_clean")
 
@@ -321,10 +324,10 @@ def test_stage1_prepares_mock_coco_and_librispeech_and_keeps_the_llama_frozen(en
     adapter = speech.RecordAdapter(audio_key="speech", text_key=None, label_key=None, source_rate=16_000,
                                    sample_rate=24_000)
     for m in ("image", "audio"):
-        assert manifests[m]["records"] == {s: NUM_EXAMPLES for s in TD.SPLITS}
-        assert manifests[m]["skipped"] == {s: 0 for s in TD.SPLITS}
-    for split in TD.SPLITS:
-        tokens, src = TD.token_source(manifests["image"], split), coco[split]
+        assert manifests[m]["records"] == {s: NUM_EXAMPLES for s in TS.SPLITS}
+        assert manifests[m]["skipped"] == {s: 0 for s in TS.SPLITS}
+    for split in TS.SPLITS:
+        tokens, src = TT.token_source(manifests["image"], split), coco[split]
         images = np.zeros((8, 16, 16, 3), np.uint8)  # the tokenize_batch the config uses
         images[:NUM_EXAMPLES] = [center_crop_resize(convert_channels(src[i]["image"], 3), 16)
                                  for i in range(NUM_EXAMPLES)]
@@ -334,7 +337,7 @@ def test_stage1_prepares_mock_coco_and_librispeech_and_keeps_the_llama_frozen(en
         for i in range(NUM_EXAMPLES):
             assert tokens[i]["text"].decode().split("\n") == [str(t) for t in src[i]["captions"]["text"]]
             assert int(tokens[i]["label"]) == -1 and int(tokens[i]["index"]) == i
-        tokens, src = TD.token_source(manifests["audio"], split), libri[split]
+        tokens, src = TT.token_source(manifests["audio"], split), libri[split]
         clips = np.zeros((8, samples), np.int16)
         clips[:NUM_EXAMPLES] = [T.fit_audio(adapter.map(src[i])["audio"], samples) for i in range(NUM_EXAMPLES)]
         want = np.asarray(atok.encode(clips, 24_000)[0])[:NUM_EXAMPLES]

@@ -151,3 +151,17 @@ def test_audio_span_and_fit_audio():
     assert np.all(padded[10:] == 0)
     batch = T.fit_audio(np.ones((2, 3, 5), np.float32), 7)
     assert batch.shape == (2, 3, 7) and batch[..., 5:].sum() == 0 and batch[..., :5].sum() == 30
+
+
+def test_task_names_are_stated_once_and_span_examples_put_the_span_where_the_layout_says():
+    assert T.TASKS == tuple(T.TASK_SPANS) and set(T.SPAN_TASKS) == set(T.TASKS) - {"lm"}
+    assert set(T.GENERATION_TASKS) <= set(T.SPAN_TASKS) and set(T.REASONING_TASKS.values()) <= set(T.GENERATION_TASKS)
+    assert T.SPAN_MODALITIES == ("image", "audio") and set(T.TASK_SPANS.values()) == {"text", *T.SPAN_MODALITIES}
+    assert all(VOCAB.special_id(f"<task:{t}>") for t in T.TASKS)  # every task has its marker (else ValueError)
+    assert T.layout("reason_tts") == "tts" and T.layout("caption") == "caption"
+    assert TPL.span_example("caption", TEXT, IMAGE) == TPL.example("caption", IMAGE, TEXT)
+    assert TPL.span_example("asr", TEXT, AUDIO) == TPL.example("asr", AUDIO, TEXT)
+    assert TPL.span_example("reason_t2i", TEXT, IMAGE, drop_condition=True) == TPL.example(
+        "t2i", TEXT, IMAGE, drop_condition=True)
+    with pytest.raises(ValueError, match="no image/audio span"):
+        TPL.span_example("lm", TEXT, TEXT)

@@ -10,9 +10,14 @@ A thin wrapper over grain's own packers (checkpointable iterator state comes wit
   first fit; pad the rest. A sequence longer than ``seq_len`` is first cut into ``seq_len`` pieces (each its own
   segment). Best for task examples (TEAL templates) that should not be cut at a row boundary.
 
-Input elements: dicts with ``'tokens'`` (int ``[n]``) and optionally ``'loss_mask'`` (float ``[n]``, per-token loss
-weights, e.g. 0 on a prompt and 1 on its target; all ones when absent) and any other per-token 1-D features listed in
-``extra_features`` (e.g. TEAL's modality ids). Output rows (numpy, each ``[seq_len]``)::
+- ``pack_drawn_examples`` (the TEAL task streams, :mod:`teal_jax.data.teal`): whole examples drawn one at a time
+  and placed left to right; a row is closed (padded) once ``max_tries`` draws did not fit its remaining space.
+  Stateless: a batch is a pure function of what the draw function returns (e.g. from a generator seeded per batch).
+
+Input elements of the grain packers: dicts with ``'tokens'`` (int ``[n]``) and optionally ``'loss_mask'`` (float
+``[n]``, per-token loss weights, e.g. 0 on a prompt and 1 on its target; all ones when absent) and any other
+per-token 1-D features listed in ``extra_features`` (e.g. TEAL's modality ids). Output rows (numpy, each
+``[seq_len]``)::
 
     tokens       int32    ids; pad_id where segment_ids == 0
     segment_ids  int32    1, 2, ... per packed sequence in the row; 0 = padding
@@ -23,7 +28,7 @@ weights, e.g. 0 on a prompt and 1 on its target; all ones when absent) and any o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import grain
@@ -144,3 +149,42 @@ def unpack_row(row: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         idx = np.nonzero(seg == s)[0]
         out.append({k: np.asarray(v)[idx] for k, v in row.items() if k != "segment_ids"})
     return out
+
+
+Draw = Callable[[], tuple[Sequence[int], Sequence[float], dict[str, Any]]]  # () -> (tokens, loss_mask, info)
+
+
+def pack_drawn_examples(draw: Draw, batch_size: int, row_len: int, *, max_tries: int,
+                        example_weights: bool = False) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """``batch_size`` rows of ``row_len`` tokens filled with whole examples from ``draw()``.
+
+    Each row takes drawn examples left to right until it is full or, in all, ``max_tries`` draws did not fit its
+    remaining space (a draw that does not fit is dropped); the rest is padding. Returns ``(batch, placed)``: ``batch``
+    holds ``tokens`` int32, ``loss_mask`` float32, ``segment_ids`` int32 (1, 2, ... per example; 0 on padding),
+    ``positions`` int32 (restarting at 0 per example), all ``[batch_size, row_len]``, and with ``example_weights``
+    ``loss_weight`` float32 (each example's mask / its sum, so each example weighs 1 in all); ``placed`` is one dict
+    per placed example: ``row``, ``segment`` and the draw's ``info``. An example longer than ``row_len`` never fits:
+    callers cut or reject those before drawing.
+    """
+    shape = (batch_size, row_len)
+    out = {"tokens": np.zeros(shape, np.int32), "loss_mask": np.zeros(shape, np.float32),
+           "segment_ids": np.zeros(shape, np.int32), "positions": np.zeros(shape, np.int32)}
+    if example_weights:
+        out["loss_weight"] = np.zeros(shape, np.float32)
+    placed = []
+    for b in range(batch_size):
+        pos, seg, misses = 0, 1, 0
+        while pos < row_len and misses < max_tries:
+            toks, mask, info = draw()
+            if pos + len(toks) > row_len:
+                misses += 1
+                continue
+            sl = slice(pos, pos + len(toks))
+            out["tokens"][b, sl], out["loss_mask"][b, sl] = toks, mask
+            out["segment_ids"][b, sl], out["positions"][b, sl] = seg, np.arange(len(toks))
+            if example_weights:
+                m = np.asarray(mask, np.float32)
+                out["loss_weight"][b, sl] = m / max(float(m.sum()), 1.0)
+            placed.append({"row": b, "segment": seg, **info})
+            pos, seg = pos + len(toks), seg + 1
+    return out, placed

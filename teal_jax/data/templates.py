@@ -19,7 +19,8 @@ Condition dropout (classifier-free guidance): a t2i/tts example whose condition 
 ``<null> <boi> image <eoi>`` (or ``<null> <boa> audio <eoa>``): precisely ``teal_generate.null_prompt`` of its prompt
 followed by its target, so the unconditional rows the sampler builds are ones the model was trained on.
 
-Reasoning prompts (TEAL's MNIST generation with reasoning): the text of a t2i/tts example asks for a digit, e.g.
+Reasoning prompts (TEAL's MNIST generation with reasoning; the task stream's ``REASONING_TASKS`` ``reason_t2i`` /
+``reason_tts``): the text of a t2i/tts example asks for a digit, e.g.
 ``the sum of three and four is`` -> an image of 7 (t2i) or speech of "seven" (tts); the task marker and the span
 opener say which modality answers. The prompt ends where the text LM's corpus (``teal_jax.data.text_corpus``: "the
 sum of three and four is seven.") puts the answer, so the frozen LM's next-token state already holds it: measured on
@@ -36,10 +37,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from teal_jax.vocab import UnifiedVocab
+from teal_jax.vocab import AUDIO, IMAGE, MODALITY_NAMES, UnifiedVocab
 
-TASKS = ("caption", "t2i", "asr", "tts", "lm")
+# The one statement of the task names. Each layout below and the modality of its image/audio span ('text': none).
+TASK_SPANS = {"caption": "image", "t2i": "image", "asr": "audio", "tts": "audio", "lm": "text"}
+TASKS = tuple(TASK_SPANS)
+SPAN_TASKS = tuple(t for t in TASKS if TASK_SPANS[t] != "text")  # caption t2i asr tts: an image/audio span each
 GENERATION_TASKS = ("t2i", "tts")  # condition = text, target = a modality span: condition dropout applies
+# Reasoning tasks of the task stream: a t2i/tts example whose text is a sum question (see sum_question).
+REASONING_TASKS = {"reason_t2i": "t2i", "reason_tts": "tts"}  # task -> its layout
+SPAN_MODALITIES = MODALITY_NAMES[IMAGE : AUDIO + 1]  # ('image', 'audio'): the modalities a span holds
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 # (a, b) with a + b <= 9: every ordered pair of digits whose sum is a digit (55 pairs). A fixed, spread-out subset is
@@ -77,9 +84,14 @@ def sum_question(a: int, b: int, modality: str) -> str:
     still checked ('image' or 'audio') so that a caller's mistake is caught."""
     if not (0 <= a <= 9 and 0 <= b <= 9 and a + b <= 9):
         raise ValueError(f"sum_question: {a} + {b} is not a digit")
-    if modality not in ("image", "audio"):
+    if modality not in SPAN_MODALITIES:
         raise ValueError(f"sum_question: modality={modality!r}, expected 'image' or 'audio'")
     return f"the sum of {DIGITS[a]} and {DIGITS[b]} is"
+
+
+def layout(task: str) -> str:
+    """The template a task is laid out with: itself, or the t2i/tts layout of a reasoning task."""
+    return REASONING_TASKS.get(task, task)
 
 
 Example = tuple[list[int], list[float]]  # (unified ids, loss mask: 1.0 on target tokens)
@@ -161,6 +173,18 @@ class Templates:
             cond = self.prompt(task, condition)
         tgt = self.target(task, target)
         return cond + tgt, [0.0] * len(cond) + [1.0] * len(tgt)
+
+    def span_example(self, task: str, text: Sequence[int], span: Sequence[int], *,
+                     drop_condition: bool = False) -> Example:
+        """The example of an image/audio task from its text ids and its span's unified ids, whichever is the
+        condition: caption/asr predict the text from the span, t2i/tts the span from the text (``drop_condition``
+        applies to those only). A reasoning task takes its layout's (:func:`layout`)."""
+        task = layout(task)
+        if task not in SPAN_TASKS:
+            raise ValueError(f"span_example: task {task!r} has no image/audio span; span tasks: {SPAN_TASKS}")
+        if task in GENERATION_TASKS:
+            return self.example(task, text, span, drop_condition=drop_condition)
+        return self.example(task, span, text, drop_condition=drop_condition)
 
     def parse_text(self, generated: Sequence[int]) -> list[int]:
         """The text ids of a generated text target: everything before the first eos (or the first non-text id)."""

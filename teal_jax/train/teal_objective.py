@@ -18,13 +18,14 @@ modality (loss/accuracy over that modality's targets) and the text perplexity ov
 ``exp(mean over text targets of logsumexp(logits[:text_size]) - logit)``, which for a frozen LM is exactly the
 original LM's perplexity.
 
-Data: ``data.kind='tasks'`` (:mod:`teal_jax.data.teal_data`): image/audio datasets pre-tokenized once by the
+Data: ``data.kind='tasks'`` (:mod:`teal_jax.data.teal`): image/audio datasets pre-tokenized once by the
 trained tokenizers (``data.image_tokenizer`` / ``data.audio_tokenizer``: workdirs of image_vq / audio_codec runs) into
 tfds token datasets under ``data.tokens_dir``, then a packed, exactly resumable stream of caption / t2i / asr / tts /
 lm / reasoning examples (``data.tasks`` weights) built by :mod:`teal_jax.data.templates`; ``prepare`` runs the
 pre-tokenization and checks ``model.vocab`` against the tokenizers. :func:`teal_task_config` fills these fields.
-``data.kind='synthetic'``: a deterministic stream of class-conditioned "image"/"audio" code patterns paired with two
-text ids (captioning, text-to-image, ASR, TTS templates), packed with segment ids (tests, smoke runs).
+``data.kind='synthetic'`` (:class:`teal_jax.data.teal.synthetic.SyntheticTealTasks`): a deterministic stream of
+class-conditioned "image"/"audio" code patterns paired with two text ids, laid out by the same templates and packed
+by the same packer (captioning, text-to-image, ASR, TTS; tests, smoke runs).
 """
 
 from __future__ import annotations
@@ -41,16 +42,16 @@ from flax import linen as nn
 from teal_jax import lineage
 from teal_jax import vocab as vocab_lib
 from teal_jax.config import base_config
-from teal_jax.data.iterator import DataIterator
+from teal_jax.data.teal import config as teal_data_config
+from teal_jax.data.teal import synthetic
 from teal_jax.models import teal as teal_lib
 from teal_jax.models.param_count import count_params, format_counts
 from teal_jax.models.transformer import TransformerConfig
 from teal_jax.train.objective import Objective
 from teal_jax.vocab import UnifiedVocab
 
-MODALITIES = ("text", "special", "image", "audio")  # indices = vocab_lib.TEXT .. vocab_lib.AUDIO
-TASKS = ("caption", "t2i", "asr", "tts")
-DATA_KINDS = ("synthetic", "tasks")  # 'tasks': teal_jax.data.teal_data
+MODALITIES = vocab_lib.MODALITY_NAMES[: vocab_lib.PADDING]  # loss weights and metrics: text special image audio
+DATA_KINDS = ("synthetic", "tasks")  # teal_jax.data.teal: synthetic.SyntheticTealTasks | task_stream.TealTaskStream
 
 
 # ---- config ----------------------------------------------------------------------------------------------------------
@@ -79,7 +80,7 @@ def synthetic_config(stage: str = "frozen_stage1") -> ml_collections.ConfigDict:
     c.data.image_shape = (3, 3)
     c.data.audio_frames = 3
     c.data.num_classes = 10
-    c.data.tasks = TASKS
+    c.data.tasks = synthetic.TASKS
     c.data.code_noise = 0.1  # fraction of codes replaced by random ones
     c.data.cond_dropout = 0.1  # t2i/tts: the condition is replaced by <null> (classifier-free guidance training)
     c.train.steps = 200
@@ -98,17 +99,17 @@ def teal_task_config(config: ml_collections.ConfigDict | None = None, *, base_lm
                      image_tokenizer: str = "", audio_tokenizer: str = "", fill_vocab: bool = True,
                      **data_fields) -> ml_collections.ConfigDict:
     """A TEAL config on real task data (``data.kind='tasks'``): ``config`` (default :func:`synthetic_config`) with
-    ``config.data`` replaced by ``teal_data.default_task_data_config()`` updated with the tokenizer workdirs and
-    ``data_fields`` (any field of it, e.g. ``tasks=dict(...)``, ``audio_seconds=0.5``, ``seq_len=512``,
+    ``config.data`` replaced by :func:`teal_jax.data.teal.config.default_task_data_config` updated with the tokenizer
+    workdirs and ``data_fields`` (any field of it, e.g. ``tasks=dict(...)``, ``audio_seconds=0.5``, ``seq_len=512``,
     ``image_source=dict(kind='tfds', name='coco_captions', text_key='captions/text', label_key='')``).
 
     ``base_lm_workdir`` sets ``model.base_lm_workdir`` (its SentencePiece model and text documents are then found
     from it). With ``fill_vocab``, ``model.vocab``'s image/audio sizes are read from the tokenizer runs' saved configs,
     so they match by construction (``prepare`` checks them either way)."""
-    from teal_jax.data import teal_data
+    from teal_jax.data.teal.prepare import tokenizer_run_vocab
 
     c = ml_collections.ConfigDict(synthetic_config().to_dict() if config is None else config.to_dict())
-    data = teal_data.default_task_data_config()
+    data = teal_data_config.default_task_data_config()
     data.image_tokenizer, data.audio_tokenizer = image_tokenizer or "", audio_tokenizer or ""
     data.seq_len = int(c.data.get("seq_len", data.seq_len)) if config is not None else data.seq_len
     for key, value in data_fields.items():
@@ -127,9 +128,9 @@ def teal_task_config(config: ml_collections.ConfigDict | None = None, *, base_lm
         c.model.base_lm_workdir = base_lm_workdir
     if fill_vocab:
         if image_tokenizer:
-            c.model.vocab.image_codebook_size = teal_data.tokenizer_run_vocab(image_tokenizer, "image")["codebook_size"]
+            c.model.vocab.image_codebook_size = tokenizer_run_vocab(image_tokenizer, "image")["codebook_size"]
         if audio_tokenizer:
-            sizes = teal_data.tokenizer_run_vocab(audio_tokenizer, "audio")
+            sizes = tokenizer_run_vocab(audio_tokenizer, "audio")
             c.model.vocab.audio_codebook_size = sizes["codebook_size"]
             c.model.vocab.audio_num_levels = sizes["num_levels"]
             if c.model.vocab.get("audio_scheme") == "first_levels":
@@ -209,101 +210,6 @@ def teal_loss(logits: jax.Array, batch: dict[str, jax.Array], vocab: UnifiedVoca
     metrics["text_ppl"] = jnp.exp(text_nll)
     metrics["loss"] = loss
     return loss, metrics
-
-
-# ---- synthetic task stream ---------------------------------------------------------------------------------------
-class SyntheticTealTasks(DataIterator):
-    """Packed rows of synthetic tasks; a pure function of (seed, process, batch index): exactly resumable.
-
-    Class c in [0, num_classes) is named by two text ids (1 + c, 1 + num_classes + c); its "image" is a code
-    pattern ``(7c + i*w + j) mod K_img`` and its "audio" ``(5c + 3f + l) mod K_audio``, with ``code_noise`` of the
-    codes random. Templates (loss on the target span, marked by *...*):
-      caption: <task:caption> <boi> image <eoi> *text eos*      t2i: <task:t2i> text <boi> *image <eoi>*
-      asr:     <task:asr> <boa> audio <eoa> *text eos*           tts: <task:tts> text <boa> *audio <eoa>*
-    With probability ``cond_dropout`` a t2i/tts condition (everything before the opener) becomes ``<null>``,
-    matching ``teal_generate.null_prompt``. eos is the last text id.
-    """
-
-    def __init__(self, vocab: UnifiedVocab, data: ml_collections.ConfigDict, *, batch_size: int, seq_len: int,
-                 seed: int, process_index: int):
-        self.vocab, self.batch_size, self.seq_len = vocab, batch_size, seq_len
-        self.h, self.w = (int(x) for x in data.image_shape)
-        self.frames = int(data.audio_frames)
-        self.num_classes = int(data.num_classes)
-        self.noise = float(data.code_noise)
-        self.dropout = float(data.cond_dropout)
-        tasks = tuple(data.tasks)
-        unknown = [t for t in tasks if t not in TASKS]
-        if unknown:
-            raise ValueError(f"config.data.tasks has unknown tasks {unknown}; choose from {TASKS}")
-        if not vocab.image_codebook_size:
-            tasks = tuple(t for t in tasks if t not in ("caption", "t2i"))
-        if not vocab.audio_ids:
-            tasks = tuple(t for t in tasks if t not in ("asr", "tts"))
-        if not tasks:
-            raise ValueError("config.data.tasks leaves no task the vocabulary supports")
-        self.tasks = tasks
-        if 2 * self.num_classes + 2 > vocab.text_size:
-            raise ValueError(f"config.data.num_classes={self.num_classes} needs text_size >= "
-                             f"{2 * self.num_classes + 2}, got {vocab.text_size}")
-        longest = max(len(self._example(np.random.default_rng(0), t, 0)[0]) for t in self.tasks)
-        if longest > seq_len:
-            raise ValueError(f"config.data.seq_len={seq_len - 1}: a synthetic example needs {longest - 1}")
-        self.seed, self.process_index, self.index = seed, process_index, 0
-
-    def _example(self, rng: np.random.Generator, task: str, c: int) -> tuple[list[int], list[float]]:
-        v = self.vocab
-        text = [1 + c, 1 + self.num_classes + c, v.text_size - 1]  # two words + eos
-
-        def noisy(codes, k):
-            flip = rng.random(codes.shape) < self.noise
-            return np.where(flip, rng.integers(0, k, codes.shape), codes)
-
-        if task in ("caption", "t2i"):
-            i, j = np.meshgrid(np.arange(self.h), np.arange(self.w), indexing="ij")
-            codes = noisy((7 * c + i * self.w + j) % v.image_codebook_size, v.image_codebook_size)
-            span = [v.boi, *v.image_to_unified(codes).tolist(), v.eoi]
-        else:
-            f, lv = np.meshgrid(np.arange(self.frames), np.arange(v.audio_num_levels), indexing="ij")
-            codes = noisy((5 * c + 3 * f + lv) % v.audio_codebook_size, v.audio_codebook_size)
-            span = [v.boa, *v.audio_to_unified(codes).tolist(), v.eoa]
-        marker = [v.special_id(f"<task:{task}>")]
-        if task in ("caption", "asr"):
-            toks = marker + span + text
-            mask = [0.0] * (len(marker) + len(span)) + [1.0] * len(text)
-        else:
-            cond = marker + text[:-1]
-            if rng.random() < self.dropout:
-                cond = [v.null]
-            toks = cond + span
-            mask = [0.0] * (len(cond) + 1) + [1.0] * (len(span) - 1)  # the opener is given, the codes are targets
-        return toks, mask
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng((self.seed, self.process_index, self.index))
-        self.index += 1
-        shape = (self.batch_size, self.seq_len)
-        out = {"tokens": np.zeros(shape, np.int32), "loss_mask": np.zeros(shape, np.float32),
-               "segment_ids": np.zeros(shape, np.int32), "positions": np.zeros(shape, np.int32)}
-        for b in range(self.batch_size):
-            pos, seg = 0, 1
-            while True:
-                toks, mask = self._example(rng, self.tasks[rng.integers(len(self.tasks))],
-                                           int(rng.integers(self.num_classes)))
-                if pos + len(toks) > self.seq_len:
-                    break
-                sl = slice(pos, pos + len(toks))
-                out["tokens"][b, sl], out["loss_mask"][b, sl] = toks, mask
-                out["segment_ids"][b, sl], out["positions"][b, sl] = seg, np.arange(len(toks))
-                pos, seg = pos + len(toks), seg + 1
-        out["modality"] = self.vocab.modality_of(out["tokens"])
-        return out
-
-    def get_state(self) -> dict[str, Any]:
-        return {"index": self.index}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.index = int(state["index"])
 
 
 # ---- base weights ------------------------------------------------------------------------------------------------
@@ -391,9 +297,7 @@ class TealObjective(Objective):
         self._tasks: dict[str, Any] | None = None  # prepare_task_data's result (data.kind='tasks')
         self._streams: dict[tuple, Any] = {}  # constructed task streams (the trainer asks for 'eval' at every eval)
         if self.data_kind == "tasks":
-            from teal_jax.data.teal_data import validate_task_data_config
-
-            validate_task_data_config(config.data)
+            teal_data_config.validate_task_data_config(config.data)
         self._codebooks = codebooks
         self._base: Any = False  # False: not loaded yet
         self._printed = False
@@ -415,10 +319,9 @@ class TealObjective(Objective):
 
     def _prepare_tasks(self) -> dict[str, Any]:
         """Checks the vocabulary against the tokenizers and pre-tokenizes what is missing (idempotent)."""
-        from teal_jax.data import teal_data
+        from teal_jax.data.teal.prepare import prepare_task_data
 
-        self._tasks = teal_data.prepare_task_data(self.config, self.workdir, self.vocab,
-                                                  verbose=jax.process_index() == 0)
+        self._tasks = prepare_task_data(self.config, self.workdir, self.vocab, verbose=jax.process_index() == 0)
         self._streams = {}
         return self._tasks
 
@@ -471,17 +374,17 @@ class TealObjective(Objective):
         if self.data_kind == "tasks":
             import copy
 
-            from teal_jax.data import teal_data
+            from teal_jax.data.teal.prepare import make_task_stream
 
             key = (split, batch_size, process_index, process_count)
             if key not in self._streams:  # construction reads every record's label and text: once per split
                 prepared = self._tasks if self._tasks is not None else self._prepare_tasks()
-                self._streams[key] = teal_data.make_task_stream(
+                self._streams[key] = make_task_stream(
                     self.config, prepared, self.vocab, split, batch_size=batch_size, process_index=process_index,
                     process_count=process_count, seed=seed, verbose=process_index == 0)
             return copy.copy(self._streams[key])  # shares the read-only records; its own position (batch 0)
-        return SyntheticTealTasks(self.vocab, self.config.data, batch_size=batch_size, seq_len=self.seq_len + 1,
-                                  seed=seed, process_index=process_index)
+        return synthetic.SyntheticTealTasks(self.vocab, self.config.data, batch_size=batch_size,
+                                            seq_len=self.seq_len + 1, seed=seed, process_index=process_index)
 
     def tokens_per_example(self, batch) -> int:
         return self.seq_len
