@@ -96,24 +96,28 @@ class Conv1d(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        c_in = x.shape[-1]
-        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
-        names = (None, "conv_in", "conv_out")
-        shape = (self.kernel_size, c_in, self.features)
-        if self.weight_norm:
-            v = self.param("weight_v", nn.with_logical_partitioning(init, names), shape, self.param_dtype)
-            g = self.param("weight_g", nn.with_logical_partitioning(
-                lambda _, s, d: _norm_except(v, 2).reshape(s).astype(d), ("conv_out",)), (self.features,),
-                self.param_dtype)
-            w = g * v / _norm_except(v, 2)  # norm over (k, in): torch's dim 0 is the output channel
-        else:
-            w = self.param("kernel", nn.with_logical_partitioning(init, names), shape, self.param_dtype)
+        # weight norm over (k, in): torch's dim 0 is the output channel
+        w = _conv_kernel(self, (self.kernel_size, x.shape[-1], self.features), self.weight_norm, 2)
         b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
                        (self.features,), self.param_dtype)
         left, right = conv_padding(x.shape[1], self.kernel_size, self.stride, self.dilation, self.causal)
         x = _pad1d(x, left, right, self.pad_mode)
         y = conv1d(x.astype(self.dtype), w.astype(self.dtype), self.stride, self.dilation)
         return y + b.astype(self.dtype)
+
+
+def _conv_kernel(module: nn.Module, shape: tuple[int, int, int], weight_norm: bool, g_axis: int) -> Array:
+    """A 1-D conv kernel ``[k, in, out]`` created on ``module``: ``kernel``, or with weight norm ``weight_v`` and
+    ``weight_g`` (``g`` along ``g_axis``; the norm is over the other axes), ``w = g * v / ||v||``."""
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
+    names = (None, "conv_in", "conv_out")
+    dtype = module.param_dtype
+    if not weight_norm:
+        return module.param("kernel", nn.with_logical_partitioning(init, names), shape, dtype)
+    v = module.param("weight_v", nn.with_logical_partitioning(init, names), shape, dtype)
+    g = module.param("weight_g", nn.with_logical_partitioning(
+        lambda _, s, d: _norm_except(v, g_axis).reshape(s).astype(d), (names[g_axis],)), (shape[g_axis],), dtype)
+    return g.reshape([n if i == g_axis else 1 for i, n in enumerate(shape)]) * v / _norm_except(v, g_axis)
 
 
 class ConvTranspose1d(nn.Module):
@@ -133,16 +137,8 @@ class ConvTranspose1d(nn.Module):
     def __call__(self, x: Array) -> Array:
         c_in = x.shape[-1]
         k = self.kernel_size
-        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
-        names = (None, "conv_in", "conv_out")
-        shape = (k, c_in, self.features)  # v[k, i, o] = torch weight[i, o, k]
-        if self.weight_norm:
-            v = self.param("weight_v", nn.with_logical_partitioning(init, names), shape, self.param_dtype)
-            g = self.param("weight_g", nn.with_logical_partitioning(
-                lambda _, s, d: _norm_except(v, 1).reshape(s).astype(d), ("conv_in",)), (c_in,), self.param_dtype)
-            w = g[None, :, None] * v / _norm_except(v, 1)  # g per input channel (torch's dim 0 of [in, out, k])
-        else:
-            w = self.param("kernel", nn.with_logical_partitioning(init, names), shape, self.param_dtype)
+        # v[k, i, o] = torch weight[i, o, k]; g per input channel (torch's dim 0 of [in, out, k])
+        w = _conv_kernel(self, (k, c_in, self.features), self.weight_norm, 1)
         b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
                        (self.features,), self.param_dtype)
         # y[t] = sum_{s, j: t = s*stride + j} x[s] w[j], full length (T-1)*stride + k. Polyphase form (much faster
