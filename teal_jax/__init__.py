@@ -1,13 +1,13 @@
 """teal_jax: TEAL (Tokenize and Embed ALL) multimodal language models in JAX/Flax.
 
-``teal_jax.load(workdir)`` returns a trained model ready for inference (see teal_jax/api.py).
+``teal_jax.load(workdir)`` returns a trained model ready for inference (see teal_jax/inference/load.py).
 """
 
 __version__ = "0.1.0"
 
 
 def load(workdir: str, step: int | None = None):
-    """Loads a trained run for inference; see ``teal_jax.api.load``."""
-    from teal_jax.api import load as _load  # imported lazily: importing teal_jax must not initialise JAX
+    """Loads a trained run for inference; see ``teal_jax.inference.load.load``."""
+    from teal_jax.inference.load import load as _load  # lazily: importing teal_jax must not initialise JAX
 
     return _load(workdir, step)

@@ -50,15 +50,20 @@ def main(argv) -> None:
 
         trainer.evaluate(config, FLAGS.workdir)
     else:
+        # Every run kind through the one protocol (teal_jax/inference/protocol.py): text is printed, image/speech
+        # outputs (a TEAL config's sample.task) are written under <workdir>/samples/ and their paths printed.
+        import os
+
         import teal_jax
+        from teal_jax.inference.protocol import ModeNotSupported
 
         model = teal_jax.load(FLAGS.workdir)
         prompts = FLAGS.prompt or list(config.sample.prompts)
-        if getattr(model, "tokenizer", True) is None:  # a model without a text tokenizer takes "1 2 3" id lists
-            prompts = [[int(x) for x in p.split()] or [0] for p in prompts]
-        s = config.sample
-        outputs = model.generate(prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                                 top_k=s.top_k, top_p=s.top_p, seed=s.seed)
+        settings = {k: v for k, v in config.sample.items() if k != "prompts"}
+        try:
+            outputs = model.sample(prompts, out_dir=os.path.join(FLAGS.workdir, "samples"), **settings)
+        except ModeNotSupported as e:
+            sys.exit(f"--mode=sample: {e}")
         for prompt, out in zip(prompts, outputs, strict=True):
             print(f"{prompt!r} -> {out!r}", flush=True)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from teal_jax.generate import SamplingConfig, filter_logits, left_pad, sample
+from teal_jax.inference.lm import sample_ids as sample
+from teal_jax.inference.sampler import SamplingConfig, filter_logits, left_pad
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
 
 CFG = TransformerConfig(vocab_size=61, embed_dim=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,

@@ -1,9 +1,10 @@
-"""TealModel (teal_jax.teal): prompts are the Templates prompts, outputs have the right shapes/dtypes and equal the
-de-tokenized sampler spans, chunking, guidance, bad inputs, and ``teal_jax.load`` through a 1-step trainer run.
+"""TealModel (teal_jax.inference.teal): prompts are the Templates prompts, outputs have the right shapes/dtypes and
+equal the de-tokenized sampler spans, chunking, guidance, bad inputs, and ``teal_jax.load`` through a 1-step trainer
+run.
 
 Everything is tiny and random: a SentencePiece model trained here on a few sentences, the digits_tiny/speech_tiny
 smoke tokenizers with deterministic random weights (shapes from ``eval_shape``: no init compilation) and a 2-layer
-TEAL LM. Every method runs once, through a spy on ``teal_generate.sample``, in one module fixture.
+TEAL LM. Every method runs once, through a spy on ``inference.teal.sample_ids``, in one module fixture.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from flax import linen as nn
 
 from configs.audio import speech_tiny
 from configs.image import digits_tiny
-from teal_jax import teal_generate
 from teal_jax import vocab as V
 from teal_jax.data import templates as T
+from teal_jax.inference import constraints as C
+from teal_jax.inference import teal as inference_teal
+from teal_jax.inference.teal import TealModel
 from teal_jax.models.codec import Codec, CodecConfig
 from teal_jax.models.teal import TealConfig, TealLM
 from teal_jax.models.vqgan import VQGAN, VQGANConfig
-from teal_jax.teal import TealModel
 from teal_jax.tokenizers.audio import AudioTokenizer
 from teal_jax.tokenizers.image import ImageTokenizer
 from teal_jax.tokenizers.text import TextTokenizer
@@ -125,7 +127,7 @@ def tones(n: int, samples: int, seed: int = 0) -> np.ndarray:
 
 
 TEXTS = ["seven", "the sum of two and three is"]
-NO_SPANS = teal_generate.SpanConfig()
+NO_SPANS = C.SpanConfig()
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +142,9 @@ def model():
 
 @pytest.fixture(scope="module")
 def run(model):
-    """Every method once, through a spy on teal_generate.sample: {method: (output, [sampler calls])}."""
+    """Every method once, through a spy on inference.teal.sample_ids: {method: (output, [sampler calls])}."""
     calls = []
-    real = teal_generate.sample
+    real = inference_teal.sample_ids
 
     def spy(config, params, prompts, sampling, spans=NO_SPANS, rng=None, uncond_prompts=None):
         out = real(config, params, prompts, sampling, spans, rng, uncond_prompts)
@@ -153,7 +155,7 @@ def run(model):
     images, waves = digit_images(2), tones(2, 600)
     results = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(teal_generate, "sample", spy)
+        mp.setattr(inference_teal, "sample_ids", spy)
         for name, fn in [("caption", lambda: model.caption(images)),
                          ("transcribe", lambda: model.transcribe(waves, 16000)),
                          ("t2i", lambda: model.generate_image(TEXTS, seed=1)),
@@ -194,19 +196,19 @@ def test_prompts_are_the_template_prompts(run, parts, model):
     for name in ("caption", "transcribe", "text"):
         (call,) = r[name][1]
         # text answers: spans disabled (only text ids), stop at eos, greedy
-        assert call["spans"] == teal_generate.SpanConfig() and call["uncond"] is None
+        assert call["spans"] == C.SpanConfig() and call["uncond"] is None
         assert call["sampling"].eos_id == tok.eos_id and call["sampling"].temperature == 0.0
     (call,) = r["text"][1]
     assert call["prompts"] == [tpl.prompt("lm", tok.encode(t)) for t in ("one two", "three")]
     for name, task, n, closer in (("t2i", "t2i", 64, v.eoi), ("tts", "tts", 10, v.eoa)):
         (call,) = r[name][1]
         assert call["prompts"] == [tpl.prompt(task, tok.encode(t)) for t in TEXTS]
-        assert call["spans"] == teal_generate.SpanConfig(image_tokens=64, audio_frames=5, guidance_scale=1.0)
+        assert call["spans"] == C.SpanConfig(image_tokens=64, audio_frames=5, guidance_scale=1.0)
         assert call["sampling"].eos_id == closer and call["sampling"].max_new_tokens == n + 1
         assert call["uncond"] is None
     (call,) = r["t2i_cfg"][1]
     assert call["spans"].guidance_scale == 3.0 and call["uncond"] == [tpl.null_prompt("t2i")] * 2
-    assert call["uncond"][0] == teal_generate.null_prompt(v, call["prompts"][0])
+    assert call["uncond"][0] == C.null_prompt(v, call["prompts"][0])
     (call,) = r["tts"][1]
     assert (call["sampling"].temperature, call["sampling"].top_k) == (0.8, 20)
 
@@ -398,7 +400,7 @@ def test_load_after_a_trainer_run(parts, run, tmp_path):
 
 
 def test_load_names_the_missing_tokenizer(saved, tmp_path):
-    from teal_jax.teal import _load_tokenizer
+    from teal_jax.inference.load import load_tokenizer as _load_tokenizer
 
     with pytest.raises(FileNotFoundError, match=r"config.data.image_tokenizer='/nowhere/img': no such directory"):
         _load_tokenizer("image", "/nowhere/img")

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from teal_jax import teal_generate as G
 from teal_jax import vocab as V
-from teal_jax.generate import SamplingConfig
+from teal_jax.inference import constraints as G
+from teal_jax.inference.sampler import SamplingConfig
+from teal_jax.inference.teal import sample_ids
 from teal_jax.models.teal import TealConfig, TealLM
 from teal_jax.models.transformer import TransformerConfig
 
@@ -69,7 +70,7 @@ NUCLEUS = SamplingConfig(max_new_tokens=16, temperature=1.0, top_k=10, top_p=0.9
 
 def test_sampled_tokens_obey_the_modality_constraints(params):
     for seed in range(2):
-        out = G.sample(CONFIG, params, PROMPTS, NUCLEUS, SPANS, rng=jax.random.key(seed))
+        out = sample_ids(CONFIG, params, PROMPTS, NUCLEUS, SPANS, rng=jax.random.key(seed))
         assert out.shape == (4, 16)
         for prompt, row in zip(PROMPTS, out.tolist(), strict=True):
             for t, tok in enumerate(row):
@@ -90,7 +91,7 @@ def test_boundary_tokens_open_spans_from_text_mode(params):
     """At temperature 30 the 66 ids allowed in text mode are near-uniform, so spans open from text mode too
     (deterministic for this key); every token still obeys the rules across the transitions."""
     prompts = [[1, 2], [3], [4], [5]]
-    out = G.sample(CONFIG, params, prompts, SamplingConfig(max_new_tokens=40, temperature=30.0), SPANS,
+    out = sample_ids(CONFIG, params, prompts, SamplingConfig(max_new_tokens=40, temperature=30.0), SPANS,
                    rng=jax.random.key(3))
     opened = set()
     for prompt, row in zip(prompts, out.tolist(), strict=True):
@@ -103,7 +104,7 @@ def test_boundary_tokens_open_spans_from_text_mode(params):
 
 def test_greedy_kv_cache_equals_full_forward(params, forward):
     sampling = SamplingConfig(max_new_tokens=12, temperature=0.0)
-    out = G.sample(CONFIG, params, PROMPTS, sampling, SPANS)
+    out = sample_ids(CONFIG, params, PROMPTS, sampling, SPANS)
     seqs = [p + row for p, row in zip(PROMPTS, out.tolist(), strict=True)]
     # Causal model: the full forward's logits at position i equal re-running the prefix [0..i] step by step;
     # right padding only follows the positions read.
@@ -119,8 +120,8 @@ def test_guidance_scale_one_equals_conditional_sampler(params):
     uncond = [G.null_prompt(VOCAB, p) for p in PROMPTS]
     assert uncond[0] == [VOCAB.null, VOCAB.boi] and uncond[2] == [VOCAB.null]
     # Nucleus sampling with the same key: same random draws, so equal logits give equal tokens.
-    plain = G.sample(CONFIG, params, PROMPTS, NUCLEUS, SPANS, rng=jax.random.key(7))
-    guided = G.sample(CONFIG, params, PROMPTS, NUCLEUS, SPANS, rng=jax.random.key(7), uncond_prompts=uncond)
+    plain = sample_ids(CONFIG, params, PROMPTS, NUCLEUS, SPANS, rng=jax.random.key(7))
+    guided = sample_ids(CONFIG, params, PROMPTS, NUCLEUS, SPANS, rng=jax.random.key(7), uncond_prompts=uncond)
     np.testing.assert_array_equal(guided, plain)
 
 
@@ -128,7 +129,7 @@ def test_guidance_mixes_cond_and_uncond_logits(params, forward):
     scale = 3.0
     spans = G.SpanConfig(image_tokens=6, audio_frames=2, guidance_scale=scale)
     prompts = [[5, 9, 13, VOCAB.boi], [21, VOCAB.boa]]
-    out = G.sample(CONFIG, params, prompts, SamplingConfig(max_new_tokens=3, temperature=0.0), spans)
+    out = sample_ids(CONFIG, params, prompts, SamplingConfig(max_new_tokens=3, temperature=0.0), spans)
     for b, prompt in enumerate(prompts):
         uncond = G.null_prompt(VOCAB, prompt)
         rows = [prompt + out[b].tolist(), uncond + out[b].tolist()]
@@ -149,7 +150,7 @@ def test_prompt_validation():
         G.prompt_state(VOCAB, [VOCAB.boi] + [VOCAB.image_offset] * 7, SPANS)
     assert G.prompt_state(VOCAB, [VOCAB.boi, VOCAB.image_offset, VOCAB.eoi, 3], SPANS) == (G.MODE_TEXT, 0)
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        G.sample(CONFIG, None, [[VOCAB.used_size]], SamplingConfig())
+        sample_ids(CONFIG, None, [[VOCAB.used_size]], SamplingConfig())
 
 
 def test_greedy_kv_cache_equals_full_forward_with_experts_and_span_positions():
@@ -164,7 +165,7 @@ def test_greedy_kv_cache_equals_full_forward_with_experts_and_span_positions():
     p["image_span_pos"] = jnp.asarray(rng.normal(0, 1.0, p["image_span_pos"].shape), jnp.float32)
     p["audio_span_pos"] = jnp.asarray(rng.normal(0, 1.0, p["audio_span_pos"].shape), jnp.float32)
     sampling = SamplingConfig(max_new_tokens=12, temperature=0.0)
-    out = G.sample(cfg, p, PROMPTS, sampling, SPANS)
+    out = sample_ids(cfg, p, PROMPTS, sampling, SPANS)
     seqs = [q + row for q, row in zip(PROMPTS, out.tolist(), strict=True)]
     toks = np.zeros((len(seqs), 24), np.int32)
     for i, r in enumerate(seqs):

@@ -4,8 +4,8 @@ reasoning pairs, fixed-length audio spans."""
 import numpy as np
 import pytest
 
-from teal_jax import teal_generate
 from teal_jax.data import templates as T
+from teal_jax.inference import constraints as teal_generate
 from teal_jax.vocab import UnifiedVocab
 
 VOCAB = UnifiedVocab(text_size=40, image_codebook_size=12, audio_codebook_size=5, audio_num_levels=2)

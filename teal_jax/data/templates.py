@@ -13,10 +13,10 @@ tokens to be predicted)::
 
 ``text`` is the text tokenizer's ids; ``image``/``audio`` are *unified* ids (``vocab.image_to_unified`` /
 ``vocab.audio_to_unified``). The span openers ``<boi>``/``<boa>`` end the condition: a generation prompt is exactly the
-condition, and the constrained sampler (``teal_jax.teal_generate``) starts inside the span.
+condition, and the constrained sampler (``teal_jax.inference.constraints``) starts inside the span.
 
 Condition dropout (classifier-free guidance): a t2i/tts example whose condition is dropped becomes
-``<null> <boi> image <eoi>`` (or ``<null> <boa> audio <eoa>``): precisely ``teal_generate.null_prompt`` of its prompt
+``<null> <boi> image <eoi>`` (or ``<null> <boa> audio <eoa>``): precisely ``constraints.null_prompt`` of its prompt
 followed by its target, so the unconditional rows the sampler builds are ones the model was trained on.
 
 Reasoning prompts (TEAL's MNIST generation with reasoning; the task stream's ``REASONING_TASKS`` ``reason_t2i`` /
@@ -142,7 +142,7 @@ class Templates:
         raise ValueError(f"unknown task {task!r}; known: {TASKS}")
 
     def null_prompt(self, task: str) -> list[int]:
-        """The unconditional prompt of a generation task (= ``teal_generate.null_prompt`` of its prompt)."""
+        """The unconditional prompt of a generation task (= ``inference.constraints.null_prompt`` of its prompt)."""
         if task not in GENERATION_TASKS:
             raise ValueError(f"null_prompt: task {task!r} has no unconditional form; only {GENERATION_TASKS}")
         return [self.vocab.null, self.vocab.boi if task == "t2i" else self.vocab.boa]

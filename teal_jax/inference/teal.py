@@ -1,8 +1,10 @@
 """``TealModel``: a trained TEAL model with its tokenizers, ready for inference (what ``teal_jax.load`` returns for a
-workdir of objective ``'teal'``).
+workdir of objective ``'teal'``; follows :class:`teal_jax.inference.protocol.Model`, ``kind='teal'``).
 
 Every prompt is built by :class:`teal_jax.data.templates.Templates` (the one statement of the task layouts), decoded
-by the constrained KV-cache sampler :func:`teal_jax.teal_generate.sample` and de-tokenized::
+by the one decode loop (:func:`teal_jax.inference.sampler.generate`, through :func:`sample_ids` below) under the
+modality constraint (and classifier-free guidance when asked) of :mod:`teal_jax.inference.constraints`, and
+de-tokenized::
 
     caption(images)            bos <task:caption> <boi> image <eoi>   ->  text eos          -> list[str]
     transcribe(waves, rate)    bos <task:asr> <boa> audio <eoa>       ->  text eos          -> list[str]
@@ -29,6 +31,7 @@ copies of its last prompt so that every chunk has one shape (one compilation).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import warnings
@@ -41,46 +44,51 @@ import ml_collections
 import numpy as np
 from flax import linen as nn
 
-from teal_jax import lineage, teal_generate
+from teal_jax import lineage
 from teal_jax import vocab as vocab_lib
 from teal_jax.data import templates as templates_lib
-from teal_jax.generate import SamplingConfig
+from teal_jax.inference import constraints as constraints_lib
+from teal_jax.inference import protocol, sampler
+from teal_jax.inference.constraints import SpanConfig
+from teal_jax.inference.load import config_path, load_tokenizer
+from teal_jax.inference.sampler import SamplingConfig
 from teal_jax.models.teal import TealConfig, TealLM
 
-
-def _require_texts(texts: Sequence[str], what: str) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError(f"{what}: pass a list of strings, not one string ({texts[:30]!r})")
-    texts = list(texts)
-    if not texts:
-        raise ValueError(f"{what}: empty list of texts")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise TypeError(f"{what}: texts[{bad[0]}] is {type(texts[bad[0]]).__name__}, expected str")
-    return texts
+SAMPLE_TASKS = ("text", "image", "speech")
+NO_SPANS = SpanConfig()  # image/audio spans disabled: text ids only
 
 
-def _config_path(config: ml_collections.ConfigDict, field: str) -> str:
-    """``config.data.<field>`` as a string ('' when unset)."""
-    data = config.get("data") or {}
-    value = data.get(field) if hasattr(data, "get") else None
-    return os.fspath(value) if value else ""
+def decoder(config: TealConfig):
+    """``cache_length -> step function`` of a :class:`TealLM` (the step feeds each code's ``span_index``)."""
+    return lambda length: sampler.LinenDecoder(
+        TealLM, dataclasses.replace(config, lm=dataclasses.replace(config.lm, max_decode_len=length)),
+        extra_inputs=("span_index",))
 
 
-def _load_tokenizer(kind: str, path: str):
-    """ImageTokenizer/AudioTokenizer from the workdir ``path`` named by ``config.data.<kind>_tokenizer``."""
-    field = f"config.data.{kind}_tokenizer"
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{field}={path!r}: no such directory (expected the workdir of an "
-                                f"{'image_vq' if kind == 'image' else 'audio_codec'} training run)")
-    if kind == "image":
-        from teal_jax.tokenizers.image import ImageTokenizer as cls
-    else:
-        from teal_jax.tokenizers.audio import AudioTokenizer as cls
-    try:
-        return cls.from_checkpoint(path)
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
-        raise type(e)(f"{field}={path!r}: cannot load the {kind} tokenizer: {e}") from e
+def sample_ids(config: TealConfig, params, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+           spans: SpanConfig = NO_SPANS, rng: jax.Array | None = None,
+           uncond_prompts: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """Generates after each unified-id prompt -> int32 [B, sampling.max_new_tokens] (pad_id after eos_id).
+
+    ``params``: TealLM params (unboxed). The modality constraint always runs (``spans``); guidance runs when
+    ``spans.guidance_scale != 1`` or ``uncond_prompts`` is given (default unconditional prompts:
+    :func:`constraints.null_prompt`), with the scale traced (one compilation for every scale). Set
+    ``sampling.eos_id = vocab.eoi`` to stop after one image. Prompts are padded to a multiple of 16 ids (few
+    compiled shapes). Raises ValueError on ids outside the vocabulary or a malformed open span.
+    """
+    vocab = config.vocab
+    for i, p in enumerate(prompts):
+        bad = [int(t) for t in p if not 0 <= int(t) < vocab.used_size]
+        if bad:
+            raise ValueError(f"prompts[{i}] has ids outside the vocabulary [0, {vocab.used_size}): {bad[:5]}")
+    modality = constraints_lib.ModalityConstraint.of(vocab, spans)
+    rules: tuple = (modality,)
+    if uncond_prompts is not None or spans.guidance_scale != 1.0:
+        uncond = ([constraints_lib.null_prompt(vocab, p) for p in prompts] if uncond_prompts is None
+                  else uncond_prompts)
+        rules = (constraints_lib.Guidance(modality, float(spans.guidance_scale),
+                                          tuple(tuple(int(t) for t in u) for u in uncond)), modality)
+    return sampler.generate(decoder(config), params, prompts, sampling, constraints=rules, rng=rng, pad_multiple=16)
 
 
 @functools.lru_cache(maxsize=8)
@@ -104,13 +112,17 @@ class TealModel:
       audio_frames: codec frames per audio span (``templates.audio_span``); required with an audio tokenizer.
       run_config: the training run's ConfigDict (kept for reference, e.g. the base LM's workdir).
       max_batch: prompts per sampler call (larger batches run in chunks).
+      workdir: the run directory, when loaded from one.
     """
+
+    kind = "teal"
 
     def __init__(self, config: TealConfig | ml_collections.ConfigDict, params: Any, text_tokenizer,
                  image_tokenizer=None, audio_tokenizer=None, audio_frames: int = 0, *,
-                 run_config: ml_collections.ConfigDict | None = None, max_batch: int = 64):
+                 run_config: ml_collections.ConfigDict | None = None, max_batch: int = 64,
+                 workdir: str | None = None):
+        self.workdir = workdir
         if isinstance(config, ml_collections.ConfigDict):
-
             run_config = config if run_config is None else run_config
             config = TealConfig.from_config(config)
         if not isinstance(config, TealConfig):
@@ -158,28 +170,37 @@ class TealModel:
         """Loads the newest (or ``step``) checkpoint of a ``teal`` run and the tokenizers its config names
         (``config.data.text_tokenizer`` / ``image_tokenizer`` / ``audio_tokenizer`` / ``audio_seconds``)."""
         from teal_jax import checkpoint
-        from teal_jax.tokenizers.text import TextTokenizer
 
         config, params, _ = checkpoint.load_params(workdir, step)
         if config.get("objective") != "teal":
             raise ValueError(f"{workdir}: checkpoint of objective {config.get('objective')!r}, expected 'teal'")
+        return cls.from_params(config, params["model"], workdir, **kwargs)
+
+    @classmethod
+    def from_params(cls, config: ml_collections.ConfigDict, params: Any, workdir: str | None = None,
+                    **kwargs) -> TealModel:
+        """A TealModel from a ``teal`` run's ConfigDict and in-memory ``TealLM`` params (e.g. a train state's), with
+        the tokenizers the config names (see :meth:`from_checkpoint`; ``workdir`` resolves a relative lineage)."""
+        from teal_jax.tokenizers.text import TextTokenizer
+
         teal_config = TealConfig.from_config(config)
         text_path = lineage.text_tokenizer(config, run=workdir)
         try:
             text = TextTokenizer.load(text_path)
         except (FileNotFoundError, ValueError) as e:
             raise type(e)(f"config.data.text_tokenizer (resolved to {text_path!r}): {e}") from e
-        image_path, audio_path = _config_path(config, "image_tokenizer"), _config_path(config, "audio_tokenizer")
-        image = _load_tokenizer("image", image_path) if image_path else None
+        image_path, audio_path = config_path(config, "image_tokenizer"), config_path(config, "audio_tokenizer")
+        image = load_tokenizer("image", image_path) if image_path else None
         audio, frames = None, 0
         if audio_path:
-            audio = _load_tokenizer("audio", audio_path)
+            audio = load_tokenizer("audio", audio_path)
             seconds = config.data.get("audio_seconds")
             if not seconds or float(seconds) <= 0:
                 raise ValueError(f"{workdir}: config.data.audio_tokenizer is set but config.data.audio_seconds="
                                  f"{seconds!r}; it must be the (positive) audio span length in seconds")
             frames, _ = templates_lib.audio_span(float(seconds), audio.sample_rate, audio.config.hop_length)
-        return cls(teal_config, params["model"], text, image, audio, frames, run_config=config, **kwargs)
+        kwargs.setdefault("workdir", workdir)
+        return cls(teal_config, params, text, image, audio, frames, run_config=config, **kwargs)
 
     # ---- properties --------------------------------------------------------------------------------------------
     @property
@@ -214,9 +235,9 @@ class TealModel:
         return self.audio_tokenizer
 
     # ---- the sampler -------------------------------------------------------------------------------------------
-    def _sample(self, prompts: list[list[int]], sampling: SamplingConfig, spans: teal_generate.SpanConfig,
+    def _sample(self, prompts: list[list[int]], sampling: SamplingConfig, spans: SpanConfig,
                 seed: int, uncond: list[int] | None = None) -> np.ndarray:
-        """Runs ``teal_generate.sample`` in chunks of ``max_batch``; int32 [B, max_new_tokens]."""
+        """Runs :func:`sample_ids` in chunks of ``max_batch``; int32 [B, max_new_tokens]."""
         key = jax.random.key(seed)
         n, size = len(prompts), self.max_batch
         outs = []
@@ -225,9 +246,8 @@ class TealModel:
             real = len(chunk)
             if n > size and real < size:  # same shape for every chunk: one compilation
                 chunk = chunk + [chunk[-1]] * (size - real)
-            out = teal_generate.sample(self.config, self.params, chunk, sampling, spans,
-                                       rng=jax.random.fold_in(key, c),
-                                       uncond_prompts=None if uncond is None else [uncond] * len(chunk))
+            out = sample_ids(self.config, self.params, chunk, sampling, spans, rng=jax.random.fold_in(key, c),
+                             uncond_prompts=None if uncond is None else [uncond] * len(chunk))
             outs.append(np.asarray(out)[:real])
         return np.concatenate(outs, axis=0)
 
@@ -246,7 +266,7 @@ class TealModel:
                                   top_k=int(top_k), top_p=float(top_p), eos_id=self.templates.eos,
                                   pad_id=self.text_tokenizer.pad_id)
         # Spans disabled: only text ids may be sampled, so the answer is text.
-        return self._decode_text(self._sample(prompts, sampling, teal_generate.SpanConfig(), seed))
+        return self._decode_text(self._sample(prompts, sampling, SpanConfig(), seed))
 
     # ---- image -> text -----------------------------------------------------------------------------------------
     def caption(self, images, *, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
@@ -323,7 +343,7 @@ class TealModel:
     def _span_task(self, task: str, texts, guidance_scale, temperature, top_k, top_p, seed) -> np.ndarray:
         """Samples one image/audio span per text -> unified ids int32 [B, span length] (without the markers)."""
         self._image() if task == "t2i" else self._audio()
-        texts = _require_texts(texts, f"generate_{'image' if task == 't2i' else 'speech'}")
+        texts = protocol.require_prompts(texts, f"generate_{'image' if task == 't2i' else 'speech'}")
         v = self.vocab
         image_tokens = int(np.prod(self.image_grid)) if self.image_tokenizer is not None else 0
         audio_frames = self.audio_frames if self.audio_tokenizer is not None else 0
@@ -331,15 +351,14 @@ class TealModel:
         opener, closer, modality = ((v.boi, v.eoi, vocab_lib.IMAGE) if task == "t2i"
                                     else (v.boa, v.eoa, vocab_lib.AUDIO))
         prompts = [self.templates.prompt(task, self.text_tokenizer.encode(t)) for t in texts]
-        spans = teal_generate.SpanConfig(image_tokens=image_tokens, audio_frames=audio_frames,
-                                         guidance_scale=float(guidance_scale))
+        spans = SpanConfig(image_tokens=image_tokens, audio_frames=audio_frames, guidance_scale=float(guidance_scale))
         sampling = SamplingConfig(max_new_tokens=length + 1, temperature=float(temperature), top_k=int(top_k),
                                   top_p=float(top_p), eos_id=closer, pad_id=self.text_tokenizer.pad_id)
         uncond = self.templates.null_prompt(task) if float(guidance_scale) != 1.0 else None
         rows = self._sample(prompts, sampling, spans, seed, uncond)
         out = []
         for i, row in enumerate(rows):
-            found = teal_generate.extract_spans(v, [opener, *row.tolist()], modality)
+            found = constraints_lib.extract_spans(v, [opener, *row.tolist()], modality)
             if len(found) != 1 or found[0].size != length:
                 raise RuntimeError(f"text {i}: the sampler did not produce one span of {length} codes: "
                                    f"{row.tolist()[:12]}...")
@@ -369,7 +388,7 @@ class TealModel:
                       top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[str]:
         """Plain text continuation (``lm`` template: bos + text) through the TEAL model: only text ids are
         allowed, so this is the LM's own text distribution (bitwise, while the LM is frozen). Greedy by default."""
-        prompts = _require_texts(prompts, "generate_text")
+        prompts = protocol.require_prompts(prompts, "generate_text")
         ids = [self.templates.prompt("lm", self.text_tokenizer.encode(p)) for p in prompts]
         return self._text_task(ids, max_new_tokens, temperature, top_k, top_p, seed)
 
@@ -379,6 +398,32 @@ class TealModel:
         if t.ndim != 2 or t.dtype.kind not in "iu":
             raise ValueError(f"tokens must be integer [B, T], got {t.dtype} {t.shape}")
         return np.asarray(self._logits(self.params, jnp.asarray(t, jnp.int32)))
+
+    # ---- the protocol ------------------------------------------------------------------------------------------
+    def sample(self, prompts: Sequence[str], *, out_dir: str | None = None, task: str = "text", **settings) -> list:
+        """The protocol's sampler (``main --mode=sample``): one output per text prompt.
+
+        task: 'text' -> :meth:`generate_text` strings; 'image' -> :meth:`generate_image`, 'speech' ->
+        :meth:`generate_speech`: written as ``<out_dir>/image_000.png`` / ``speech_000.wav`` ... and their paths
+        returned (without ``out_dir``: the uint8 images [H, W, C] / float32 waveforms). ``settings``: max_new_tokens
+        (text only: spans have a fixed length), temperature, top_k, top_p, seed, guidance_scale (image/speech only);
+        the methods' defaults where absent. Unknown task: ValueError; unknown setting: TypeError.
+        """
+        protocol.check_settings(self.kind, settings, (*protocol.SAMPLE_SETTINGS, "guidance_scale"))
+        if task not in SAMPLE_TASKS:
+            raise ValueError(f"TealModel.sample: task={task!r}; choose one of {SAMPLE_TASKS} (config.sample.task)")
+        prompts = protocol.require_prompts(prompts, f"TealModel.sample(task={task!r})")
+        if task == "text":
+            settings.pop("guidance_scale", None)
+            return self.generate_text(prompts, **settings)
+        settings.pop("max_new_tokens", None)
+        if task == "image":
+            out, ext, save = self.generate_image(prompts, **settings), "png", self.save_png
+        else:
+            out, ext, save = self.generate_speech(prompts, **settings), "wav", self.save_wav
+        if out_dir is None:
+            return list(out)
+        return save(out, [os.path.join(out_dir, f"{task}_{i:03d}.{ext}") for i in range(len(prompts))])
 
     # ---- files -------------------------------------------------------------------------------------------------
     @staticmethod
