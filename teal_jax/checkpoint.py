@@ -4,6 +4,15 @@ Layout of ``<workdir>/checkpoints/<step>/``:
   state/   the train state: ``{'step', 'params', 'opt_state', 'model_state', 'rng'}`` (orbax StandardSave, sharded)
   data/    JSON: ``{'hosts': [iterator state of process 0, process 1, ...]}``
   config/  JSON: the run's ConfigDict
+  manifest.json  written last, once the step is complete: size and CRC-32 of every other file of the step
+
+Integrity: a step is *sealed* (its manifest written, atomically, by process 0) once Orbax has finalised it: at the
+next save, at ``wait()`` and at ``close()``. Every read verifies what it reads against the manifest first
+(:meth:`Checkpointer.verify`): a missing or unreadable manifest, a missing, resized or changed file is a
+:class:`CheckpointIntegrityError` naming the step, the item and the problem. ``restore_latest`` (resume) skips
+steps that do not verify, newest first, saying why, and moves them out of the way (to
+``<workdir>/checkpoints_rejected/``) so that new saves never collide with them; ``load_params`` / ``read_config``
+(inference) fail unless the step they were asked for (the newest by default) verifies.
 
 Restoring takes an *abstract* target (``jax.ShapeDtypeStruct`` with shardings on the current mesh), so a checkpoint
 written on one mesh restores onto another. ``load_params`` restores parameters for inference without a mesh.
@@ -13,6 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
+import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -20,9 +33,90 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+MANIFEST = "manifest.json"
+ITEMS = ("state", "data", "config")
+_CHUNK = 1 << 22
+
 
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class CheckpointIntegrityError(RuntimeError):
+    """A checkpoint step that cannot be trusted: ``step``, ``item`` ('manifest', 'state', 'data', 'config' or
+    'step') and ``problem`` say which and why."""
+
+    def __init__(self, path: str, step: int, item: str, problem: str):
+        self.path, self.step, self.item, self.problem = path, step, item, problem
+        super().__init__(f"checkpoint step {step} ({path}): {item}: {problem}")
+
+
+def _crc32(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _files(step_dir: str) -> list[str]:
+    out = []
+    for root, _, names in os.walk(step_dir):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), step_dir)
+            if rel != MANIFEST:
+                out.append(rel)
+    return sorted(out)
+
+
+def write_manifest(step_dir: str) -> dict[str, Any]:
+    """Seals a complete step: size and CRC-32 of each file, written to a temp file and renamed (atomic)."""
+    files = {rel: {"size": os.path.getsize(os.path.join(step_dir, rel)), "crc32": _crc32(os.path.join(step_dir, rel))}
+             for rel in _files(step_dir)}
+    manifest = {"format": 1, "checksum": "crc32", "files": files}
+    tmp = os.path.join(step_dir, f".{MANIFEST}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=0, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(step_dir, MANIFEST))
+    return manifest
+
+
+def verify_step(step_dir: str, step: int, items: Iterable[str] = ITEMS) -> None:
+    """Checks the files of ``items`` (all of the step's by default) against its manifest; raises
+    :class:`CheckpointIntegrityError` on the first problem."""
+    if not os.path.isdir(step_dir):
+        raise CheckpointIntegrityError(step_dir, step, "step", "no such folder")
+    path = os.path.join(step_dir, MANIFEST)
+    if not os.path.isfile(path):
+        what = "empty folder" if not os.listdir(step_dir) else "not sealed"
+        raise CheckpointIntegrityError(step_dir, step, "manifest", f"missing ({what}: the save never completed, "
+                                       "or the step was written before checksums existed)")
+    try:
+        with open(path) as f:
+            files = json.load(f)["files"]
+        assert isinstance(files, dict)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as e:
+        raise CheckpointIntegrityError(step_dir, step, "manifest", f"unreadable ({type(e).__name__}: {e})") from None
+    items = tuple(items)
+    for item in items:
+        if not any(rel.split(os.sep)[0] == item for rel in files):
+            raise CheckpointIntegrityError(step_dir, step, item, "not in the manifest (the save never wrote it)")
+    for rel, want in files.items():
+        item = rel.split(os.sep)[0]
+        if item not in items and os.sep in rel:
+            continue
+        full = os.path.join(step_dir, rel)
+        if not os.path.isfile(full):
+            raise CheckpointIntegrityError(step_dir, step, item, f"file {rel} is missing")
+        size = os.path.getsize(full)
+        if size != want["size"]:
+            raise CheckpointIntegrityError(step_dir, step, item, f"file {rel} has {size} bytes, the manifest says "
+                                           f"{want['size']} (truncated or overwritten)")
+        if _crc32(full) != want["crc32"]:
+            raise CheckpointIntegrityError(step_dir, step, item, f"file {rel} does not match its checksum "
+                                           "(corrupted)")
 
 
 def _gather_host_json(obj: Any) -> list[Any]:
@@ -40,18 +134,27 @@ def _gather_host_json(obj: Any) -> list[Any]:
 
 
 class Checkpointer:
-    """Thin wrapper over ``ocp.CheckpointManager`` (async, keeps the newest ``keep``)."""
+    """Thin wrapper over ``ocp.CheckpointManager`` (async, keeps the newest ``keep``) that seals and verifies steps.
 
-    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+    ``read_only=True`` (inference, lineage) never creates anything: a workdir without checkpoints is a
+    FileNotFoundError naming it.
+    """
+
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
+        self.workdir = os.path.abspath(workdir)
         self.directory = checkpoint_dir(workdir)
+        if read_only and not os.path.isdir(self.directory):
+            what = "no such directory" if not os.path.isdir(self.workdir) else "no checkpoints/ folder in it"
+            raise FileNotFoundError(f"no checkpoint under {self.workdir} ({what}; train first, or check --workdir)")
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-                cleanup_tmp_directories=True,
+                max_to_keep=keep, create=not read_only, enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=not read_only, read_only=read_only,
             ),
-            item_names=("state", "data", "config"),
+            item_names=ITEMS,
         )
+        self._unsealed: set[int] = set()
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -59,9 +162,30 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(int(step)))
+
+    def verify(self, step: int, items: Iterable[str] = ITEMS) -> None:
+        """Raises :class:`CheckpointIntegrityError` unless ``items`` of ``step`` match its manifest."""
+        verify_step(self.step_dir(step), int(step), items)
+
+    def _seal(self) -> None:
+        """Writes the manifest of every step this object saved that Orbax has finalised since (process 0)."""
+        if not self._unsealed:
+            return
+        self.manager.wait_until_finished()
+        done = set(self.manager.all_steps())
+        for step in sorted(self._unsealed):
+            if step in done and jax.process_index() == 0:
+                write_manifest(self.step_dir(step))
+        self._unsealed.clear()
+        _sync("teal_jax_checkpoint_sealed")
+
     def save(self, step: int, state: Any, data_state: Any, config: ml_collections.ConfigDict) -> None:
-        """Saves asynchronously; ``data_state`` is this host's iterator state (gathered across hosts here)."""
+        """Saves asynchronously; ``data_state`` is this host's iterator state (gathered across hosts here). The
+        previous save is sealed first (Orbax would wait for it here anyway)."""
         hosts = _gather_host_json(data_state)
+        self._seal()
         self.manager.save(
             int(step),
             args=ocp.args.Composite(
@@ -71,10 +195,13 @@ class Checkpointer:
             ),
             force=True,
         )
+        self._unsealed.add(int(step))
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any, dict]:
-        """Returns ``(state, this host's data state, config dict)`` for ``step``, sharded like ``abstract_state``."""
-        path = os.path.join(self.directory, str(step))
+        """Returns ``(state, this host's data state, config dict)`` for ``step``, sharded like ``abstract_state``;
+        the step is verified first (:class:`CheckpointIntegrityError`)."""
+        path = self.step_dir(step)
+        self.verify(step)
         try:
             out = self.manager.restore(
                 int(step),
@@ -93,20 +220,89 @@ class Checkpointer:
             )
         return out["state"], hosts[jax.process_index()], out["config"]
 
+    def restore_latest(self, abstract_state: Any, say=print) -> tuple[int, Any, Any, dict] | None:
+        """Resume: ``(step, state, data state, config)`` of the newest step that verifies, or None when there is
+        none. Every newer step that does not verify is reported through ``say`` and moved to
+        ``<workdir>/checkpoints_rejected/<step>-<unix time>`` (process 0), so later saves cannot collide with it."""
+        candidates = sorted(set(self.manager.all_steps()) | set(_step_folders(self.directory)), reverse=True)
+        rejected = False
+        for step in candidates:
+            try:
+                self.verify(step)
+            except CheckpointIntegrityError as e:
+                say(f"checkpoint step {step} skipped: {e.item}: {e.problem}")
+                self._reject(step)
+                rejected = True
+                continue
+            if rejected:
+                self.manager.reload()
+                say(f"resuming from step {step}, the newest step that verifies")
+            state, data_state, config = self.restore(step, abstract_state)
+            return step, state, data_state, config
+        if rejected:
+            self.manager.reload()
+        return None
+
+    def _reject(self, step: int) -> None:
+        if jax.process_index() == 0:
+            dest = os.path.join(os.path.dirname(self.directory), "checkpoints_rejected", f"{step}-{int(time.time())}")
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.move(self.step_dir(step), dest)
+        _sync(f"teal_jax_checkpoint_rejected_{step}")
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
+        self._seal()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 
-def read_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
-    """The ConfigDict saved with a checkpoint (the newest one by default)."""
-    ckpt = Checkpointer(workdir, async_save=False)
-    step = ckpt.latest_step() if step is None else step
+def _step_folders(directory: str) -> list[int]:
+    """Integer-named folders (Orbax may not list an empty or half-written one)."""
+    if not os.path.isdir(directory):
+        return []
+    return [int(n) for n in os.listdir(directory) if n.isdigit() and os.path.isdir(os.path.join(directory, n))]
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def pick_step(workdir: str, step: int | None, items: Iterable[str]) -> tuple[Checkpointer, int]:
+    """``(read-only Checkpointer, step)`` for reading ``items`` of ``step`` (the newest by default), verified: a
+    step that does not verify is an error that names the newest one that does (pass it as ``step``)."""
+    ckpt = Checkpointer(workdir, async_save=False, read_only=True)
+    steps = sorted(set(ckpt.all_steps()) | set(_step_folders(ckpt.directory)))
     if step is None:
-        raise FileNotFoundError(f"no checkpoint under {ckpt.directory}")
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint under {ckpt.directory} (train first, or check --workdir)")
+        step = steps[-1]
+    try:
+        ckpt.verify(step, items)
+    except CheckpointIntegrityError as e:
+        good = []
+        for s in reversed(steps):
+            if s != step:
+                try:
+                    ckpt.verify(s, items)
+                    good.append(s)
+                    break
+                except CheckpointIntegrityError:
+                    continue
+        hint = (f"; the newest step that verifies is {good[0]}: pass step={good[0]} to use it" if good
+                else "; no other step verifies")
+        raise CheckpointIntegrityError(e.path, e.step, e.item, e.problem + hint) from None
+    return ckpt, int(step)
+
+
+def read_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
+    """The ConfigDict saved with a checkpoint (the newest one by default; its config item is verified)."""
+    ckpt, step = pick_step(workdir, step, ("config",))
     path = os.path.join(ckpt.directory, str(step), "config")
     cfg = ckpt.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
     if cfg is None:
@@ -117,17 +313,18 @@ def read_config(workdir: str, step: int | None = None) -> ml_collections.ConfigD
 def load_params(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, dict, Any]:
     """``(config, params, model_state)`` of a checkpoint as host numpy arrays, for inference on any device set.
 
-    ``params`` is ``{group: tree}`` as in training. Optimizer state is not read.
+    ``params`` is ``{group: tree}`` as in training. Optimizer state is not read. The step (the newest by default)
+    must verify (:class:`CheckpointIntegrityError` otherwise, naming the newest step that does).
     """
-    ckpt = Checkpointer(workdir, async_save=False)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint under {ckpt.directory} (train first, or check --workdir)")
+    ckpt, step = pick_step(workdir, step, ("state", "config"))
     config = read_config(workdir, step)
     state_dir = os.path.join(ckpt.directory, str(step), "state")
     checkpointer = ocp.PyTreeCheckpointer()
-    meta = checkpointer.metadata(state_dir)
-    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+    try:
+        meta = checkpointer.metadata(state_dir)
+        tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+    except Exception as e:
+        raise RuntimeError(f"could not read the metadata of {state_dir}: {type(e).__name__}: {e}") from e
     wanted = {k: tree[k] for k in ("params", "model_state") if k in tree}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
     try:

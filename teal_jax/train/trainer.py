@@ -284,13 +284,15 @@ class Trainer:
         self.checkpointer.save(step, state, self.train_iter.get_state(), self.config)
 
     def restore_or_init(self):
-        latest = self.checkpointer.latest_step()
-        if latest is None:
+        """The newest checkpoint that verifies (newer ones that do not are reported and set aside), else a fresh
+        state."""
+        found = self.checkpointer.restore_latest(self.abstract_state(), say=self.writer.print)
+        if found is None:
             return self.init_state(), 0
-        self.writer.print(f"resuming from {self.checkpointer.directory}/{latest}")
-        state, data_state, _ = self.checkpointer.restore(latest, self.abstract_state())
+        step, state, data_state, _ = found
+        self.writer.print(f"resuming from {self.checkpointer.step_dir(step)}")
         self.train_iter.set_state(data_state)
-        return state, int(latest)
+        return state, int(step)
 
     def _dump_nan(self, step: int, batch: dict[str, np.ndarray], values: dict[str, float]) -> str:
         path = os.path.join(self.workdir, "nan_debug", f"step_{step}")
