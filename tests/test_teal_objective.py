@@ -104,7 +104,7 @@ def test_synthetic_stream_is_deterministic_and_well_formed():
                 assert v.unified_to_image(img, h, w).shape == (h, w)
             assert toks[0] in (0, v.null)  # bos (text id 0) or a dropped condition
             if toks[0] == v.null or toks[1] in (v.special_id("<task:t2i>"), v.special_id("<task:tts>")):
-                assert set(V.MODALITY_NAMES[x] for x in v.modality_of(target[:-1])) <= {"image", "audio"}
+                assert set(V.MODALITY_NAMES[x] for x in v.modality_of(target[:-1])) <= set(T.SPAN_MODALITIES)
                 assert target[-1] in (v.eoi, v.eoa)
             else:
                 assert (v.modality_of(target) == V.TEXT).all()

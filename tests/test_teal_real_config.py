@@ -360,7 +360,7 @@ def test_stage1_prepares_mock_coco_and_librispeech_and_keeps_the_llama_frozen(en
     stream = obj.make_data("train", batch_size=8, process_index=0, process_count=1)
     batch = next(stream)
     assert batch["tokens"].shape == batch["loss_mask"].shape == (8, SEQ_LEN + 1)
-    assert {d["task"] for d in stream.last_draws} <= {"caption", "t2i", "asr", "tts"}
+    assert {d["task"] for d in stream.last_draws} <= set(T.SPAN_TASKS)
     vocab = obj.vocab
     assert (batch["modality"] == 2).any() and (batch["modality"] == 3).any()
     audio_ids = batch["tokens"][batch["modality"] == 3]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import ml_collections
 import numpy as np
 
 from teal_jax.data import templates as templates_lib
@@ -45,8 +46,8 @@ class SyntheticTealTasks(DataIterator):
     tasks' modalities, a text vocabulary too small for ``num_classes``, or an example longer than a row.
     """
 
-    def __init__(self, vocab: UnifiedVocab, data: Mapping[str, Any], *, batch_size: int, seq_len: int, seed: int,
-                 process_index: int):
+    def __init__(self, vocab: UnifiedVocab, data: ml_collections.ConfigDict, *, batch_size: int, seq_len: int,
+                 seed: int, process_index: int):
         self.vocab, self.batch_size, self.seq_len = vocab, batch_size, seq_len
         self.h, self.w = (int(x) for x in data.image_shape)
         self.frames = int(data.audio_frames)
