@@ -92,6 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
     c.sample = ml_collections.ConfigDict(dict(prompts=("",), max_new_tokens=64, temperature=0.8, top_k=0,
                                               top_p=1.0, seed=0))
+    # Evaluations by name: c.evals.<name> = {kind, every_steps, ...}; teal_jax.evaluate.evaluators builds them.
+    c.evals = ml_collections.ConfigDict()
     return c
 
 
@@ -112,6 +114,19 @@ def _check_section(config, section: str, fields: dict[str, type]) -> None:
             )
 
 
+def _check_evals(config) -> None:
+    """``config.evals.<name>``: a section with a string ``kind`` and an int ``every_steps`` >= 0 (the kind-specific
+    fields are checked when ``teal_jax.evaluate.evaluators.make_evaluators`` builds them)."""
+    for name, section in (config.get("evals") or {}).items():
+        if not hasattr(section, "get"):
+            raise ValueError(f"config.evals.{name}: expected a section {{kind, every_steps, ...}}, got {section!r}")
+        if not isinstance(section.get("kind"), str) or not section.get("kind"):
+            raise ValueError(f"config.evals.{name}.kind: every evaluation needs a kind (a string)")
+        every = section.get("every_steps", 0)
+        if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+            raise ValueError(f"config.evals.{name}.every_steps={every!r} must be an int >= 0 (0: only on demand)")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("objective", "seed", "model", "data", "train", "optimizer", "mesh"):
         if key not in config:
@@ -128,6 +143,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.train.batch_size={t.batch_size} is not divisible by config.train.grad_accum={t.grad_accum}"
         )
+    _check_evals(config)
     shape = tuple(config.mesh.shape)
     if len(shape) != 3:
         raise ValueError(f"config.mesh.shape={shape} must have 3 entries ('data', 'fsdp', 'tensor')")

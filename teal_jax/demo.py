@@ -16,7 +16,8 @@ finished, so re-running the command resumes where it stopped, mid-stage from the
   ablation_codebook  stage 1 with codebook-initialised non-text embeddings (the paper's ablation)
   ablation_full      stage 1's data with full fine-tuning (frozen vs not); the ablations train ABLATION_STEPS and are
                      compared with stage 1's own checkpoint at that step
-  evaluate           held-out evaluation of every TEAL run, samples (PNG/WAV) and ``<workdir>/report.md`` + plots
+  evaluate           the evaluators of configs/teal/demo.py's ``config.evals`` on every TEAL run (samples, PNG/WAV,
+                     under ``<run>/eval/``), then ``<workdir>/report.md`` + plots (teal_jax/demo_evaluate.py)
 
 The shared data (digits, speech) is built once under ``<workdir>/data``.
 """
@@ -34,7 +35,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from teal_jax.demo_report import _done_file, _say, stage_done
+from teal_jax.demo_evaluate import _done_file, _say, stage_done
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Where every stage writes its run directory and the report.")
@@ -208,12 +209,12 @@ def main(argv) -> None:
     results = {}
     for s in [s for s in STAGE_ORDER if s in stages]:
         if s == "evaluate":
-            from teal_jax import demo_report
+            from teal_jax import demo_evaluate
 
             missing = [r for r in REQUIRES["evaluate"] if not stage_done(workdir, r)]
             if missing:
                 raise RuntimeError(f"stage evaluate needs {missing} to have finished first")
-            results[s] = demo_report.evaluate_stage(workdir, FLAGS.variant, results)
+            results[s] = demo_evaluate.evaluate_stage(workdir, FLAGS.variant, results)
         else:
             results[s] = run_stage(s, workdir, FLAGS.variant)
     if stages == ["text_lm"] or "evaluate" not in stages:

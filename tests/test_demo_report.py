@@ -1,7 +1,10 @@
-"""The demo report's 'where targets are missed' section: every missed figure, the run's own conditioning and
-frozen-vs-full figures, and nothing when every target is met."""
+"""The demo report (the 'where targets are missed' section, the report's layout) and the demo's evaluate stage (the
+demo config's evaluators on a stub model: guidance chosen on validation prompts, the figures read from what the
+evaluators wrote; the stage's order of runs and borrowed guidance)."""
 
+from teal_jax import demo_evaluate as DE
 from teal_jax import demo_report as R
+from teal_jax.evaluate.evaluators import Evaluator
 
 MET = {"caption_accuracy": 0.97, "t2i_accuracy": 0.93, "asr_wer": 0.04, "tts_accuracy": 0.9,
        "reasoning_image_accuracy": 0.85, "reasoning_speech_accuracy": 0.81}
@@ -37,15 +40,30 @@ def test_conditioning_sentence_follows_the_likelihood_figure():
     assert "Above chance" in above and "Near chance" not in above
 
 
-# ---- guidance chosen on validation prompts inside evaluate_run ------------------------------------------------------
-def _stub_run(monkeypatch, image_best=3.0, audio_best=2.0):
-    """evaluate_run on a stub model: the understanding metrics are stubbed, generation is real teal_eval code on a
-    model that is right only at its ``*_best`` guidance scale (test_teal_eval.GuidedStub)."""
-    import numpy as np
+# ---- the evaluate stage: the demo config's evaluators, guidance chosen on validation prompts -------------------------
+class FixedResult(Evaluator):
+    """A stub evaluator kind: returns its section's ``value`` (registered as 'fixed_*' in _stub_run)."""
+
+    KIND = "fixed"
+
+    def __init__(self, section, run_config=None, *, name=""):
+        self.value = dict(section.value)
+        super().__init__({k: v for k, v in section.items() if k != "value"}, run_config, name=name)
+
+    def run(self, model, *, workdir, step):
+        return dict(self.value)
+
+
+def _stub_run(monkeypatch, tmp_path, image_best=3.0, audio_best=2.0):
+    """evaluate_run on a stub model: captioning, ASR and perplexity are stub evaluators with fixed results; the
+    generation evaluators (text_to_image, text_to_speech, reasoning) are the demo config's, run for real on a model
+    that is right only at its ``*_best`` guidance scale (test_teal_eval.GuidedStub), judged by stub judges."""
+    import ml_collections
     from test_teal_eval import BrightnessClassifier, GuidedStub, LoudnessClassifier
 
     import teal_jax
-    from teal_jax.evaluate import teal_eval as E
+    from teal_jax.evaluate import evaluators as EV
+    from teal_jax.evaluate import teal_evaluators as TE
 
     class Stub(GuidedStub):
         max_batch = 64
@@ -65,36 +83,50 @@ def _stub_run(monkeypatch, image_best=3.0, audio_best=2.0):
 
     model = Stub(best=0.0)
     model.batches = []
+    model.run_config = ml_collections.ConfigDict({
+        "objective": "teal", "data": {"audio_seconds": 1.0, "audio_source": {
+            "kind": "spoken_words", "data_dir": str(tmp_path / "data"), "config": "tiny"}},
+        "sample": {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 5}})
     monkeypatch.setattr(teal_jax, "load", lambda run_dir, step=None: model)
-    monkeypatch.setattr(E, "caption_accuracy", lambda *a, **k: {"accuracy": 0.9, "exact_match": 0.8,
-                                                                "per_class": {}})
-    monkeypatch.setattr(E, "caption_forced_choice", lambda *a, **k: {"accuracy": 0.9})
-    monkeypatch.setattr(E, "t2i_likelihood_accuracy", lambda *a, **k: {"accuracy": 0.5, "nll_true": 10.0,
-                                                                       "nll_mean": 12.0})
-    monkeypatch.setattr(E, "asr_wer", lambda *a, **k: {"wer": 0.1, "exact_match": 0.7})
-    monkeypatch.setattr(E, "text_perplexity", lambda *a, **k: {"teal_ppl": 2.5, "base_ppl": 2.5,
-                                                               "logits_bitwise_equal": True, "max_abs_logit_diff": 0.0})
-    speech = {"fits": np.array([True]), "audio": np.zeros((1, 1600), np.int16), "text": ["one"]}
-    kw = dict(digit_clf=BrightnessClassifier(), speech_clf=LoudnessClassifier(), images=np.zeros((2, 8, 8)),
-              labels=[1, 2], speech=speech, texts=["one"], quick=True)
-    return model, kw
+    monkeypatch.setattr(TE, "digit_judge", lambda *a: BrightnessClassifier())
+    monkeypatch.setattr(TE, "speech_judge", lambda *a: LoudnessClassifier())
+    for kind in ("caption", "asr", "text"):
+        monkeypatch.setitem(EV._EVALUATORS, f"fixed_{kind}", "test_demo_report:FixedResult")
+    evals = DE.demo_evals("quick", str(tmp_path))
+    evals.t2i.likelihood_images = 0
+    evals.caption = dict(kind="fixed_caption", value={"accuracy": 0.9, "exact_match": 0.8, "forced_choice": 0.7})
+    evals.asr = dict(kind="fixed_asr", value={"wer": 0.1, "exact_match": 0.7, "clips_fit": 1, "clips_total": 2,
+                                              "audio_seconds": 1.0})
+    evals.text = dict(kind="fixed_text", value={"teal_ppl": 2.5, "base_ppl": 2.5, "logits_bitwise_equal": True,
+                                                "max_abs_logit_diff": 0.0})
+    return model, evals
 
 
 def test_evaluate_run_chooses_guidance_on_validation_then_evaluates_held_out_with_it(monkeypatch, tmp_path):
+    import json
+
     from test_teal_eval import HELD_OUT_QUESTIONS
 
     from teal_jax.data import templates as T
 
-    model, kw = _stub_run(monkeypatch)
-    plan = R.generation_plan(True, {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 5})
-    assert plan["validation_seed"] != plan["seed"] and plan["reasoning_n"] == 15
+    model, evals = _stub_run(monkeypatch, tmp_path)
+    plan = DE.sampling_plan(evals, model.run_config.sample)
+    assert plan["validation_seed"] == 6 and plan["seed"] == 5 and plan["reasoning_n"] == 15
     assert not {tuple(p) for p in plan["validation_pairs"]} & set(T.REASONING_EVAL_PAIRS)
-    figs, text_row, info = R.evaluate_run(str(tmp_path / "run"), sample_dir=str(tmp_path / "s"), plan=plan, **kw)
+    run = tmp_path / "run"
+    figs, text_row, info = DE.evaluate_run(str(run), evals, step=7)
     assert figs["guidance_image"] == 3.0 and figs["guidance_speech"] == 2.0
     assert info["guidance"]["image"]["accuracy"] == {"1": 0.0, "2": 0.0, "3": 1.0}
     assert figs["t2i_accuracy"] == figs["reasoning_image_accuracy"] == 1.0  # held-out at the chosen scales
     assert figs["tts_accuracy"] == figs["reasoning_speech_accuracy"] == 1.0
-    assert figs["text_logits_bitwise_equal"] is True
+    assert figs["text_logits_bitwise_equal"] is True and figs["caption_forced_choice"] == 0.7
+    assert text_row == {"ppl": 2.5, "bitwise": True, "base_ppl": 2.5, "max_abs_logit_diff": 0.0}
+    # the report's figures are what the evaluators wrote
+    written = {n: json.loads((run / "eval" / n / "step_7" / "results.json").read_text())
+               for n in ("t2i", "tts", "reasoning", "caption")}
+    assert figs["t2i_accuracy"] == written["t2i"]["accuracy"] and figs["guidance_image"] == written["t2i"]["guidance"]
+    assert figs["reasoning_speech_accuracy"] == written["reasoning"]["speech_accuracy"]
+    assert written["reasoning"]["image_guidance"] == 3.0 and written["caption"]["accuracy"] == figs["caption_accuracy"]
     validation = [c for c in model.asked if c[2]["seed"] == plan["validation_seed"]]
     heldout = [c for c in model.asked if c[2]["seed"] == plan["seed"]]
     assert len(validation) == 6 and len(heldout) == 4 and len(model.asked) == 10  # 3 scales x 2 modalities
@@ -105,17 +137,17 @@ def test_evaluate_run_chooses_guidance_on_validation_then_evaluates_held_out_wit
         assert (kwargs["temperature"], kwargs["top_p"], kwargs["top_k"]) == (0.7, 0.9, 0)
     asked = {p for c in heldout for p in c[1]}
     assert HELD_OUT_QUESTIONS <= asked
-    assert set(model.batches) == {plan["reasoning_n"]}  # one batch shape for every generation call
-    s = tmp_path / "s"
-    assert (s / "t2i" / "t2i_grid.png").exists() and (s / "reasoning_image" / "reasoning_image_grid.png").exists()
-    wavs = sorted((s / "tts").glob("*.wav"))
+    assert set(model.batches) == {plan["reasoning_n"]} and model.max_batch == 64  # one batch shape, then restored
+    s = run / "eval"
+    assert (s / "t2i" / "step_7" / "t2i_grid.png").exists()
+    assert (s / "reasoning" / "step_7" / "reasoning_image_grid.png").exists()
+    wavs = sorted((s / "tts" / "step_7").glob("*.wav"))
     assert wavs and all(w.with_suffix(".png").exists() for w in wavs)
 
     # given scales (an ablation using strict TEAL's): no validation sampling at all
     model.asked.clear()
     given = {m: {"chosen": 2.0, "from": "teal_stage1"} for m in ("image", "audio")}
-    figs, _, info = R.evaluate_run(str(tmp_path / "run"), sample_dir=str(tmp_path / "s2"), plan=plan,
-                                   guidance=given, **kw)
+    figs, _, info = DE.evaluate_run(str(tmp_path / "run2"), evals, guidance=given, step=3)
     assert all(c[2]["seed"] == plan["seed"] and c[2]["guidance_scale"] == 2.0 for c in model.asked)
     assert len(model.asked) == 4 and figs["t2i_accuracy"] == 0.0 and figs["tts_accuracy"] == 1.0
     assert info["guidance"] == given
@@ -128,7 +160,8 @@ def test_report_leads_with_the_expert_run_then_strict_teal_then_settings_and_abl
            "reasoning_accuracy": {"1": 0.4, "2": 0.6, "3": 0.5}, "n": 60}
     evaluation = {
         "runs": {"teal_expert": expert, "teal_stage1": stage1, "ablation_full": dict(MET, caption_accuracy=0.9)},
-        "sampling": R.generation_plan(False, {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 0}),
+        "sampling": DE.sampling_plan(DE.demo_evals("default", str(tmp_path)),
+                                     {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 0}),
         "guidance": {"teal_expert": {"image": val, "audio": dict(val, chosen=1.0)}, "teal_stage1": {
             "image": val, "audio": val}, "ablation_full": {m: {"chosen": 2.0, "from": "teal_stage1"}
                                                            for m in ("image", "audio")}},
@@ -168,10 +201,8 @@ def test_evaluate_stage_evaluates_the_finished_runs_in_order_and_ablations_borro
     import os
 
     import ml_collections
-    import numpy as np
 
     from teal_jax import checkpoint
-    from teal_jax.evaluate import digit_classifier as dc
 
     finished = ("teal_stage1", "ablation_full", "teal_expert", "teal_stage2")  # no ablation_codebook
     for r in finished:
@@ -179,26 +210,26 @@ def test_evaluate_stage_evaluates_the_finished_runs_in_order_and_ablations_borro
         (tmp_path / r / "stage_result.json").write_text(json.dumps({"stage": r, "steps": 10}))
     cfg = ml_collections.ConfigDict({"data": {"audio_seconds": 1.0}, "sample": {"temperature": 0.7, "top_p": 0.9,
                                                                                  "top_k": 0, "seed": 0}})
-    monkeypatch.setattr(R, "_classifiers", lambda *a: ("digit judge", "speech judge", {}))
-    monkeypatch.setattr(dc, "load_digit_arrays", lambda split: (np.zeros((30, 8, 8), np.uint8), np.zeros(30, int)))
+    monkeypatch.setattr(DE, "_classifiers", lambda *a: {})
     monkeypatch.setattr(checkpoint, "read_config", lambda d: cfg)
-    monkeypatch.setattr(R, "_heldout_speech", lambda *a: {"fits": np.ones(3, bool)})
-    monkeypatch.setattr(R, "_heldout_text", lambda *a: ["one"])
-    monkeypatch.setattr(R, "ablation_baseline_step", lambda workdir: 5)
+    monkeypatch.setattr(DE, "ablation_baseline_step", lambda workdir: 5)
+    monkeypatch.setattr(DE, "_latest_step", lambda run_dir: 10)
     calls = []
 
-    def fake_run(run_dir, *, sample_dir, plan, guidance=None, step=None, **kw):
-        name = os.path.basename(sample_dir)
+    def fake_run(run_dir, evals, *, guidance=None, step=None):
+        name = os.path.basename(run_dir) if step is None else R.BASELINE
         calls.append((name, os.path.basename(run_dir), step, guidance))
+        assert evals.t2i.digit_judge_dir == str(tmp_path / "classifiers" / "digits")
         chosen = guidance or {m: {"chosen": {"teal_expert": 3.0, "teal_stage1": 2.0}.get(name, 1.0),
                                   "accuracy": {"1": 0.1, "2": 0.2, "3": 0.3}, "digit_accuracy": {},
-                                  "reasoning_accuracy": {}, "n": 15} for m in ("image", "audio")}
+                                  "reasoning_accuracy": {}, "n": 15, "wall_s": 1.0} for m in ("image", "audio")}
         figs = {"caption_accuracy": 0.5, "guidance_image": chosen["image"]["chosen"]}
-        return figs, {"ppl": 2.0, "bitwise": True, "base_ppl": 2.0}, {"guidance": chosen, "validation_s": 1.0,
-                                                                      "generation_s": 2.0}
+        return figs, {"ppl": 2.0, "bitwise": True, "base_ppl": 2.0}, {
+            "guidance": chosen, "validation_s": 1.0, "generation_s": 2.0,
+            "asr": {"clips_fit": 3, "clips_total": 4, "audio_seconds": 1.0}}
 
-    monkeypatch.setattr(R, "evaluate_run", fake_run)
-    out = R.evaluate_stage(str(tmp_path), "quick", {})
+    monkeypatch.setattr(DE, "evaluate_run", fake_run)
+    out = DE.evaluate_stage(str(tmp_path), "quick", {})
     assert [c[0] for c in calls] == ["teal_expert", "teal_stage1", R.BASELINE, "teal_stage2", "ablation_full"]
     assert calls[2][1:3] == ("teal_stage1", 5)  # stage 1 again at the ablations' step
     assert calls[0][3] is None and calls[1][3] is None  # the lead runs choose their own scales
@@ -206,6 +237,10 @@ def test_evaluate_stage_evaluates_the_finished_runs_in_order_and_ablations_borro
         assert given == {m: {"chosen": 2.0, "from": "teal_stage1"} for m in ("image", "audio")}, name
     assert out["runs"]["teal_expert"]["guidance_image"] == 3.0 and out["runs"]["ablation_full"]["guidance_image"] == 2.0
     results = json.loads((tmp_path / "evaluate" / "results.json").read_text())
+    assert list(results) == ["runs", "text", "classifiers", "sampling", "guidance", "timing", "notes", "tokenizers",
+                             "wall_s"]
     assert results["sampling"]["validation_seed"] == 1 and results["timing"]["teal_stage2"]["generation_s"] == 2.0
+    assert results["notes"][0].startswith("ASR is scored on the 3 of 4 held-out clips that fit one 1 s audio span")
+    assert "stage 1's checkpoint at step 5" in results["notes"][1]
     report = (tmp_path / "report.md").read_text()
     assert report.index("## Main result: frozen LM + modality-expert attention") < report.index("## Strict TEAL")

@@ -1,6 +1,7 @@
-"""TEAL demo evaluation: scoring rules on hand-checked cases (stub models), prompts of every generation metric,
-WER against hand-counted edits (jiwer), and the metrics on the tiny random TealModel of test_teal_api (files written,
-perplexity vs a direct computation, bitwise text-logit flag)."""
+"""The TEAL task metrics (evaluate/scoring, teal_tasks, samples, guidance, perplexity): scoring rules on
+hand-checked cases (stub models), prompts of every generation metric, WER against hand-counted edits (jiwer), and
+the metrics on the tiny random TealModel of test_teal_api (files written, perplexity vs a direct computation, bitwise
+text-logit flag)."""
 
 from __future__ import annotations
 
@@ -12,35 +13,39 @@ import pytest
 
 from teal_jax import lineage
 from teal_jax.data import templates as T
-from teal_jax.evaluate import teal_eval as E
-from teal_jax.teal import TealModel
+from teal_jax.evaluate import guidance as G
+from teal_jax.evaluate import perplexity as P
+from teal_jax.evaluate import samples as SM
+from teal_jax.evaluate import scoring as S
+from teal_jax.evaluate import teal_tasks as E
+from teal_jax.inference.teal import TealModel
 
 DIGITS = T.DIGITS
 
 
 # ---- scoring rules ---------------------------------------------------------------------------------------------
 def test_caption_rule():
-    assert E.caption_correct("seven", 7) and E.caption_correct("A Seven.", 7) and E.caption_correct("7", 7)
-    assert E.caption_correct("a handwritten seven digit", 7)
-    assert not E.caption_correct("seven or one", 7)  # names another digit too
-    assert not E.caption_correct("one", 7) and not E.caption_correct("", 7)
-    assert not E.caption_correct("sevens", 7) and not E.caption_correct("17", 7)  # not the word / numeral
-    assert E.words("Seven, 3 and TWO!") == ["seven", "three", "and", "two"]
+    assert S.caption_correct("seven", 7) and S.caption_correct("A Seven.", 7) and S.caption_correct("7", 7)
+    assert S.caption_correct("a handwritten seven digit", 7)
+    assert not S.caption_correct("seven or one", 7)  # names another digit too
+    assert not S.caption_correct("one", 7) and not S.caption_correct("", 7)
+    assert not S.caption_correct("sevens", 7) and not S.caption_correct("17", 7)  # not the word / numeral
+    assert S.words("Seven, 3 and TWO!") == ["seven", "three", "and", "two"]
 
 
 def test_word_error_rate_hand_checked():
     # "one two three" vs "one too three": 1 substitution; "four five" vs "four five six": 1 insertion; 5 ref words
-    r = E.word_error_rate(["one two three", "four five"], ["one too three", "four five six"])
+    r = S.word_error_rate(["one two three", "four five"], ["one too three", "four five six"])
     assert (r["substitutions"], r["deletions"], r["insertions"], r["reference_words"]) == (1, 0, 1, 5)
     assert r["wer"] == pytest.approx(2 / 5) and r["exact_match"] == 0.0 and r["n"] == 2
-    r = E.word_error_rate(["Seven!", "one two", "a b"], ["seven", "one", ""])  # case/punctuation ignored
+    r = S.word_error_rate(["Seven!", "one two", "a b"], ["seven", "one", ""])  # case/punctuation ignored
     assert (r["substitutions"], r["deletions"], r["insertions"]) == (0, 3, 0)
     assert r["wer"] == pytest.approx(3 / 5) and r["exact_match"] == pytest.approx(1 / 3)
-    assert E.word_error_rate(["the number is 3"], ["the number is three"])["wer"] == 0.0
+    assert S.word_error_rate(["the number is 3"], ["the number is three"])["wer"] == 0.0
     with pytest.raises(ValueError, match=r"references \[1\] have no words"):
-        E.word_error_rate(["one", "..."], ["one", "two"])
+        S.word_error_rate(["one", "..."], ["one", "two"])
     with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
-        E.word_error_rate(["one", "two"], ["one"])
+        S.word_error_rate(["one", "two"], ["one"])
 
 
 class StubModel:
@@ -62,7 +67,7 @@ class StubModel:
     def generate_image(self, texts, **kw):
         """An image whose mean brightness encodes the first digit the text names (or 0)."""
         self.asked.append(("t2i", list(texts), kw))
-        d = [next((w for w in E.words(t) if w in DIGITS), "zero") for t in texts]
+        d = [next((w for w in S.words(t) if w in DIGITS), "zero") for t in texts]
         return np.stack([np.full((32, 32, 1), 20 * DIGITS.index(w), np.uint8) for w in d])
 
     def generate_speech(self, texts, **kw):
@@ -191,7 +196,7 @@ def test_metrics_on_the_tiny_model(model, tmp_path):
 def test_text_perplexity_bitwise_and_against_a_direct_computation(model):
     texts = ["one two three", "seven", "the sum of two and three is"]
     base = model.params["lm"]
-    r = E.text_perplexity(model, texts, base_lm_params=base, batch_size=2)  # 2 batches, the last padded
+    r = P.text_perplexity(model, texts, base_lm_params=base, batch_size=2)  # 2 batches, the last padded
     assert r["logits_bitwise_equal"] and r["max_abs_logit_diff"] == 0.0
     assert r["base_ppl"] == r["teal_ppl"]
     tok = model.text_tokenizer
@@ -211,13 +216,13 @@ def test_text_perplexity_bitwise_and_against_a_direct_computation(model):
     assert r["teal_nll"] == pytest.approx(total / r["tokens"], rel=1e-5)
     # another base LM: the flag drops, the perplexities part
     other = jax.tree.map(lambda x: x * 1.5, base)
-    r2 = E.text_perplexity(model, texts, base_lm_params=other, batch_size=2)
+    r2 = P.text_perplexity(model, texts, base_lm_params=other, batch_size=2)
     assert not r2["logits_bitwise_equal"] and r2["max_abs_logit_diff"] > 0
     assert r2["teal_ppl"] == r["teal_ppl"] and r2["base_ppl"] != r["base_ppl"]
     with pytest.raises(ValueError, match="no texts"):
-        E.text_perplexity(model, [], base_lm_params=base)
+        P.text_perplexity(model, [], base_lm_params=base)
     with pytest.raises(ValueError, match="pass base_lm_params"):
-        E.text_perplexity(model, texts)
+        P.text_perplexity(model, texts)
 
 
 def test_base_lm_params_from_the_runs_base_workdir(model, tmp_path):
@@ -236,7 +241,7 @@ def test_base_lm_params_from_the_runs_base_workdir(model, tmp_path):
     cfg = p["config"].copy_and_resolve_references()
     cfg.model.base_lm_workdir = str(tmp_path / "base")
     m = TealModel(p["teal_config"], p["params"], p["text"], run_config=cfg)
-    r = E.text_perplexity(m, ["one two three", "seven", "the sum of two and three is"], batch_size=2)
+    r = P.text_perplexity(m, ["one two three", "seven", "the sum of two and three is"], batch_size=2)
     assert r["logits_bitwise_equal"] and r["base_ppl"] == r["teal_ppl"]
     other = p["image_run"].copy_and_resolve_references()
     ckpt = Checkpointer(str(tmp_path / "img"), async_save=False)
@@ -281,26 +286,26 @@ def test_image_grid_one_row_per_asked_digit_with_judged_frames(tmp_path):
     labels = [7, 3, 7, 3, 3, 9]
     images = np.stack([np.full((6, 5), 10 * (i + 1), np.uint8) for i in range(6)])  # [n, H, W]: grayscale
     preds = [7, 3, 1, 3, 3, 9]
-    mosaic, rows, right = E.image_grid(images, labels, preds, pad=2)
+    mosaic, rows, right = SM.image_grid(images, labels, preds, pad=2)
     assert rows == [3, 7, 9] and right == [3, 1, 1]
     ch, cw = 6 + 4, 5 + 4
     assert mosaic.shape == (3 * ch, 3 * cw, 3) and mosaic.dtype == np.uint8  # 3 rows; 3 = most images of one digit
     # row 0 = digit 3: images 1, 3, 4 in order, all judged right (green frames)
     for c, i in enumerate((1, 3, 4)):
         cell = mosaic[0:ch, c * cw : (c + 1) * cw]
-        assert tuple(cell[0, 0]) == E.GRID_RIGHT and np.all(cell[2:8, 2:7] == 10 * (i + 1))
+        assert tuple(cell[0, 0]) == SM.GRID_RIGHT and np.all(cell[2:8, 2:7] == 10 * (i + 1))
     # row 1 = digit 7: image 0 right, image 2 wrong (red); its third cell is blank
-    assert tuple(mosaic[ch, 0]) == E.GRID_RIGHT and tuple(mosaic[ch, cw]) == E.GRID_WRONG
+    assert tuple(mosaic[ch, 0]) == SM.GRID_RIGHT and tuple(mosaic[ch, cw]) == SM.GRID_WRONG
     assert np.all(mosaic[ch : 2 * ch, 2 * cw :] == 255)
     # no predictions: white frames; float images in [0, 1] become uint8
-    mosaic, rows, right = E.image_grid(np.ones((2, 4, 4, 1), np.float32), [0, 0])
+    mosaic, rows, right = SM.image_grid(np.ones((2, 4, 4, 1), np.float32), [0, 0])
     assert mosaic.shape == (8, 16, 3) and rows == [0] and right == [0] and np.all(mosaic == 255)
     with pytest.raises(ValueError, match="non-empty"):
-        E.image_grid(np.zeros((0, 4, 4), np.uint8), [])
+        SM.image_grid(np.zeros((0, 4, 4), np.uint8), [])
     with pytest.raises(ValueError, match="2 examples but 1 labels"):
-        E.image_grid(np.zeros((2, 4, 4), np.uint8), [1])
+        SM.image_grid(np.zeros((2, 4, 4), np.uint8), [1])
 
-    path = E.write_image_grid(str(tmp_path / "g" / "grid.png"), np.zeros((20, 32, 32, 1), np.uint8),
+    path = SM.write_image_grid(str(tmp_path / "g" / "grid.png"), np.zeros((20, 32, 32, 1), np.uint8),
                               [d for d in range(10) for _ in range(2)], [0] * 20, title="t2i")
     from PIL import Image
 
@@ -313,23 +318,23 @@ def test_spectrogram_shape_and_a_tone_lands_in_its_bin(tmp_path):
     rate = 16000
     t = np.arange(rate) / rate
     wave = (0.5 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32)
-    db = E.spectrogram(wave, rate)
+    db = SM.spectrogram(wave, rate)
     n_fft, hop = 512, 64  # 32 ms at 16 kHz
     assert db.shape == (n_fft // 2 + 1, 1 + rate // hop)  # centred frames
     assert db.max() == 0.0 and db.min() >= -80.0
     assert int(np.argmax(db.mean(1))) == round(1000 * n_fft / rate)  # bin 32
-    img = E.spectrogram_image(wave, rate)
+    img = SM.spectrogram_image(wave, rate)
     assert img.shape == db.shape + (3,) and img.dtype == np.uint8
     row = db.shape[0] - 1 - 32  # low frequencies at the bottom
     assert img[row].astype(int).sum() > img[5].astype(int).sum()
-    assert E.spectrogram(np.zeros(100), 8000).shape == (129, 1 + 256 // 32)  # shorter than a window: padded
-    path = E.write_spectrogram(str(tmp_path / "a" / "s.png"), wave, rate)
+    assert SM.spectrogram(np.zeros(100), 8000).shape == (129, 1 + 256 // 32)  # shorter than a window: padded
+    path = SM.write_spectrogram(str(tmp_path / "a" / "s.png"), wave, rate)
     from PIL import Image
 
     with Image.open(path) as im:
         assert im.size == (db.shape[1], db.shape[0]) and im.mode == "RGB"
     with pytest.raises(ValueError, match="NaN"):
-        E.spectrogram(np.array([0.0, np.nan]), rate)
+        SM.spectrogram(np.array([0.0, np.nan]), rate)
 
 
 # ---- guidance chosen on validation prompts ------------------------------------------------------------------------
@@ -343,7 +348,7 @@ class GuidedStub(StubModel):
 
     @staticmethod
     def answer(text: str) -> int:
-        w = E.words(text)
+        w = S.words(text)
         if w[:3] == ["the", "sum", "of"]:
             return DIGITS.index(w[3]) + DIGITS.index(w[5])
         return DIGITS.index(w[0])
@@ -375,7 +380,7 @@ HELD_OUT_QUESTIONS = {T.sum_question(a, b, m) for a, b in T.REASONING_EVAL_PAIRS
 @pytest.mark.parametrize("modality,judge", [("image", BrightnessClassifier()), ("audio", LoudnessClassifier())])
 def test_choose_guidance_picks_the_best_validation_scale_and_never_sees_held_out_prompts(modality, judge):
     model = GuidedStub(best=2.0, partly=3.0)
-    r = E.choose_guidance(model, judge, modality, scales=(3, 1, 2), seed=7, heldout_seed=0, per_class=2,
+    r = G.choose_guidance(model, judge, modality, scales=(3, 1, 2), seed=7, heldout_seed=0, per_class=2,
                           pairs=T.REASONING_VALIDATION_PAIRS[:10], temperature=0.7, top_p=0.9)
     assert r["chosen"] == 2.0 and r["scales"] == [1.0, 2.0, 3.0]
     assert r["accuracy"] == {"1": 0.0, "2": 1.0, "3": pytest.approx(20 / 30)}
@@ -390,24 +395,24 @@ def test_choose_guidance_picks_the_best_validation_scale_and_never_sees_held_out
 
 
 def test_pick_guidance_ties_go_to_the_smaller_scale_and_validation_refuses_held_out_data():
-    assert E.pick_guidance({3.0: 0.5, 1.0: 0.5, 2.0: 0.4}) == 1.0
-    assert E.pick_guidance({1.0: 0.1, 2.0: 0.6, 3.0: 0.6}) == 2.0
+    assert G.pick_guidance({3.0: 0.5, 1.0: 0.5, 2.0: 0.4}) == 1.0
+    assert G.pick_guidance({1.0: 0.1, 2.0: 0.6, 3.0: 0.6}) == 2.0
     with pytest.raises(ValueError, match="no scores"):
-        E.pick_guidance({})
-    prompts, labels, reasoning = E.validation_prompts("image", per_class=1, pairs=[(1, 2)])
+        G.pick_guidance({})
+    prompts, labels, reasoning = G.validation_prompts("image", per_class=1, pairs=[(1, 2)])
     assert prompts == list(DIGITS) + ["the sum of one and two is"] and labels == [*range(10), 3]
     assert reasoning.tolist() == [False] * 10 + [True]
     with pytest.raises(ValueError, match=r"\(3, 4\)\] are held-out"):
-        E.validation_prompts("image", pairs=[(1, 2), (3, 4)])
+        G.validation_prompts("image", pairs=[(1, 2), (3, 4)])
     model = GuidedStub(best=1.0)
     with pytest.raises(ValueError, match="held-out evaluation's"):
-        E.choose_guidance(model, BrightnessClassifier(), "image", seed=0, heldout_seed=0)
+        G.choose_guidance(model, BrightnessClassifier(), "image", seed=0, heldout_seed=0)
     with pytest.raises(ValueError, match="not in \\*\\*sampling"):
-        E.choose_guidance(model, BrightnessClassifier(), "image", seed=1, guidance_scale=2.0)
+        G.choose_guidance(model, BrightnessClassifier(), "image", seed=1, guidance_scale=2.0)
     with pytest.raises(ValueError, match="positive"):
-        E.choose_guidance(model, BrightnessClassifier(), "image", seed=1, scales=(0.0, 1.0))
+        G.choose_guidance(model, BrightnessClassifier(), "image", seed=1, scales=(0.0, 1.0))
     with pytest.raises(ValueError, match="modality"):
-        E.choose_guidance(model, BrightnessClassifier(), "video", seed=1)
+        G.choose_guidance(model, BrightnessClassifier(), "video", seed=1)
     assert model.asked == []  # every check runs before any sampling
 
 

@@ -25,7 +25,8 @@ import ml_collections
 
 from configs.lm import tiny as tiny_lm
 from teal_jax.config import SMOKE, base_config, parse_variants
-from teal_jax.data import teal_data
+from teal_jax.data import templates as templates_lib
+from teal_jax.data.teal import config as teal_data
 from teal_jax.models.transformer import ARCHITECTURE_FIELDS, RUNTIME_FIELDS
 
 # The demo's tokenizers (teal_jax.demo): digits_tiny:coarse (4 x 4 codes over FSQ [4, 4, 4]) and
@@ -116,4 +117,31 @@ def get_config(arg: str | None = None):
     # Generation settings of the demo's evaluation (Chameleon's temperature/top-p; text answers are greedy).
     c.sample = ml_collections.ConfigDict(dict(prompts=("",), max_new_tokens=64, temperature=0.7, top_k=0, top_p=0.9,
                                               seed=0, guidance_scale=1.0))
+    c.evals = demo_evals(quick)
     return c
+
+
+def demo_evals(smoke: bool) -> ml_collections.ConfigDict:
+    """The demo's held-out evaluation (teal_jax/evaluate/teal_evaluators.py; run by the demo's evaluate stage and
+    ``--mode=eval``, not during training: ``every_steps=0``). Every generation call runs batches of one shape: the
+    held-out reasoning set of one modality (15 sum pairs x ``per_pair``), which the guidance validation set matches
+    (smoke: 10 digit prompts + 5 sum questions; default: 30 + 30), so each guidance scale compiles once per modality.
+    The digit judge trains 150 (smoke) / 1,000 steps, the speech judge 50 / 500 (the codec stage usually trained
+    it already, in the same cache directory)."""
+    per_pair = 1 if smoke else 4
+    batch = len(templates_lib.REASONING_EVAL_PAIRS) * per_pair
+    v_per_class = 1 if smoke else 3
+    digit = dict(digit_judge_dir="", digit_judge_steps=150 if smoke else 1000)
+    speech = dict(data_dir="", speech_config="", speech_judge_dir="", speech_judge_steps=50 if smoke else 500)
+    guidance = dict(guidance_scale=0.0, guidance_scales=(1.0, 2.0, 3.0), validation_per_class=v_per_class,
+                    validation_pairs=batch - 10 * v_per_class, max_batch=batch)
+    e = ml_collections.ConfigDict()
+    e.caption = dict(kind="caption", every_steps=0, num_images=20 if smoke else 0, forced_choice=True)
+    e.t2i = dict(kind="text_to_image", every_steps=0, per_class=2 if smoke else 10,
+                 likelihood_images=20 if smoke else 100, **guidance, **digit)
+    e.asr = dict(kind="asr", every_steps=0, data_dir="", speech_config="")
+    e.tts = dict(kind="text_to_speech", every_steps=0, per_class=2 if smoke else 10, **guidance, **speech)
+    e.reasoning = dict(kind="reasoning", every_steps=0, per_pair=per_pair, image_guidance_from="t2i",
+                       speech_guidance_from="tts", lm_sum_answers=True, max_batch=batch, **digit, **speech)
+    e.text = dict(kind="text_perplexity", every_steps=0, num_texts=40 if smoke else 200, max_len=128, batch_size=8)
+    return e

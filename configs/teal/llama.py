@@ -62,8 +62,8 @@ from configs.audio import encodec_24khz
 from configs.image import vqgan_256
 from configs.lm import tinyllama_1b
 from teal_jax.config import base_config, parse_variants
-from teal_jax.data import teal_data
 from teal_jax.data import templates as templates_lib
+from teal_jax.data.teal import config as teal_data
 from teal_jax.models.transformer import ARCHITECTURE_FIELDS, RUNTIME_FIELDS
 
 _VARIANTS = {"stage2"}
@@ -200,5 +200,8 @@ def get_config(arg: str | None = None):
     c.mesh.shape = (1, -1, 1)  # fsdp over every device: parameters and Adam state sharded, batch split 'data'+'fsdp'
     c.sample = ml_collections.ConfigDict(dict(prompts=("",), max_new_tokens=64, temperature=0.7, top_k=0, top_p=0.9,
                                               seed=0, guidance_scale=1.0))
+    # LibriSpeech dev_clean WER at every eval (teal_jax/evaluate/teal_evaluators.py; the clips that fit the span).
+    c.evals.asr = ml_collections.ConfigDict(dict(kind="asr", every_steps=c.train.eval_every, max_clips=200,
+                                                 max_batch=32))
     check_fits(c)
     return c

@@ -4,10 +4,12 @@ accuracy of the TEAL demo).
 Independence: it is trained only on *real* digit scans of the train split (``load_digit_arrays('train')``: the same
 images the digits dataset builder stores, never a tokenizer's reconstruction or a generated image), shares no code or
 parameters with the image tokenizer or the TEAL model, and is saved on its own
-(``<dir>/digit_classifier.msgpack``), so it judges every model from outside.
+(``<dir>/digit_classifier.msgpack``; training loop and file format: :mod:`teal_jax.evaluate.judges`), so it judges
+every model from outside.
 
-Input: uint8 [0, 255] or float [0, 1] images ``[n, H, W]`` or ``[n, H, W, 1|3|4]`` (RGB -> ITU-R 601 luma, alpha
-dropped); other sizes are resized (bilinear) to 32x32. Each image is standardised (zero mean, unit variance), so a
+Input: uint8 [0, 255] or float [0, 1] images ``[n, H, W]`` or ``[n, H, W, 1|3|4]`` (channels converted by
+``teal_jax.media.image.mix_channels``, the project's one pixel rule: RGB -> ITU-R 601 luma, RGBA composited over
+black first); other sizes are resized (bilinear) to 32x32. Each image is standardised (zero mean, unit variance), so a
 gain or offset does not change the decision.
 
 Model (w = 16): 2x2 average pool (the scans are 8x8 upscaled: 16x16 keeps all their detail and discards generation
@@ -22,17 +24,17 @@ random affine map (rotation +-12 deg, scale 0.85-1.15, shear +-0.15, shift +-3 p
 
 from __future__ import annotations
 
-import os
-
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
 
+from teal_jax.evaluate.judges import Judge
+from teal_jax.media.image import mix_channels
+
 IMAGE_SIZE = 32
-NUM_CLASSES = 10
+NUM_CLASSES = 10  # = judges.NUM_CLASSES
 FILENAME = "digit_classifier.msgpack"
 
 
@@ -73,8 +75,7 @@ def to_gray(images) -> np.ndarray:
     else:
         raise ValueError(f"images must be uint8 or float, got dtype {x.dtype}")
     if x.ndim == 4:
-        c = x.shape[-1]
-        x = x[..., 0] if c == 1 else x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+        x = mix_channels(x, 1)[..., 0]  # the one pixel rule: RGBA composited over black, RGB -> ITU-R 601 luma
     if x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         x = np.asarray(jax.image.resize(x, (x.shape[0], IMAGE_SIZE, IMAGE_SIZE), "linear"))
     return np.clip(x, 0.0, 1.0)
@@ -135,53 +136,30 @@ def augment(key: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.clip(x + sigma * jax.random.normal(kn, x.shape), 0.0, 1.0)
 
 
-class DigitClassifier:
+class DigitClassifier(Judge):
     """Trained DigitNet parameters + prediction; build with :meth:`train`, :meth:`load` or :func:`train_or_load`."""
 
-    def __init__(self, params=None, width: int = 16):
-        self.model = DigitNet(width)
-        self.width = int(width)
-        self.params = params
-        self._logits = jax.jit(lambda p, x: self.model.apply({"params": p}, x))
+    FILENAME, WHAT, UNIT, DEFAULT_WIDTH = FILENAME, "digit classifier", "image", 16
+    TRAIN_DEFAULTS = {"steps": 1000, "batch_size": 128, "lr": 3e-3}
 
-    @classmethod
-    def train(cls, images, labels, *, steps: int = 1000, batch_size: int = 128, lr: float = 3e-3, seed: int = 0,
-              width: int = 16) -> DigitClassifier:
-        """Trains on real digit images ``[n, H, W(, C)]`` with labels ``[n]`` in 0..9 (augmented batches)."""
-        x = to_gray(images)
-        y = np.asarray(labels).astype(np.int32)
-        if y.shape != (x.shape[0],) or np.any((y < 0) | (y >= NUM_CLASSES)):
-            raise ValueError(f"classifier training: need one label in 0..9 per image ({x.shape[0]} images, "
-                             f"labels of shape {y.shape})")
-        clf = cls(width=width)
+    make_model = staticmethod(DigitNet)
+    prepare = staticmethod(to_gray)
+
+    def init_params(self, seed, example):
         # rbg keys: XLA:CPU compiles threefry draws slowly (seconds each); the augmentation makes ten of them.
         key = jax.random.key(seed, impl="rbg")
-        params = jax.jit(clf.model.init)(key, jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE)))["params"]
-        tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(100, steps // 10), steps, lr * 0.02),
-                         weight_decay=1e-4)
-        opt = tx.init(params)
+        return key, jax.jit(self.model.init)(key, jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE)))["params"]
 
-        @jax.jit
-        def step(params, opt, k, xb, yb):
-            def loss_fn(p):
-                logits = clf.model.apply({"params": p}, augment(k, xb))
-                return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+    def optimizer(self, lr, steps):
+        return optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, min(100, steps // 10), steps, lr * 0.02),
+                           weight_decay=1e-4)
 
-            loss, g = jax.value_and_grad(loss_fn)(params)
-            upd, opt = tx.update(g, opt, params)
-            return optax.apply_updates(params, upd), opt, loss
-
-        rng = np.random.default_rng(seed)
-        for i in range(steps):
-            idx = rng.integers(0, x.shape[0], batch_size)
-            params, opt, _ = step(params, opt, jax.random.fold_in(key, i), jnp.asarray(x[idx]), jnp.asarray(y[idx]))
-        clf.params = params
-        return clf
+    def augment(self, key, x):
+        return augment(key, x)
 
     def logits(self, images, batch_size: int = 256) -> np.ndarray:
         """float32 ``[n, 10]`` logits (batches padded to ``batch_size`` rows: one compilation)."""
-        if self.params is None:
-            raise ValueError("DigitClassifier has no parameters (train or load it first)")
+        self._check_params()
         x = to_gray(images)
         n = x.shape[0]
         size = min(batch_size, n)
@@ -201,42 +179,8 @@ class DigitClassifier:
         """float32 ``[n, 10]`` class probabilities."""
         return np.asarray(jax.nn.softmax(self.logits(images, batch_size), -1))
 
-    def accuracy(self, images, labels) -> float:
-        labels = np.asarray(labels)
-        if labels.shape != (np.shape(images)[0],):
-            raise ValueError(f"{np.shape(images)[0]} images but labels of shape {labels.shape}")
-        return float(np.mean(self.predict(images) == labels))
-
-    def save(self, directory: str) -> str:
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, FILENAME)
-        blob = {"params": jax.device_get(self.params), "width": np.asarray(self.width, np.int32)}
-        tmp = path + f".tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(flax.serialization.msgpack_serialize(blob))
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def load(cls, directory: str) -> DigitClassifier:
-        path = os.path.join(directory, FILENAME)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no trained digit classifier there")
-        with open(path, "rb") as f:
-            try:
-                blob = flax.serialization.msgpack_restore(f.read())
-            except Exception as e:  # msgpack raises several types on a corrupt file
-                raise ValueError(f"{path}: not a digit classifier file ({type(e).__name__}: {e})") from e
-        if not isinstance(blob, dict) or "params" not in blob or "width" not in blob:
-            raise ValueError(f"{path}: not a digit classifier file (no params/width)")
-        return cls(blob["params"], width=int(blob["width"]))
-
 
 def train_or_load(directory: str, images, labels, **kwargs) -> DigitClassifier:
     """Loads ``directory/digit_classifier.msgpack`` if present, else trains on the real ``images``/``labels``
     (the train split) and saves it there."""
-    if os.path.exists(os.path.join(directory, FILENAME)):
-        return DigitClassifier.load(directory)
-    clf = DigitClassifier.train(images, labels, **kwargs)
-    clf.save(directory)
-    return clf
+    return DigitClassifier.train_or_load(directory, images, labels, **kwargs)

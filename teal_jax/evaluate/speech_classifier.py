@@ -1,7 +1,8 @@
 """An independent spoken-word (digit) classifier that scores the intelligibility of any 16 kHz waveform.
 
 It is trained only on the *uncoded* training audio of the spoken-words dataset (never on a codec's or a TTS model's
-output) and saved on its own (``<dir>/speech_classifier.msgpack``), so it judges every model from outside.
+output) and saved on its own (``<dir>/speech_classifier.msgpack``; training loop and file format:
+:mod:`teal_jax.evaluate.judges`), so it judges every model from outside.
 Intelligibility of a waveform set = its accuracy over the word labels.
 
 Input: float ``[n, samples]`` (1 s, zero-padded/cropped). Features: log-mel (40 bands, 32 ms window, 10 ms hop),
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import os
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +22,7 @@ import optax
 from flax import linen as nn
 
 from teal_jax.evaluate.audio import log_mel
+from teal_jax.evaluate.judges import Judge
 
 CLIP_SAMPLES = 16000
 SAMPLE_RATE = 16000
@@ -61,79 +62,41 @@ def to_float(audio: np.ndarray) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, CLIP_SAMPLES - x.shape[1])))
 
 
-class SpeechClassifier:
-    def __init__(self, params=None, width: int = 64):
-        self.model = WordNet(width)
-        self.params = params
-        self._logits = jax.jit(lambda p, x: self.model.apply({"params": p}, features(x)))
+class SpeechClassifier(Judge):
+    """Trained WordNet parameters + prediction; build with :meth:`train`, :meth:`load` or :func:`train_or_load`."""
 
-    @classmethod
-    def train(cls, audio: np.ndarray, labels: np.ndarray, *, steps: int = 600, batch_size: int = 64,
-              lr: float = 2e-3, seed: int = 0, width: int = 64) -> SpeechClassifier:
-        """Trains on clean clips ``audio [n, samples]`` (int16 or float) with digit ``labels [n]`` in 0..9."""
-        x = to_float(audio)
-        y = np.asarray(labels, np.int32)
-        if x.shape[0] != y.shape[0] or np.any((y < 0) | (y >= NUM_CLASSES)):
-            raise ValueError("classifier training: need one label in 0..9 per clip")
-        clf = cls(width=width)
+    FILENAME, WHAT, UNIT, DEFAULT_WIDTH = FILENAME, "speech classifier", "clip", 64
+    TRAIN_DEFAULTS = {"steps": 600, "batch_size": 64, "lr": 2e-3}
+
+    make_model = staticmethod(WordNet)
+    prepare = staticmethod(to_float)
+    preprocess = staticmethod(features)
+
+    def init_params(self, seed, example):
         key = jax.random.PRNGKey(seed)
-        params = clf.model.init(key, features(jnp.zeros((1, CLIP_SAMPLES))))["params"]
-        tx = optax.adam(optax.cosine_decay_schedule(lr, steps, 0.05))
-        opt = tx.init(params)
+        return key, self.model.init(key, features(jnp.zeros((1, CLIP_SAMPLES))))["params"]
 
-        def augment(k, xb):
-            k1, k2, k3, k4 = jax.random.split(k, 4)
-            shift = jax.random.randint(k1, (xb.shape[0],), -1600, 1600)
-            xb = jax.vmap(jnp.roll)(xb, shift)
-            xb = xb * jnp.exp(jax.random.uniform(k2, (xb.shape[0], 1), minval=-1.0, maxval=0.7))
-            snr_db = jax.random.uniform(k3, (xb.shape[0], 1), minval=15.0, maxval=40.0)
-            power = jnp.mean(xb**2, axis=1, keepdims=True)
-            return xb + jnp.sqrt(power / 10 ** (snr_db / 10)) * jax.random.normal(k4, xb.shape)
+    def optimizer(self, lr, steps):
+        return optax.adam(optax.cosine_decay_schedule(lr, steps, 0.05))
 
-        @jax.jit
-        def step(params, opt, k, xb, yb):
-            def loss_fn(p):
-                logits = clf.model.apply({"params": p}, features(augment(k, xb)))
-                return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-            loss, g = jax.value_and_grad(loss_fn)(params)
-            upd, opt = tx.update(g, opt, params)
-            return optax.apply_updates(params, upd), opt, loss
-
-        rng = np.random.default_rng(seed)
-        for i in range(steps):
-            idx = rng.integers(0, x.shape[0], batch_size)
-            params, opt, _ = step(params, opt, jax.random.fold_in(key, i), jnp.asarray(x[idx]), jnp.asarray(y[idx]))
-        clf.params = params
-        return clf
+    def augment(self, k, xb):
+        """Random circular shifts (+-0.1 s), gains and white noise at 15-40 dB SNR."""
+        k1, k2, k3, k4 = jax.random.split(k, 4)
+        shift = jax.random.randint(k1, (xb.shape[0],), -1600, 1600)
+        xb = jax.vmap(jnp.roll)(xb, shift)
+        xb = xb * jnp.exp(jax.random.uniform(k2, (xb.shape[0], 1), minval=-1.0, maxval=0.7))
+        snr_db = jax.random.uniform(k3, (xb.shape[0], 1), minval=15.0, maxval=40.0)
+        power = jnp.mean(xb**2, axis=1, keepdims=True)
+        return xb + jnp.sqrt(power / 10 ** (snr_db / 10)) * jax.random.normal(k4, xb.shape)
 
     def predict(self, audio: np.ndarray, batch_size: int = 128) -> np.ndarray:
         """int32 ``[n]`` predicted digits for ``audio [n, samples]`` (int16 or float)."""
-        if self.params is None:
-            raise ValueError("SpeechClassifier has no parameters (train or load it first)")
+        self._check_params()
         x = to_float(audio)
         out = []
         for i in range(0, x.shape[0], batch_size):
             out.append(np.asarray(jnp.argmax(self._logits(self.params, jnp.asarray(x[i : i + batch_size])), -1)))
         return np.concatenate(out).astype(np.int32)
-
-    def accuracy(self, audio: np.ndarray, labels: np.ndarray) -> float:
-        return float(np.mean(self.predict(audio) == np.asarray(labels)))
-
-    def save(self, directory: str) -> str:
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, FILENAME)
-        with open(path, "wb") as f:
-            f.write(flax.serialization.msgpack_serialize(jax.device_get(self.params)))
-        return path
-
-    @classmethod
-    def load(cls, directory: str, width: int = 64) -> SpeechClassifier:
-        path = os.path.join(directory, FILENAME)
-        if not os.path.exists(path):
-            raise ValueError(f"{path}: no trained speech classifier there")
-        with open(path, "rb") as f:
-            return cls(flax.serialization.msgpack_restore(f.read()), width=width)
 
 
 def cache_dir(data_dir: str, builder_config: str) -> str:
@@ -144,8 +107,4 @@ def cache_dir(data_dir: str, builder_config: str) -> str:
 
 def train_or_load(directory: str, train_audio: np.ndarray, train_labels: np.ndarray, **kwargs) -> SpeechClassifier:
     """Loads ``directory/speech_classifier.msgpack`` if present, else trains on the clean audio and saves it."""
-    if os.path.exists(os.path.join(directory, FILENAME)):
-        return SpeechClassifier.load(directory)
-    clf = SpeechClassifier.train(train_audio, train_labels, **kwargs)
-    clf.save(directory)
-    return clf
+    return SpeechClassifier.train_or_load(directory, train_audio, train_labels, **kwargs)

@@ -27,6 +27,7 @@ from flax import linen as nn
 
 from teal_jax import config as config_lib
 from teal_jax.checkpoint import Checkpointer
+from teal_jax.evaluate import evaluators as evaluators_lib
 from teal_jax.models.param_count import count_params, format_counts
 from teal_jax.parallel import sharding as shd
 from teal_jax.train import metrics as metrics_lib
@@ -86,6 +87,8 @@ class Trainer:
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.objective = objective or make_objective(config)
+        # Built before any work starts: an unknown kind or field in config.evals stops here.
+        self.evaluators = evaluators_lib.make_evaluators(config)
         t = config.train
         self.mesh = shd.make_mesh(config.mesh.shape, devices)
         self.writer = metrics_lib.MetricWriter(self.workdir)
@@ -252,29 +255,52 @@ class Trainer:
         return self.objective.eval_metrics(params, mstate, batch)
 
     # ---- evaluation -------------------------------------------------------------------------------------------
-    def evaluate(self, state, step: int) -> dict[str, float]:
+    def evaluate(self, state, step: int, *, losses: bool = True, final: bool = False,
+                 evaluators: list | None = None) -> dict[str, float]:
+        """Eval metrics at ``step``: the objective's (``eval_batches`` batches + ``on_eval``) when ``losses``, then
+        every ``config.evals`` evaluator due at this step (all of ``evaluators`` when given), their scalars as
+        ``<name>/<figure>``; logged together with the writer."""
         t = self.config.train
-        it = self._make_iter("eval")
-        sums: dict[str, float] = {}
-        n = 0
-        with shd.set_mesh(self.mesh), shd.axis_rules():
-            for _ in range(t.eval_batches):
-                try:
-                    local = next(it)
-                except StopIteration:
-                    break
-                out = jax.device_get(self._eval_step(state["params"], state["model_state"],
-                                                     shd.global_batch(local, self.mesh)))
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n += 1
-            values = {k: v / max(n, 1) for k, v in sums.items()}
-            values.update({k: float(v) for k, v in
-                           self.objective.on_eval(state["params"], state["model_state"], self.workdir, step).items()})
+        values: dict[str, float] = {}
+        if losses:
+            it = self._make_iter("eval")
+            sums: dict[str, float] = {}
+            n = 0
+            with shd.set_mesh(self.mesh), shd.axis_rules():
+                for _ in range(t.eval_batches):
+                    try:
+                        local = next(it)
+                    except StopIteration:
+                        break
+                    out = jax.device_get(self._eval_step(state["params"], state["model_state"],
+                                                         shd.global_batch(local, self.mesh)))
+                    for k, v in out.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    n += 1
+                values = {k: v / max(n, 1) for k, v in sums.items()}
+                values.update({k: float(v) for k, v in
+                               self.objective.on_eval(state["params"], state["model_state"], self.workdir,
+                                                      step).items()})
+        due = evaluators if evaluators is not None else [e for e in self.evaluators if e.due(step, final)]
+        if due:
+            values.update(evaluators_lib.scalars(self.run_evaluators(state["params"], step, due)))
         if values:
             self.writer.write(step, "eval", values)
             self.writer.print(f"eval @ step {step}: " + " | ".join(f"{k} {v:.4g}" for k, v in values.items()))
         return values
+
+    def run_evaluators(self, params, step: int, evaluators: list) -> dict[str, dict]:
+        """Runs ``evaluators`` on the model built from ``params`` (host-side work: process 0 only, after every
+        process has gathered the parameters) -> ``{name: result}`` (empty on the other processes)."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            params = multihost_utils.process_allgather(params, tiled=True)
+        if jax.process_index() != 0:
+            return {}
+        model = evaluators_lib.model_from_params(self.config, jax.device_get(params), self.workdir)
+        return evaluators_lib.run_evaluators(evaluators, model, workdir=self.workdir, step=step,
+                                             say=self.writer.print)
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def save(self, state, step: int) -> None:
@@ -355,8 +381,9 @@ class Trainer:
                     eta = dt * (t.steps - step)
                     self.writer.print(metrics_lib.progress_line(step, t.steps, values, rates, eta))
                     last_t, last_step = now, step
-                if t.eval_every and step % t.eval_every == 0 and step != t.steps:
-                    self.evaluate(state, step)
+                losses_due = bool(t.eval_every) and step % t.eval_every == 0
+                if step != t.steps and (losses_due or any(e.due(step) for e in self.evaluators)):
+                    self.evaluate(state, step, losses=losses_due)
                 if step % t.checkpoint_every == 0 and step != t.steps:
                     self.save(state, step)
                 if stop["signal"] is not None:
@@ -366,7 +393,9 @@ class Trainer:
                     return {**last_values, "stopped_at": float(step)}
             if start < t.steps or self.checkpointer.latest_step() != t.steps:
                 self.save(state, t.steps)
-            final = self.evaluate(state, t.steps) if t.eval_every else {}
+            periodic = any(e.every_steps for e in self.evaluators)
+            final = (self.evaluate(state, t.steps, losses=bool(t.eval_every), final=True)
+                     if t.eval_every or periodic else {})
             self.checkpointer.wait()
             self.writer.print(f"done: {t.steps} steps in {metrics_lib.format_duration(time.time() - t0)}")
             self.state = state
@@ -388,15 +417,33 @@ def train(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dict[str
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Evaluates the newest checkpoint in ``workdir``."""
+    """Evaluates the newest checkpoint in ``workdir``: the objective's eval metrics and every evaluator of
+    ``config.evals`` (on the model ``teal_jax.load(workdir)`` returns), logged like training's, and writes
+    ``<workdir>/eval/results.json`` = ``{'step', 'metrics' (the logged scalars), 'evals' ({name: result})}``."""
     trainer = Trainer(config, workdir)
     try:
         latest = trainer.checkpointer.latest_step()
         if latest is None:
             raise FileNotFoundError(f"no checkpoint under {trainer.checkpointer.directory}: train first")
         state, _, _ = trainer.checkpointer.restore(latest, trainer.abstract_state())
-        return trainer.evaluate(state, latest)
+        values = trainer.evaluate(state, latest, evaluators=[])
+        results: dict[str, dict] = {}
+        if trainer.evaluators and jax.process_index() == 0:
+            from teal_jax.inference.load import load
+
+            model = load(trainer.workdir, latest)
+            results = evaluators_lib.run_evaluators(trainer.evaluators, model, workdir=trainer.workdir,
+                                                    step=latest, say=trainer.writer.print)
+            figures = evaluators_lib.scalars(results)
+            trainer.writer.write(latest, "eval", figures)
+            values = {**values, **figures}
+        if jax.process_index() == 0:
+            from teal_jax.evaluate.common import write_json
+
+            path = write_json(os.path.join(trainer.workdir, "eval", "results.json"),
+                              {"step": int(latest), "metrics": values, "evals": results})
+            trainer.writer.print(f"eval results: {path}")
+        return values
     finally:
         trainer.writer.close()
         trainer.checkpointer.close()
-
