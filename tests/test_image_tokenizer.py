@@ -63,7 +63,7 @@ def test_resize_or_error(tok, images):
     strict = ImageTokenizer(CFG, tok.variables["params"], resize=False)
     with pytest.raises(ValueError, match="32x32 but the tokenizer expects 16x16"):
         strict.encode(big)
-    with pytest.raises(ValueError, match=r"float images must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"float pixels must lie in \[0, 1\]"):
         tok.encode(images.astype(np.float32))
     with pytest.raises(ValueError, match="must be"):
         tok.encode(images[..., :2])

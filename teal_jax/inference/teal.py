@@ -52,6 +52,7 @@ from teal_jax.inference import protocol, sampler
 from teal_jax.inference.constraints import SpanConfig
 from teal_jax.inference.load import config_path, load_tokenizer
 from teal_jax.inference.sampler import SamplingConfig
+from teal_jax.media.image import check_pixels
 from teal_jax.models.teal import TealConfig, TealLM
 
 SAMPLE_TASKS = ("text", "image", "speech")
@@ -281,11 +282,7 @@ class TealModel:
             raise ValueError(f"caption: images must be [H, W], [B, H, W] or [B, H, W, 1|3|4], got shape {x.shape}")
         if x.shape[0] == 0:
             raise ValueError("caption: empty batch of images")
-        if x.dtype != np.uint8:
-            if x.dtype.kind != "f":
-                raise ValueError(f"caption: images must be uint8 or float in [0, 1], got dtype {x.dtype}")
-            if not np.all(np.isfinite(x)):
-                raise ValueError("caption: images contain NaN/Inf values")
+        check_pixels(x, name="caption: images")
         codes = np.asarray(tok.encode(x))  # [B, h, w]
         ids = self.vocab.image_to_unified(codes)
         prompts = [self.templates.prompt("caption", row) for row in ids]

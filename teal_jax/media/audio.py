@@ -48,6 +48,41 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return x.reshape(-1, channels), rate
 
 
+_INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): float(1 << 31)}
+
+
+def to_mono_float(a, *, name: str = "audio", channels_last: bool = True) -> np.ndarray:
+    """The one rule for waveform arrays: ``[samples]`` or ``[samples, channels]`` (``[channels, samples]`` with
+    ``channels_last=False``) -> float32 mono ``[samples]`` in [-1, 1].
+
+    int16 / int32 PCM are scaled by 1/32768 and 1/2^31, uint8 PCM is centred ((x - 128) / 128), float must be finite
+    and within [-1, 1]; channels are averaged after scaling. Anything else (other dtypes, shapes, empty audio,
+    NaN/Inf samples, float peaks above 1) is a ValueError naming ``name``.
+    """
+    a = np.asarray(a)
+    if a.ndim not in (1, 2):
+        raise ValueError(f"{name}: expected [samples] or [samples, channels] audio, got shape {a.shape}")
+    if a.dtype in _INT_SCALE:
+        x = a.astype(np.float32) / _INT_SCALE[a.dtype]
+    elif a.dtype == np.uint8:
+        x = (a.astype(np.float32) - 128.0) / 128.0
+    elif a.dtype.kind == "f":
+        x = a.astype(np.float32)
+        finite = np.isfinite(x)
+        if not finite.all():
+            raise ValueError(f"{name}: {int(x.size - np.count_nonzero(finite))} NaN/Inf sample(s)")
+        peak = float(np.max(np.abs(x))) if x.size else 0.0
+        if peak > 1.0 + 1e-3:
+            raise ValueError(f"{name}: float audio must lie in [-1, 1], peak is {peak:.3g}")
+    else:
+        raise ValueError(f"{name}: audio must be int16, int32, uint8 or float PCM, got dtype {a.dtype}")
+    if x.ndim == 2:
+        x = x.mean(axis=1 if channels_last else 0)
+    if x.size == 0:
+        raise ValueError(f"{name}: empty audio (0 samples)")
+    return x
+
+
 def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> None:
     """Writes ``audio`` ``[samples]`` or ``[samples, channels]`` (float in [-1, 1] or int16) as 16-bit PCM."""
     a = np.asarray(audio)

@@ -7,7 +7,8 @@ are ``jax.jit``-compiled and batched.
 Accepted waveforms: one clip ``[samples]``, a stereo clip ``[samples, 2]`` (only when ``channels_last=True``), a
 batch ``[batch, samples]`` / ``[batch, samples, channels]``, or a list of 1-D/2-D clips of different lengths
 (ragged: zero-padded to the longest; the returned lengths say how many frames/samples are real). int16 input is
-scaled by 1/32768, float input must lie in [-1, 1]; channels are averaged to mono; other sample rates are
+scaled by 1/32768 (int32 by 1/2^31, uint8 centred), float input must lie in [-1, 1]; channels are averaged to
+mono after scaling (:func:`teal_jax.media.audio.to_mono_float`, the one waveform rule); other sample rates are
 resampled (windowed sinc) to the codec's. Clips longer than ``chunk_seconds`` are encoded in chunks of whole
 frames (each chunk sees its own padding: with a non-causal model the codes at chunk seams differ slightly from a
 one-pass encoding). Empty audio, NaN/Inf samples, a truncated or non-audio file each raise a ValueError naming it.
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from teal_jax.media.audio import read_wav, resample
+from teal_jax.media.audio import read_wav, resample, to_mono_float
 from teal_jax.models.codec import Codec, CodecConfig
 
 
@@ -92,27 +93,7 @@ class AudioTokenizer:
     # ---- input handling ------------------------------------------------------------------------------------
     def _clip(self, a, sample_rate: int, name: str, channels_last: bool) -> np.ndarray:
         """One clip -> float32 mono [samples] at the codec's rate."""
-        a = np.asarray(a)
-        if a.dtype.kind not in "iuf":
-            raise ValueError(f"{name}: audio must be int16 or float, got dtype {a.dtype}")
-        if a.ndim == 2:
-            a = a.mean(axis=1) if channels_last else a.mean(axis=0)
-        elif a.ndim != 1:
-            raise ValueError(f"{name}: expected [samples] or [samples, channels] audio, got shape {a.shape}")
-        if a.size == 0:
-            raise ValueError(f"{name}: empty audio (0 samples)")
-        if a.dtype == np.int16:
-            x = a.astype(np.float32) / 32768.0
-        elif a.dtype.kind == "f":
-            x = a.astype(np.float32)
-            if not np.all(np.isfinite(x)):
-                bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-                raise ValueError(f"{name}: {bad} NaN/Inf sample(s)")
-            peak = float(np.max(np.abs(x)))
-            if peak > 1.0 + 1e-3:
-                raise ValueError(f"{name}: float audio must lie in [-1, 1], peak is {peak:.3g}")
-        else:
-            raise ValueError(f"{name}: integer audio must be int16, got {a.dtype}")
+        x = to_mono_float(a, name=name, channels_last=channels_last)
         if sample_rate != self.sample_rate:
             x = resample(x, sample_rate, self.sample_rate)
         return x

@@ -19,9 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from teal_jax.media.image import mix_channels
+from teal_jax.media.image import check_pixels, mix_channels, read_image
 from teal_jax.models.vqgan import VQGAN, VQGANConfig
 
 
@@ -106,12 +105,7 @@ class ImageTokenizer:
     def encode(self, images) -> jax.Array:
         """Images (see module docstring) -> codes ``int32 [batch, h, w]``."""
         images = images if isinstance(images, jax.Array) else np.asarray(images)
-        if images.dtype != np.uint8 and images.dtype.kind == "f" and not isinstance(images, jax.Array):
-            lo, hi = float(images.min()), float(images.max())
-            if lo < -1e-3 or hi > 1 + 1e-3:
-                raise ValueError(f"float images must lie in [0, 1]; got values in [{lo:.3g}, {hi:.3g}]")
-        elif images.dtype != np.uint8 and images.dtype.kind != "f":
-            raise ValueError(f"images must be uint8 or float, got dtype {images.dtype}")
+        check_pixels(images)
         return self._encode(self.variables, images)
 
     def decode(self, codes) -> jax.Array:
@@ -138,18 +132,7 @@ class ImageTokenizer:
         size, images = self.config.image_size, []
         for p in paths:
             p = os.fspath(p)
-            try:
-                with Image.open(p) as im:
-                    im.load()
-                    mode = "RGBA" if im.mode in ("RGBA", "LA", "P") and "transparency" in im.info or im.mode in (
-                        "RGBA", "LA") else ("L" if im.mode in ("L", "1", "I", "I;16", "F") else "RGB")
-                    arr = np.asarray(im.convert(mode), np.uint8)
-            except FileNotFoundError as e:
-                raise ValueError(f"{p}: image file not found") from e
-            except (UnidentifiedImageError, OSError, SyntaxError) as e:
-                raise ValueError(f"{p}: not a readable image file ({e})") from e
-            if arr.ndim == 2:
-                arr = arr[..., None]
+            arr = read_image(p)  # every Pillow mode converted by rule or rejected, errors naming the file
             if arr.shape[:2] != (size, size):
                 if not self.resize:
                     raise ValueError(f"{p}: image is {arr.shape[0]}x{arr.shape[1]}, the tokenizer expects "
