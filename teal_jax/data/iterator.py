@@ -31,6 +31,19 @@ class DataIterator(abc.ABC):
     def set_state(self, state: dict[str, Any]) -> None: ...
 
 
+class IndexedIterator(DataIterator):
+    """An iterator whose ``i``-th batch is a pure function of its settings and ``i`` (synthetic and task streams):
+    its whole state is the index of the next batch."""
+
+    index: int = 0
+
+    def get_state(self) -> dict[str, Any]:
+        return {"index": self.index}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.index = int(state["index"])
+
+
 def _to_json(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _to_json(v) for k, v in x.items()}

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from teal_jax.evaluate.judges import Judge
+from teal_jax.evaluate.judges import Judge, standardize
 from teal_jax.media.image import mix_channels
 
 IMAGE_SIZE = 32
@@ -81,13 +81,6 @@ def to_gray(images) -> np.ndarray:
     return np.clip(x, 0.0, 1.0)
 
 
-def standardize(x: jax.Array) -> jax.Array:
-    """[n, H, W] -> zero mean, unit variance per image."""
-    mu = jnp.mean(x, axis=(1, 2), keepdims=True)
-    sd = jnp.std(x, axis=(1, 2), keepdims=True)
-    return (x - mu) / (sd + 1e-3)
-
-
 class DigitNet(nn.Module):
     """float [n, 32, 32] in [0, 1] -> logits [n, 10]."""
 
@@ -95,7 +88,7 @@ class DigitNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = standardize(x)[..., None]
+        h = standardize(x, 1e-3)[..., None]
         h = nn.avg_pool(h, (2, 2), (2, 2))  # 16x16
         h = nn.relu(nn.Conv(self.width, (3, 3))(h))
         h = nn.max_pool(h, (2, 2), (2, 2))  # 8x8

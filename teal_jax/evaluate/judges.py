@@ -32,6 +32,14 @@ from teal_jax.evaluate.common import jitted_apply
 NUM_CLASSES = 10
 
 
+def standardize(x: jax.Array, eps: float) -> jax.Array:
+    """``[n, a, b]`` -> zero mean, unit variance per example (over the last two axes; ``eps`` added to the std):
+    the judges' input normalisation, so a judge sees shapes, not levels."""
+    mu = jnp.mean(x, axis=(1, 2), keepdims=True)
+    sd = jnp.std(x, axis=(1, 2), keepdims=True)
+    return (x - mu) / (sd + eps)
+
+
 class Judge:
     """Trained parameters + prediction; subclasses set the class attributes and hooks below."""
 

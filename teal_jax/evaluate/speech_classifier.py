@@ -22,7 +22,7 @@ import optax
 from flax import linen as nn
 
 from teal_jax.evaluate.audio import log_mel
-from teal_jax.evaluate.judges import Judge
+from teal_jax.evaluate.judges import Judge, standardize
 
 CLIP_SAMPLES = 16000
 SAMPLE_RATE = 16000
@@ -32,10 +32,7 @@ FILENAME = "speech_classifier.msgpack"
 
 def features(audio: jax.Array) -> jax.Array:
     """float ``[n, CLIP_SAMPLES]`` -> normalised log-mel ``[n, 101, 40]``."""
-    f = log_mel(audio, SAMPLE_RATE, 512, 160, 40, floor=1e-4)
-    mu = jnp.mean(f, axis=(1, 2), keepdims=True)
-    sd = jnp.std(f, axis=(1, 2), keepdims=True)
-    return (f - mu) / (sd + 1e-5)
+    return standardize(log_mel(audio, SAMPLE_RATE, 512, 160, 40, floor=1e-4), 1e-5)
 
 
 class WordNet(nn.Module):

@@ -182,6 +182,20 @@ class _TealEvaluator(Evaluator):
                                          heldout_seed=seed, per_class=self.validation_per_class, pairs=pairs, **gen)
         return float(g["chosen"]), g
 
+    def judged_generation(self, model, judge, modality: str, task, *, workdir: str, step: int) -> dict[str, Any]:
+        """Chooses the guidance scale, then runs ``task`` (text_to_image_accuracy / tts_accuracy) with it:
+        its scores plus the scale, the validation figures and the seconds each part took."""
+        seed, gen = _sampling(self.run_config)
+        with _max_batch(model, self.max_batch):
+            t0 = time.time()
+            scale, validation = self.guidance(model, judge, modality)
+            t1 = time.time()
+            r = task(model, judge, per_class=self.per_class, sample_dir=self.output_dir(workdir, step),
+                     guidance_scale=scale, seed=seed, **gen)
+        return {**{k: r[k] for k in ("accuracy", "n", "per_class", "confusion")}, "guidance": scale,
+                "guidance_validation": validation, "validation_s": round(t1 - t0, 1),
+                "generation_s": round(time.time() - t1, 1)}
+
 
 # ---- the evaluators ----------------------------------------------------------------------------------------------
 class CaptionEvaluator(_TealEvaluator):
@@ -218,18 +232,8 @@ class TextToImageEvaluator(_TealEvaluator):
                                                      labels[: self.likelihood_images])
             out.update(likelihood_accuracy=lik["accuracy"], nll_true=lik["nll_true"], nll_null=lik["nll_null"],
                        nll_mean=lik["nll_mean"], likelihood_n=lik["n"])
-        judge = self.digit_judge(workdir)
-        seed, gen = _sampling(self.run_config)
-        with _max_batch(model, self.max_batch):
-            t0 = time.time()
-            scale, validation = self.guidance(model, judge, "image")
-            t1 = time.time()
-            r = teal_tasks.text_to_image_accuracy(model, judge, per_class=self.per_class,
-                                                  sample_dir=self.output_dir(workdir, step), guidance_scale=scale,
-                                                  seed=seed, **gen)
-        out.update({k: r[k] for k in ("accuracy", "n", "per_class", "confusion")})
-        out.update(guidance=scale, guidance_validation=validation, validation_s=round(t1 - t0, 1),
-                   generation_s=round(time.time() - t1, 1))
+        out.update(self.judged_generation(model, self.digit_judge(workdir), "image",
+                                          teal_tasks.text_to_image_accuracy, workdir=workdir, step=step))
         return out
 
 
@@ -240,18 +244,8 @@ class TextToSpeechEvaluator(_TealEvaluator):
     FIELDS = {"per_class": 10, **_TealEvaluator.GUIDANCE_FIELDS, **_TealEvaluator.SPEECH_FIELDS}
 
     def run(self, model, *, workdir, step):
-        judge = self.speech_judge()
-        seed, gen = _sampling(self.run_config)
-        with _max_batch(model, self.max_batch):
-            t0 = time.time()
-            scale, validation = self.guidance(model, judge, "audio")
-            t1 = time.time()
-            r = teal_tasks.tts_accuracy(model, judge, per_class=self.per_class,
-                                        sample_dir=self.output_dir(workdir, step), guidance_scale=scale, seed=seed,
-                                        **gen)
-        return {**{k: r[k] for k in ("accuracy", "n", "per_class", "confusion")}, "guidance": scale,
-                "guidance_validation": validation, "validation_s": round(t1 - t0, 1),
-                "generation_s": round(time.time() - t1, 1)}
+        return self.judged_generation(model, self.speech_judge(), "audio", teal_tasks.tts_accuracy,
+                                      workdir=workdir, step=step)
 
 
 class AsrEvaluator(_TealEvaluator):

@@ -148,29 +148,42 @@ def judge_speech(model, speech_classifier, prompts: Sequence[str], **sampling) -
     return waves, np.asarray(speech_classifier.predict(clf_in)).astype(np.int64).reshape(-1)
 
 
+def _judged(what: str, generate_and_judge, prompts: Sequence[str], labels, sample_dir: str | None, prefix: str,
+            max_samples: int, write_samples) -> dict[str, Any]:
+    """The common part of judged generation: check the prompts and labels, generate and judge, score; with a
+    ``sample_dir``, write ``{prefix}.tsv`` and let ``write_samples(outputs, y, pred, keep, stems)`` write the kept
+    samples (``max_samples``, round-robin over the asked digits) under ``{prefix}_{i}_{asked}_as_{predicted}``."""
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError(f"{what}: no prompts")
+    y = check_labels(labels, len(prompts), what)
+    outputs, pred = generate_and_judge(prompts)
+    correct = pred == y
+    if sample_dir:
+        os.makedirs(sample_dir, exist_ok=True)
+        write_tsv(os.path.join(sample_dir, f"{prefix}.tsv"), ("index", "prompt", "asked", "predicted"),
+                  [(i, p, DIGITS[a], DIGITS[b]) for i, (p, a, b) in enumerate(zip(prompts, y, pred, strict=True))])
+        keep = spread(y, max_samples)
+        stems = [os.path.join(sample_dir, f"{prefix}_{i:03d}_{DIGITS[y[i]]}_as_{DIGITS[pred[i]]}") for i in keep]
+        write_samples(outputs, y, pred, keep, stems)
+    return {"accuracy": float(correct.mean()), "n": int(len(y)), "per_class": per_class_accuracy(y, correct),
+            "confusion": confusion(y, pred)}
+
+
 def image_prompt_accuracy(model, classifier, prompts: Sequence[str], labels, *, sample_dir: str | None = None,
                           prefix: str = "t2i", max_samples: int = 20, **sampling) -> dict[str, Any]:
     """Generates one image per prompt; correct iff ``classifier.predict`` gives the prompt's digit label.
     -> {'accuracy', 'n', 'per_class', 'confusion' (10x10, rows = asked digit)}. Writes ``max_samples`` images
     (``{prefix}_{i}_{asked}_as_{predicted}.png``, taken round-robin over the asked digits), ``{prefix}.tsv`` and
     ``{prefix}_grid.png`` (every image, one row per asked digit: :func:`write_image_grid`) to ``sample_dir``."""
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("image_prompt_accuracy: no prompts")
-    y = check_labels(labels, len(prompts), "image_prompt_accuracy")
-    images, pred = judge_images(model, classifier, prompts, **sampling)
-    correct = pred == y
-    if sample_dir:
-        os.makedirs(sample_dir, exist_ok=True)
-        write_tsv(os.path.join(sample_dir, f"{prefix}.tsv"), ("index", "prompt", "asked", "predicted"),
-                   [(i, p, DIGITS[a], DIGITS[b]) for i, (p, a, b) in enumerate(zip(prompts, y, pred, strict=True))])
-        keep = spread(y, max_samples)
-        model.save_png(images[keep], [os.path.join(sample_dir, f"{prefix}_{i:03d}_{DIGITS[y[i]]}_as_"
-                                                    f"{DIGITS[pred[i]]}.png") for i in keep])
+
+    def write(images, y, pred, keep, stems):
+        model.save_png(images[keep], [f"{stem}.png" for stem in stems])
         write_image_grid(os.path.join(sample_dir, f"{prefix}_grid.png"), images, y, pred,
                          title=f"{prefix}: one row per prompted digit; green = judged right, red = judged wrong")
-    return {"accuracy": float(correct.mean()), "n": int(len(y)), "per_class": per_class_accuracy(y, correct),
-            "confusion": confusion(y, pred)}
+
+    return _judged("image_prompt_accuracy", lambda p: judge_images(model, classifier, p, **sampling), prompts,
+                   labels, sample_dir, prefix, max_samples, write)
 
 
 def digit_prompts(per_class: int, prompt_format: str = "{word}") -> tuple[list[str], list[int]]:
@@ -235,23 +248,14 @@ def speech_prompt_accuracy(model, speech_classifier, prompts: Sequence[str], lab
     -> {'accuracy', 'n', 'per_class', 'confusion'}. Writes ``max_samples`` WAVs (taken round-robin over the asked
     digits), each with its spectrogram beside it (same name, ``.png``: :func:`write_spectrogram`), and
     ``{prefix}.tsv`` to ``sample_dir``."""
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("speech_prompt_accuracy: no prompts")
-    y = check_labels(labels, len(prompts), "speech_prompt_accuracy")
-    waves, pred = judge_speech(model, speech_classifier, prompts, **sampling)
-    correct = pred == y
-    if sample_dir:
-        os.makedirs(sample_dir, exist_ok=True)
-        write_tsv(os.path.join(sample_dir, f"{prefix}.tsv"), ("index", "prompt", "asked", "predicted"),
-                   [(i, p, DIGITS[a], DIGITS[b]) for i, (p, a, b) in enumerate(zip(prompts, y, pred, strict=True))])
-        keep = spread(y, max_samples)
-        stems = [os.path.join(sample_dir, f"{prefix}_{i:03d}_{DIGITS[y[i]]}_as_{DIGITS[pred[i]]}") for i in keep]
+
+    def write(waves, y, pred, keep, stems):
         model.save_wav(waves[keep], [f"{stem}.wav" for stem in stems])
         for w, stem in zip(waves[keep], stems, strict=True):  # the spectrogram beside each WAV
             write_spectrogram(f"{stem}.png", w, model.sample_rate)
-    return {"accuracy": float(correct.mean()), "n": int(len(y)), "per_class": per_class_accuracy(y, correct),
-            "confusion": confusion(y, pred)}
+
+    return _judged("speech_prompt_accuracy", lambda p: judge_speech(model, speech_classifier, p, **sampling),
+                   prompts, labels, sample_dir, prefix, max_samples, write)
 
 
 def tts_accuracy(model, speech_classifier, *, per_class: int = 10, prompt_format: str = "{word}",

@@ -11,7 +11,6 @@ Data kinds: ``data.kind='text'`` (SentencePiece-tokenized, packed text from teal
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,12 +18,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from teal_jax.data.iterator import DataIterator
+from teal_jax.data.iterator import IndexedIterator
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
 from teal_jax.train.objective import Objective
 
 
-class SyntheticTokens(DataIterator):
+class SyntheticTokens(IndexedIterator):
     """Random token rows, a pure function of (seed, process, batch index): exactly resumable."""
 
     def __init__(self, *, vocab_size: int, batch_size: int, seq_len: int, seed: int, process_index: int):
@@ -38,11 +37,6 @@ class SyntheticTokens(DataIterator):
         # One document per row: no segment ids, so attention takes the plain causal path.
         return {"tokens": tokens, "loss_mask": np.ones(tokens.shape, np.float32)}
 
-    def get_state(self) -> dict[str, Any]:
-        return {"index": self.index}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.index = int(state["index"])
 
 
 def lm_loss(logits: jax.Array, batch: dict[str, jax.Array], z_loss: float = 0.0) -> tuple[jax.Array, dict]:

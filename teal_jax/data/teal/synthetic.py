@@ -12,21 +12,20 @@ data would give it, condition dropout (``<null>`` prompts) included.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 import numpy as np
 
 from teal_jax.data import templates as templates_lib
-from teal_jax.data.iterator import DataIterator
+from teal_jax.data.iterator import IndexedIterator
 from teal_jax.data.packing import pack_drawn_examples
 from teal_jax.vocab import UnifiedVocab
 
 TASKS = templates_lib.SPAN_TASKS  # caption t2i asr tts: every task with an image/audio span
 
 
-class SyntheticTealTasks(DataIterator):
+class SyntheticTealTasks(IndexedIterator):
     """Packed rows of synthetic task examples; batch ``i`` is a pure function of ``(seed, process_index, i)``.
 
     Args:
@@ -116,8 +115,3 @@ class SyntheticTealTasks(DataIterator):
         out["modality"] = self.vocab.modality_of(out["tokens"])
         return out
 
-    def get_state(self) -> dict[str, Any]:
-        return {"index": self.index}
-
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        self.index = int(state["index"])

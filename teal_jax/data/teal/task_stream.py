@@ -18,7 +18,7 @@ import grain
 import numpy as np
 
 from teal_jax.data import templates as templates_lib
-from teal_jax.data.iterator import DataIterator
+from teal_jax.data.iterator import IndexedIterator
 from teal_jax.data.packing import pack_drawn_examples
 from teal_jax.data.teal.config import DROPPABLE_TASKS, LOSS_NORMALIZATIONS, TASKS, task_modality, task_weights
 from teal_jax.data.teal.sources import as_text
@@ -37,7 +37,7 @@ class _Records:
     by_label: dict[int, np.ndarray]  # digit -> positions with that label
 
 
-class TealTaskStream(DataIterator):
+class TealTaskStream(IndexedIterator):
     """Packed rows of TEAL task examples; batch ``i`` is a pure function of ``(seed, process_index, i)``.
 
     Args:
@@ -248,9 +248,4 @@ class TealTaskStream(DataIterator):
         out["modality"] = self.vocab.modality_of(out["tokens"])
         return out
 
-    def get_state(self) -> dict[str, Any]:
-        return {"index": self.index}
-
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        self.index = int(state["index"])
 
