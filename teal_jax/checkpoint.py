@@ -150,7 +150,7 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=not read_only, enable_async_checkpointing=async_save,
-                cleanup_tmp_directories=not read_only, read_only=read_only,
+                cleanup_tmp_directories=not read_only,  # (Orbax's own read_only flag only adds a warning)
             ),
             item_names=ITEMS,
         )
