@@ -3,6 +3,7 @@
   python -m teal_jax.main --config=configs/lm/tiny.py --workdir=runs/lm --mode=train
   python -m teal_jax.main --config=configs/lm/tiny.py --workdir=runs/lm --mode=sample --prompt="three plus"
   python -m teal_jax.main --config=configs/lm/tiny.py:synthetic --config.train.steps=10 --workdir=/tmp/x
+  python -m teal_jax.main --workdir=runs/demo/teal_stage1 --mode=eval      # no --config: the run's own
 
 ``--config.a.b=v`` overrides any field; an unknown field or a value of the wrong type stops before any work starts.
 """
@@ -23,7 +24,7 @@ flags.DEFINE_multi_string("prompt", None, "Prompt(s) for --mode=sample (default:
 flags.DEFINE_enum("multihost", "auto", ["auto", "off", "force"],
                   "jax.distributed initialisation: auto-detect clusters / TEAL_* env vars, never, or always.")
 flags.DEFINE_bool("verbose", False, "Show library INFO logs (orbax, absl).")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv) -> None:
@@ -37,6 +38,15 @@ def main(argv) -> None:
     from teal_jax import config as config_lib
 
     config = FLAGS.config
+    if config is None:  # eval / sample on a saved run: the config it was trained with
+        if FLAGS.mode == "train":
+            raise app.UsageError("--config is required for --mode=train (eval and sample read the run's own)")
+        from teal_jax import checkpoint
+
+        try:
+            config = checkpoint.read_config(FLAGS.workdir)
+        except (FileNotFoundError, checkpoint.CheckpointIntegrityError) as e:
+            sys.exit(f"--mode={FLAGS.mode}: {e}")
     try:
         config_lib.validate(config)
     except ValueError as e:

@@ -78,13 +78,18 @@ def test_every_stage_runs_and_the_report_holds_every_figure(demo):
                    "t2i_grid.png", "temperature 0.7", "guidance validation"):
         assert needle in report, needle
     assert (workdir / "report" / "training_curves.png").stat().st_size > 1000
-    samples = workdir / "samples" / "teal_stage1"
-    assert list((samples / "t2i").glob("*.png")) and list((samples / "tts").glob("*.wav"))
-    assert (samples / "t2i" / "t2i_grid.png").exists()
-    assert (samples / "reasoning_image" / "reasoning_image_grid.png").exists()
-    for wav in list((samples / "tts").glob("*.wav")) + list((samples / "reasoning_speech").glob("*.wav")):
+    evals = workdir / "teal_stage1" / "eval"  # each evaluator writes under <run>/eval/<name>/step_<N>/
+
+    def one(name):
+        (found,) = (evals / name).glob("step_*")
+        return found
+
+    assert list(one("t2i").glob("t2i_*.png")) and list(one("tts").glob("*.wav"))
+    assert (one("t2i") / "t2i_grid.png").exists()
+    assert (one("reasoning") / "reasoning_image_grid.png").exists()
+    for wav in list(one("tts").glob("*.wav")) + list(one("reasoning").glob("*.wav")):
         assert wav.with_suffix(".png").exists(), wav  # the spectrogram beside each WAV
-    assert (samples / "caption" / "captions.tsv").exists() and (samples / "asr" / "asr.tsv").exists()
+    assert (one("caption") / "captions.tsv").exists() and (one("asr") / "asr.tsv").exists()
 
 
 def test_second_run_resumes_and_models_load(demo):
@@ -101,3 +106,28 @@ def test_second_run_resumes_and_models_load(demo):
     images = model.generate_image(["seven"], temperature=0.0)
     assert images.shape == (1, 32, 32, 1) and images.dtype.name == "uint8"
     assert isinstance(model.caption(images)[0], str)
+
+
+def _main(workdir, mode, env, *extra):
+    cmd = [sys.executable, "-m", "teal_jax.main", f"--workdir={workdir}", f"--mode={mode}", "--multihost=off", *extra]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_eval_and_sample_modes_on_every_run_kind_of_the_demo(demo):
+    """``main --mode=eval|sample`` on the demo's runs, with no --config (each run's own): the LM and the two
+    tokenizer runs evaluate (their loss metrics in eval/results.json); the LM and TEAL sample; the tokenizer runs
+    say they have no sampler. (TEAL's --mode=eval with its evaluators: tests/test_evaluators.py.)"""
+    workdir, _, env, _ = demo
+    for run in ("text_lm", "image_tokenizer", "audio_codec"):
+        out = _main(workdir / run, "eval", env)
+        assert out.returncode == 0, (run, out.stdout[-2000:] + out.stderr[-2000:])
+        results = json.loads((workdir / run / "eval" / "results.json").read_text())
+        assert results["step"] > 0 and results["metrics"] and all(math.isfinite(v) for v in
+                                                                  results["metrics"].values()), (run, results)
+    out = _main(workdir / "text_lm", "sample", env, "--prompt=three plus four is")
+    assert out.returncode == 0 and "'three plus four is' -> '" in out.stdout, out.stderr[-2000:]
+    out = _main(workdir / "teal_stage1", "sample", env, "--prompt=the sum of two and three is")
+    assert out.returncode == 0 and "'the sum of two and three is' -> " in out.stdout, out.stderr[-2000:]
+    for run, kind in (("image_tokenizer", "image_vq"), ("audio_codec", "audio_codec")):
+        out = _main(workdir / run, "sample", env)
+        assert out.returncode == 1 and f"an '{kind}' run" in out.stderr and "Traceback" not in out.stderr, out.stderr
