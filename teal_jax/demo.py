@@ -36,6 +36,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from teal_jax.demo_evaluate import _done_file, _say, stage_done
+from teal_jax.vocab import SPAN_MODALITIES
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Where every stage writes its run directory and the report.")
@@ -153,7 +154,7 @@ REQUIRES = {
 def write_codebooks(workdir: str) -> None:
     """The tokenizers' code vectors as .npy for the codebook-init ablation (written once)."""
     out = os.path.join(workdir, "codebooks")
-    paths = {m: os.path.join(out, f"{m}.npy") for m in ("image", "audio")}
+    paths = {m: os.path.join(out, f"{m}.npy") for m in SPAN_MODALITIES}
     if all(os.path.exists(p) for p in paths.values()):
         return
     from teal_jax.tokenizers.audio import AudioTokenizer

@@ -36,6 +36,7 @@ from teal_jax.demo_report import (
     plot_training_curves,
     write_report,
 )
+from teal_jax.vocab import SPAN_MODALITIES
 
 TRAIN_STAGE_NAMES = ("text_lm", "image_tokenizer", "audio_codec", *TEAL_RUNS)
 # The report's figure of a run -> (evaluator name in configs/teal/demo.py's config.evals, key of its result).
@@ -220,10 +221,10 @@ def _evaluate(workdir: str, variant: str, runs: list[str]) -> dict[str, Any]:
         source = evaluation["guidance"].get(GUIDANCE_FROM)
         given = None
         if r not in GUIDANCE_TUNED and source is not None:
-            given = {m: {"chosen": source[m]["chosen"], "from": GUIDANCE_FROM} for m in ("image", "audio")}
+            given = {m: {"chosen": source[m]["chosen"], "from": GUIDANCE_FROM} for m in SPAN_MODALITIES}
         t_run = time.time()
         figs, text_row, info = evaluate_run(os.path.join(workdir, run), evals, guidance=given, step=step)
-        for m in ("image", "audio"):
+        for m in SPAN_MODALITIES:
             g = info["guidance"][m]
             if "accuracy" in g:
                 _say(f"evaluate: guidance for {m}: {g['chosen']:g} (validation accuracy per scale {g['accuracy']}, "

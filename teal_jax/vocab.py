@@ -36,10 +36,13 @@ import numpy as np
 # Modality ids (per token, e.g. batch['modality']).
 TEXT, SPECIAL, IMAGE, AUDIO, PADDING = 0, 1, 2, 3, 4
 MODALITY_NAMES = ("text", "special", "image", "audio", "padding")
+SPAN_MODALITIES = MODALITY_NAMES[IMAGE : AUDIO + 1]  # ('image', 'audio'): the modalities a span holds
 
 AUDIO_SCHEMES = ("interleave", "first_levels")
-DEFAULT_SPECIALS = ("<boi>", "<eoi>", "<boa>", "<eoa>", "<null>", "<task:caption>", "<task:t2i>", "<task:asr>",
-                    "<task:tts>", "<task:lm>")
+# The one statement of the TEAL task names (data/templates.py lays each out), with the modality of its image/audio
+# span ('text': none); each task has its marker among the specials.
+TASK_SPANS = {"caption": "image", "t2i": "image", "asr": "audio", "tts": "audio", "lm": "text"}
+DEFAULT_SPECIALS = ("<boi>", "<eoi>", "<boa>", "<eoa>", "<null>", *(f"<task:{t}>" for t in TASK_SPANS))
 _REQUIRED_SPECIALS = ("<boi>", "<eoi>", "<boa>", "<eoa>", "<null>")
 
 

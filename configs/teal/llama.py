@@ -115,9 +115,10 @@ def example_lengths(config: ml_collections.ConfigDict, image_model=None, audio_m
                                          audio_cfg.hop_length)
     audio = vocab.audio_to_unified(np.zeros((frames, vocab.audio_num_levels), np.int64)).tolist()
     text = [3] * int(text_tokens)
-    layouts = {"caption": (image, text), "t2i": (text, image), "asr": (audio, text), "tts": (text, audio)}
+    spans = {"image": image, "audio": audio}
     weights = teal_data.task_weights(config.data.tasks)
-    return {t: len(tpl.example(t, *layouts[t])[0]) for t in layouts if weights.get(t, 0.0) > 0}
+    return {t: len(tpl.span_example(t, text, spans[templates_lib.TASK_SPANS[t]])[0])
+            for t in templates_lib.SPAN_TASKS if weights.get(t, 0.0) > 0}
 
 
 def check_fits(config: ml_collections.ConfigDict, image_model=None, audio_model=None,

@@ -37,16 +37,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from teal_jax.vocab import AUDIO, IMAGE, MODALITY_NAMES, UnifiedVocab
+from teal_jax.vocab import SPAN_MODALITIES, TASK_SPANS, UnifiedVocab
 
-# The one statement of the task names. Each layout below and the modality of its image/audio span ('text': none).
-TASK_SPANS = {"caption": "image", "t2i": "image", "asr": "audio", "tts": "audio", "lm": "text"}
+# The task names and their span modalities are stated once, in teal_jax/vocab.py (TASK_SPANS); the layouts are here.
 TASKS = tuple(TASK_SPANS)
 SPAN_TASKS = tuple(t for t in TASKS if TASK_SPANS[t] != "text")  # caption t2i asr tts: an image/audio span each
 GENERATION_TASKS = ("t2i", "tts")  # condition = text, target = a modality span: condition dropout applies
 # Reasoning tasks of the task stream: a t2i/tts example whose text is a sum question (see sum_question).
 REASONING_TASKS = {"reason_t2i": "t2i", "reason_tts": "tts"}  # task -> its layout
-SPAN_MODALITIES = MODALITY_NAMES[IMAGE : AUDIO + 1]  # ('image', 'audio'): the modalities a span holds
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 # (a, b) with a + b <= 9: every ordered pair of digits whose sum is a digit (55 pairs). A fixed, spread-out subset is

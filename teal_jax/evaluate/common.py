@@ -1,25 +1,11 @@
-"""What every evaluation module shares: the one cache of jitted forward passes, and atomic JSON writes."""
+"""What every evaluation module shares: atomic JSON writes. (The one cache of jitted forward passes is
+:func:`teal_jax.models.forward.jitted_apply`.)"""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-from collections.abc import Callable
 from typing import Any
-
-import jax
-from flax import linen as nn
-
-
-@functools.lru_cache(maxsize=32)
-def jitted_apply(module: nn.Module, preprocess: Callable | None = None) -> Callable:
-    """The jitted forward ``(params, x) -> module.apply({'params': params}, preprocess(x))``, one per (module,
-    preprocess) pair: linen modules are frozen dataclasses, so equal configs share one function and its compilations
-    (a judge loaded twice, or the base LM of every run, compiles once per input shape)."""
-    if preprocess is None:
-        return jax.jit(lambda p, x: module.apply({"params": p}, x))
-    return jax.jit(lambda p, x: module.apply({"params": p}, preprocess(x)))
 
 
 def write_json(path: str, value: Any) -> str:

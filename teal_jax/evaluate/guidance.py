@@ -16,6 +16,7 @@ import numpy as np
 
 from teal_jax.data import templates as templates_lib
 from teal_jax.evaluate.teal_tasks import digit_prompts, judge_images, judge_speech, reasoning_prompts
+from teal_jax.vocab import SPAN_MODALITIES
 
 GUIDANCE_SCALES = (1.0, 2.0, 3.0)
 
@@ -61,7 +62,7 @@ def choose_guidance(model, judge, modality: str, *, scales: Sequence[float] = GU
     pairs), every scale sampled with the same ``seed`` (which must differ from ``heldout_seed``, the held-out
     evaluation's) and the other ``sampling`` settings. -> {'chosen', 'scales', 'accuracy', 'digit_accuracy',
     'reasoning_accuracy' (each {f'{scale:g}': value}), 'n', 'n_digit', 'n_reasoning', 'seed', 'pairs', 'wall_s'}."""
-    if modality not in ("image", "audio"):
+    if modality not in SPAN_MODALITIES:
         raise ValueError(f"choose_guidance: modality={modality!r}, expected 'image' or 'audio'")
     if "guidance_scale" in sampling or "seed" in sampling:
         raise ValueError("choose_guidance: pass the scales as `scales` and the seed as `seed`, not in **sampling")

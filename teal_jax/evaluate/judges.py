@@ -8,7 +8,7 @@ parameter init, optimizer and training augmentation; this class owns the rest:
 
 * training: ``steps`` Adam-family updates on batches of ``batch_size`` rows drawn with replacement
   (``numpy.random.default_rng(seed)``), each augmented with the key ``fold_in(key, step)``; softmax cross-entropy;
-* the forward pass: :func:`teal_jax.evaluate.common.jitted_apply` (judges of one width share their compilations);
+* the forward pass: :func:`teal_jax.models.forward.jitted_apply` (judges of one width share their compilations);
 * the file ``<dir>/<FILENAME>``: msgpack of ``{'params', 'width'}``, written to a temporary name then renamed (a killed
   run never leaves half a file); :meth:`Judge.load` raises FileNotFoundError when it is missing and ValueError when it
   is not a judge file; :meth:`Judge.train_or_load` loads it when present, else trains and saves.
@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from teal_jax.evaluate.common import jitted_apply
+from teal_jax.models.forward import jitted_apply
 
 NUM_CLASSES = 10
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from teal_jax import lineage
-from teal_jax.evaluate.common import jitted_apply
+from teal_jax.models.forward import jitted_apply
 from teal_jax.models.transformer import TransformerLM
 
 

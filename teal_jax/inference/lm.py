@@ -15,6 +15,7 @@ import numpy as np
 from teal_jax import checkpoint, lineage
 from teal_jax.inference import protocol, sampler
 from teal_jax.inference.sampler import SamplingConfig
+from teal_jax.models.forward import jitted_apply
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
 
 
@@ -53,7 +54,7 @@ class LanguageModel:
         self.tokenizer = tokenizer
         self.config = config
         self.workdir = workdir
-        self._forward = jax.jit(lambda p, t: TransformerLM(model_config).apply({"params": p}, t))
+        self._forward = jitted_apply(TransformerLM(model_config))
 
     @property
     def run_config(self):

@@ -32,7 +32,6 @@ copies of its last prompt so that every chunk has one shape (one compilation).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import warnings
 from collections.abc import Sequence
@@ -53,6 +52,7 @@ from teal_jax.inference.constraints import SpanConfig
 from teal_jax.inference.load import config_path, load_tokenizer
 from teal_jax.inference.sampler import SamplingConfig
 from teal_jax.media.image import check_pixels
+from teal_jax.models.forward import jitted_apply
 from teal_jax.models.teal import TealConfig, TealLM
 
 SAMPLE_TASKS = ("text", "image", "speech")
@@ -91,12 +91,6 @@ def sample_ids(config: TealConfig, params, prompts: Sequence[Sequence[int]], sam
                                           tuple(tuple(int(t) for t in u) for u in uncond)), modality)
     return sampler.generate(decoder(config), params, prompts, sampling, constraints=rules, rng=rng, pad_multiple=16)
 
-
-@functools.lru_cache(maxsize=8)
-def _forward(config: TealConfig):
-    """The jitted full forward ``(params, tokens [B, T]) -> logits [B, T, vocab.size]``, shared by models of one
-    config (one compilation per shape)."""
-    return jax.jit(lambda p, t: TealLM(config).apply({"params": p}, t))
 
 
 class TealModel:
@@ -163,7 +157,7 @@ class TealModel:
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} must be >= 1")
         self.max_batch = int(max_batch)
-        self._logits = _forward(config)
+        self._logits = jitted_apply(TealLM(config))  # (params, tokens) -> logits, shared per config
 
     # ---- construction ------------------------------------------------------------------------------------------
     @classmethod

@@ -32,12 +32,12 @@ import numpy as np
 from flax import linen as nn
 
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
-from teal_jax.vocab import UnifiedVocab
+from teal_jax.vocab import SPAN_MODALITIES, UnifiedVocab
 
 Array = jax.Array
 EMBEDDING_INITS = ("random", "codebook")
 STAGES = ("frozen_stage1", "frozen_stage2", "frozen_expert", "full")
-NONTEXT_MODALITIES = ("image", "audio")
+NONTEXT_MODALITIES = SPAN_MODALITIES  # the modalities with their own rows, heads and span positions
 
 
 @dataclasses.dataclass(frozen=True)
