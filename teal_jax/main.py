@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -38,6 +39,10 @@ def main(argv) -> None:
     from teal_jax import config as config_lib
 
     config = FLAGS.config
+    if FLAGS.mode != "train" and not os.path.isdir(os.path.join(FLAGS.workdir, "checkpoints")):
+        # read-only modes never create anything: a missing run is an error before any folder is made
+        sys.exit(f"--mode={FLAGS.mode}: no checkpoint under {os.path.abspath(FLAGS.workdir)} (train first, or check "
+                 "--workdir)")
     if config is None:  # eval / sample on a saved run: the config it was trained with
         if FLAGS.mode == "train":
             raise app.UsageError("--config is required for --mode=train (eval and sample read the run's own)")
@@ -62,8 +67,6 @@ def main(argv) -> None:
     else:
         # Every run kind through the one protocol (teal_jax/inference/protocol.py): text is printed, image/speech
         # outputs (a TEAL config's sample.task) are written under <workdir>/samples/ and their paths printed.
-        import os
-
         import teal_jax
         from teal_jax.inference.protocol import ModeNotSupported
 
@@ -78,8 +81,38 @@ def main(argv) -> None:
             print(f"{prompt!r} -> {out!r}", flush=True)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with config errors (a missing file, an unknown variant, a mistyped ``--config.a.b`` key, a
+    value of the wrong type) printed as one line and exit status 2 instead of a traceback."""
+    try:
+        rest = FLAGS(argv)
+        if FLAGS["config"].present:
+            list(FLAGS.config.keys())  # ml_collections loads a config file lazily: surface its errors here
+        return rest
+    except OSError as e:  # a config file that cannot be loaded
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        sys.stderr.write(f"invalid config ({' '.join(a for a in argv[1:] if a.startswith('--config'))}): "
+                         f"{lines[-1]}\n")
+        sys.exit(2)
+    except flags.Error as e:
+        msg = str(e)
+        if "Traceback (most recent call last)" in msg:  # a config file's own error: its first and last lines
+            lines = [line for line in msg.splitlines() if line.strip()]
+            msg = f"{lines[0]} {lines[-1]}"
+        sys.stderr.write(f"{msg}\nPass --helpfull to see every flag.\n")
+        sys.exit(2)
+    except (AttributeError, KeyError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        msg = str(e.args[0]) if e.args else str(e)
+        if len(msg) > 1 and msg[0] == msg[-1] and msg[0] in "'\"":  # ml_collections quotes its KeyError text
+            msg = msg[1:-1].encode().decode("unicode_escape")
+        msg = " ".join(line.strip().strip("'") for line in msg.splitlines() if line.strip())
+        overrides = [a for a in argv[1:] if a.startswith("--config")]
+        sys.stderr.write(f"invalid config ({' '.join(overrides) or 'no --config'}): {type(e).__name__}: {msg}\n")
+        sys.exit(2)
+
+
 def run() -> None:
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
