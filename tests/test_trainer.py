@@ -129,6 +129,16 @@ def test_nan_stops_with_message_and_saves_last_good_state(tmp_path, devices):
     assert "checkpointed at step 2" in str(e.value)
     debug = tmp_path / "nan_debug" / "step_3"
     assert (debug / "batch_process0.npz").exists() and (debug / "metrics.json").exists()
+    assert "finite, its checkpoint verified" in str(e.value)
+    # replay.json: the offending batch's index, and the data state before it: set it and the batch comes back.
+    replay = json.loads((debug / "replay_process0.json").read_text())
+    assert replay["step"] == 3 and replay["batch_index"] == 2
+    it = t._make_iter("train")
+    it.set_state(replay["data_state_before"])
+    saved = np.load(debug / "batch_process0.npz")
+    again = next(it)
+    assert set(saved.files) == set(again) and all(np.array_equal(saved[k], again[k]) for k in saved.files)
+    t.checkpointer.verify(2)
     assert t.checkpointer.latest_step() == 2
     # The checkpoint holds the state after 2 good steps: it equals a clean 2-step run.
     clean, _ = _run_steps(trainer_lib.Trainer(c, str(tmp_path / "clean")), 2)

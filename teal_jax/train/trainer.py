@@ -320,13 +320,28 @@ class Trainer:
         self.train_iter.set_state(data_state)
         return state, int(step)
 
-    def _dump_nan(self, step: int, batch: dict[str, np.ndarray], values: dict[str, float]) -> str:
+    def _dump_nan(self, step: int, batch: dict[str, np.ndarray], values: dict[str, float],
+                  data_state_before: Any) -> str:
+        """``nan_debug/step_N/``: this host's batch (npz), the step's metrics, and ``replay.json`` with the batch's
+        index in the run's data order and the data-iterator state just before it (``set_state`` it and the next
+        batch is the offending one)."""
         path = os.path.join(self.workdir, "nan_debug", f"step_{step}")
         os.makedirs(path, exist_ok=True)
         np.savez(os.path.join(path, f"batch_process{jax.process_index()}.npz"), **batch)
         with open(os.path.join(path, "metrics.json"), "w") as f:
             json.dump(values, f, indent=1)
+        with open(os.path.join(path, f"replay_process{jax.process_index()}.json"), "w") as f:
+            json.dump({"step": step, "batch_index": step - 1, "data_state_before": data_state_before}, f, indent=1)
         return path
+
+    def _check_last_good(self, state, step: int) -> None:
+        """The state a non-finite stop names must be finite and its checkpoint must verify; otherwise say so."""
+        finite = all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(jax.device_get(
+            state["params"])) if np.issubdtype(np.asarray(x).dtype, np.floating))
+        if not finite:
+            raise NonFiniteError(f"the state before step {step + 1} holds non-finite parameters: no good state to "
+                                 "save (the run diverged earlier; resume from an older checkpoint)")
+        self.checkpointer.verify(step)
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
@@ -353,20 +368,23 @@ class Trainer:
         self.writer.print(f"training {self.config.objective} from step {start} to {t.steps} in {self.workdir}")
         try:
             while step < t.steps:
+                data_state_before = self.train_iter.get_state()
                 local = next(self.train_iter)
                 with shd.set_mesh(self.mesh), shd.axis_rules():
                     state, metrics = self._train_step(state, shd.global_batch(local, self.mesh))
                 step += 1
                 if not bool(jax.device_get(metrics["finite"])):
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    path = self._dump_nan(step, local, values)
+                    path = self._dump_nan(step, local, values, data_state_before)
                     self.save(state, step - 1)  # the state is the last good one (the bad update was skipped)
                     self.checkpointer.wait()
+                    self._check_last_good(state, step - 1)
                     raise NonFiniteError(
                         f"non-finite loss or gradient at step {step}: loss={values.get('loss')}, "
                         + ", ".join(f"{k}={v}" for k, v in values.items() if k.startswith("grad_norm"))
-                        + f". The last good state is checkpointed at step {step - 1}; the batch and metrics are "
-                        f"in {path}")
+                        + f". The last good state (finite, its checkpoint verified) is checkpointed at step "
+                        f"{step - 1}; the batch, its metrics and replay.json (the batch's index and the data state "
+                        f"before it) are in {path}")
                 if step % t.log_every == 0 or step == t.steps:
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     now = time.time()
