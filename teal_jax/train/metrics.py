@@ -52,6 +52,16 @@ def _scalar(v: Any) -> float:
     return float(np.asarray(v))
 
 
+def _drop_partial_line(path: str) -> None:
+    """Truncates ``path`` after its last newline (one JSON object a line; a kill can cut the last one short)."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 class MetricWriter:
     """Writes metrics on process 0 only (other processes get a no-op writer)."""
 
@@ -62,7 +72,9 @@ class MetricWriter:
         if not self.enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 (closed in close())
+        path = os.path.join(workdir, "metrics.jsonl")
+        _drop_partial_line(path)  # a process killed mid-write leaves half a line: never append after it
+        self._jsonl = open(path, "a")  # noqa: SIM115 (closed in close())
         if tensorboard:
             from tensorboardX import SummaryWriter
 
