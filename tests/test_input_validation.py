@@ -109,3 +109,12 @@ def test_wav_files_round_trip_and_random_bytes_fail_clearly(tmp_path):
         junk.write_bytes(rng.integers(0, 256, 44 + 40 * i, np.uint8).tobytes())
         with pytest.raises(ValueError, match=f"junk{i}.wav: "):
             read_wav(junk)
+
+
+def test_prompt_plus_new_tokens_beyond_the_context_names_the_limit():
+    from teal_jax.inference.sampler import check_context
+
+    check_context([[1] * 10, [2] * 30], 34, 64)
+    with pytest.raises(ValueError, match=r"a prompt of 30 tokens plus max_new_tokens=35 needs 65 positions; the "
+                                         r"model's context is 64"):
+        check_context([[1] * 10, [2] * 30], 35, 64)

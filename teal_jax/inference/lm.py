@@ -31,6 +31,7 @@ def sample_ids(model_config: TransformerConfig, params, prompts: Sequence[Sequen
 
     ``params`` are the LM's parameters (``{'embed': ..., 'layers': ...}``, unboxed).
     """
+    sampler.check_context(prompts, sampling.max_new_tokens, model_config.max_decode_len)
     return sampler.generate(decoder(model_config), params, prompts, sampling, rng=rng)
 
 

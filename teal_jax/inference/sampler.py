@@ -104,6 +104,16 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0,
     return tokens, segments, positions
 
 
+def check_context(prompts: Sequence[Sequence[int]], max_new_tokens: int, context: int) -> None:
+    """ValueError naming the limit when the longest prompt plus ``max_new_tokens`` needs more positions than the
+    model was trained with (``context``: its ``max_decode_len``; RoPE positions beyond it were never seen)."""
+    longest = max((len(p) for p in prompts), default=0)
+    if longest + int(max_new_tokens) > int(context):
+        raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} needs "
+                         f"{longest + int(max_new_tokens)} positions; the model's context is {context} "
+                         "(config.model max_decode_len): shorten the prompt or ask for fewer tokens")
+
+
 def cache_length(prompt_length: int, max_new_tokens: int) -> int:
     """KV-cache positions for a padded prompt plus the new tokens, rounded up to :data:`CACHE_MULTIPLE`."""
     return -(-(prompt_length + max_new_tokens) // CACHE_MULTIPLE) * CACHE_MULTIPLE

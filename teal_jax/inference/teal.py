@@ -82,6 +82,7 @@ def sample_ids(config: TealConfig, params, prompts: Sequence[Sequence[int]], sam
         bad = [int(t) for t in p if not 0 <= int(t) < vocab.used_size]
         if bad:
             raise ValueError(f"prompts[{i}] has ids outside the vocabulary [0, {vocab.used_size}): {bad[:5]}")
+    sampler.check_context(prompts, sampling.max_new_tokens, config.lm.max_decode_len)
     modality = constraints_lib.ModalityConstraint.of(vocab, spans)
     rules: tuple = (modality,)
     if uncond_prompts is not None or spans.guidance_scale != 1.0:
