@@ -3,6 +3,9 @@ depths are converted by rule or rejected by name, non-finite pixels and samples 
 waveform dtype and channel layout works, and random bytes give a clear ValueError, never a crash or a silent result.
 """
 
+import os
+import pathlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -118,3 +121,34 @@ def test_prompt_plus_new_tokens_beyond_the_context_names_the_limit():
     with pytest.raises(ValueError, match=r"a prompt of 30 tokens plus max_new_tokens=35 needs 65 positions; the "
                                          r"model's context is 64"):
         check_context([[1] * 10, [2] * 30], 35, 64)
+
+
+def test_random_bytes_to_every_file_entry_point(tmp_path):
+    """Random bytes as a SentencePiece model, as checkpoint files behind teal_jax.load, as image / WAV files for the
+    tokenizers' readers: each a clear error of the documented type naming the file, never a crash inside a
+    library or a silent result."""
+    import teal_jax
+    from teal_jax import checkpoint as C
+    from teal_jax.tokenizers.text import TextTokenizer
+
+    rng = np.random.default_rng(4)
+    junk = tmp_path / "junk.model"
+    junk.write_bytes(rng.integers(0, 256, 300, np.uint8).tobytes())
+    with pytest.raises(ValueError, match="junk.model"):
+        TextTokenizer.load(junk)
+    # A run whose checkpoint files were all overwritten with random bytes (sizes kept): caught by the manifest.
+    run = tmp_path / "run"
+    ckpt = C.Checkpointer(str(run), async_save=False)
+    from teal_jax.config import base_config
+
+    ckpt.save(1, {"params": {"model": {"w": np.ones(64, np.float32)}}}, {}, base_config())
+    ckpt.close()
+    for root, _, names in os.walk(run / "checkpoints" / "1"):
+        for n in names:
+            if n != C.MANIFEST:
+                p = pathlib.Path(root) / n
+                p.write_bytes(rng.integers(0, 256, max(p.stat().st_size, 1), np.uint8).tobytes())
+    with pytest.raises(C.CheckpointIntegrityError, match="checkpoint step 1 .*does not match its checksum"):
+        teal_jax.load(str(run))
+    with pytest.raises(FileNotFoundError, match="no checkpoint under"):
+        teal_jax.load(str(tmp_path / "missing"))
