@@ -103,7 +103,9 @@ def _check_section(config, section: str, fields: dict[str, type]) -> None:
         raise ValueError(f"config.{section} is missing")
     for key, value in sub.items():
         if key not in fields:
-            raise ValueError(f"config.{section}.{key}: unknown field; known fields: {sorted(fields)}")
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f" (did you mean config.{section}.{close[0]}?)" if close else ""
+            raise ValueError(f"config.{section}.{key}: unknown field{hint}; known fields: {sorted(fields)}")
         want = fields[key]
         ok = isinstance(value, want) or (want is float and isinstance(value, int) and not isinstance(value, bool))
         if want is int and isinstance(value, bool):

@@ -136,3 +136,17 @@ def test_reading_a_missing_workdir_creates_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoints/ folder"):
         C.read_config(str(tmp_path / "empty_run"))
     assert os.listdir(tmp_path / "empty_run") == []
+
+
+def test_temp_folder_of_a_killed_async_save_is_cleaned_and_skipped(run):
+    """Orbax writes a step into ``<step>.orbax-checkpoint-tmp-<n>`` and renames it when done: a kill leaves the
+    temporary folder, which is not a step; opening the run for training removes it, reading never lists it."""
+    tmp = os.path.join(run, "checkpoints", "6.orbax-checkpoint-tmp-1234")
+    os.makedirs(os.path.join(tmp, "state"))
+    with open(os.path.join(tmp, "state", "half_written"), "wb") as f:
+        f.write(b"x" * 100)
+    assert C.Checkpointer(run, read_only=True).all_steps() == [2, 4]
+    assert C.load_params(run)[1]["model"]["b"].tolist() == [4, 4, 4]
+    said = []
+    step, *_ = C.Checkpointer(run, async_save=False).restore_latest(_abstract(_state(0)), say=said.append)
+    assert step == 4 and not said and not os.path.exists(tmp)

@@ -166,7 +166,7 @@ def test_checkpoint_restores_onto_other_meshes(tmp_path, devices):
 def test_config_validation_errors(tmp_path):
     c = tiny_lm_config()
     c.train.stepz = 3
-    with pytest.raises(ValueError, match=r"config.train.stepz: unknown field"):
+    with pytest.raises(ValueError, match=r"config.train.stepz: unknown field \(did you mean config.train.steps\?\)"):
         trainer_lib.Trainer(c, str(tmp_path))
     c = tiny_lm_config()
     c.train.batch_size = 7
