@@ -39,9 +39,14 @@ from teal_jax.demo_evaluate import _done_file, _say, stage_done
 from teal_jax.vocab import SPAN_MODALITIES
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "runs/demo", "Where every stage writes its run directory and the report.")
-flags.DEFINE_enum("variant", "default", ["default", "quick"], "'quick' shrinks every stage to run in minutes.")
-flags.DEFINE_list("stages", None, "Run only these stages (default: all, in order).")
+
+
+def _define_flags() -> None:
+    """The demo's command line; defined only when it runs as a program, so that importing this module (tests read
+    its stage configs) never clashes with teal_jax.main's flags of the same names."""
+    flags.DEFINE_string("workdir", "runs/demo", "Where every stage writes its run directory and the report.")
+    flags.DEFINE_enum("variant", "default", ["default", "quick"], "'quick' shrinks every stage to run in minutes.")
+    flags.DEFINE_list("stages", None, "Run only these stages (default: all, in order).")
 
 
 def _config(module: str, arg: str | None = None) -> ml_collections.ConfigDict:
@@ -231,4 +236,5 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, os.getcwd())
+    _define_flags()
     app.run(main)
