@@ -44,6 +44,9 @@ def test_int16_stereo_and_resampling(tok):
     assert np.mean(np.asarray(c_float) == np.asarray(c_int)) > 0.95  # int16 rounding may flip a near tie
     c_stereo, _ = tok.encode(np.stack([x, x], 1), 8000)  # [samples, 2] -> mono
     np.testing.assert_array_equal(np.asarray(c_stereo), np.asarray(c_float))
+    pcm = np.round(x * 32767).astype(np.int16)
+    x16, _ = tok.prepare(np.stack([pcm, pcm // 2], 1), 8000)  # int16 stereo: scaled, then averaged
+    np.testing.assert_allclose(x16[0], (pcm / 32768.0 + (pcm // 2) / 32768.0) / 2, atol=1e-6)
     c16, f16 = tok.encode(_tone(1600, 16000), 16000)  # resampled to 8 kHz: 800 samples
     assert c16.shape == (1, 100, 3) and f16.tolist() == [100]
 

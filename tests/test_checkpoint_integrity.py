@@ -119,6 +119,13 @@ def test_empty_step_folder_is_skipped(run):
     assert step == 4 and "step 9 skipped" in said[0]
 
 
+def test_damaged_state_metadata_is_named_not_an_attribute_error(run):
+    """A damaged Orbax metadata file used to end in "'NoneType' object has no attribute 'tree'"."""
+    _flip(os.path.join(run, "checkpoints", "4", "state", "_METADATA"), offset=2)
+    with pytest.raises(C.CheckpointIntegrityError, match=r"step 4 .*state: file state/_METADATA does not match"):
+        C.load_params(run)
+
+
 def test_config_reads_verify_only_the_config(run):
     _flip(_biggest_state_file(os.path.join(run, "checkpoints", "4")))
     assert C.read_config(run).objective == "lm"  # the config item is intact

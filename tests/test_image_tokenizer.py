@@ -65,6 +65,10 @@ def test_resize_or_error(tok, images):
         strict.encode(big)
     with pytest.raises(ValueError, match=r"float pixels must lie in \[0, 1\]"):
         tok.encode(images.astype(np.float32))
+    nan = images.astype(np.float32) / 255.0
+    nan.flat[0] = np.nan
+    with pytest.raises(ValueError, match="1 NaN/Inf pixel value"):
+        tok.encode(nan)
     with pytest.raises(ValueError, match="must be"):
         tok.encode(images[..., :2])
     with pytest.raises(ValueError, match=r"codes must lie in \[0, 32\)"):
