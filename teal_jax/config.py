@@ -14,7 +14,7 @@ import ml_collections
 _TRAIN_FIELDS = {
     "steps": int, "batch_size": int, "grad_accum": int, "log_every": int, "eval_every": int, "eval_batches": int,
     "checkpoint_every": int, "keep_checkpoints": int, "compute_dtype": str, "async_checkpoints": bool,
-    "peak_flops_per_device": float,
+    "peak_flops_per_device": float, "per_device_batch_size": int,
 }
 
 OPTIMIZER_FIELDS = {
@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
         steps=1000, batch_size=8, grad_accum=1, log_every=10, eval_every=500, eval_batches=4,
         checkpoint_every=500, keep_checkpoints=3, compute_dtype="bfloat16", async_checkpoints=True,
         peak_flops_per_device=0.0,  # 0: look the device kind up in teal_jax.train.metrics.PEAK_FLOPS
+        per_device_batch_size=0,  # > 0: the global batch is this x the mesh's batch shards (batch_size is set)
     ))
     c.optimizer = default_optimizer_config()
     c.optimizers = ml_collections.ConfigDict()  # per-group overrides, e.g. c.optimizers.disc = {'lr': 1e-4}

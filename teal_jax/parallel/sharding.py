@@ -115,6 +115,40 @@ def batch_shards(mesh: Mesh) -> int:
     return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
+def check_batch_layout(mesh_shape: Sequence[int], device_processes: np.ndarray, batch_size: int) -> int:
+    """Checks that every process can feed its own examples, and returns the examples per process.
+
+    ``device_processes``: the process index of each mesh device, shaped like the mesh ('data', 'fsdp', 'tensor').
+    A batch shard (one position on the data x fsdp axes) must live on devices of one process only: when two processes
+    hold replicas of a shard, each would put its own (different) rows there, and the global batch would be neither
+    replicated nor the configured size. Every process must hold the same number of shards, and ``batch_size`` must
+    divide over them. Errors name the mesh, the process count and the batch.
+    """
+    procs = np.asarray(device_processes).reshape(tuple(mesh_shape))
+    n_proc = int(procs.max()) + 1
+    shard_owner = procs.reshape(procs.shape[0] * procs.shape[1], -1)  # [batch shards, tensor]
+    where = f"mesh.shape={tuple(int(s) for s in mesh_shape)} on {n_proc} processes, train.batch_size={batch_size}"
+    for i, row in enumerate(shard_owner):
+        owners = sorted(set(row.tolist()))
+        if len(owners) > 1:
+            raise ValueError(
+                f"{where}: batch shard {i} (a position on the data x fsdp axes) is replicated over processes "
+                f"{owners}, which would each feed it different rows. Put the processes on the batch axes (e.g. "
+                "data or fsdp >= the process count, tensor within a process)")
+    per_process = np.bincount(shard_owner[:, 0], minlength=n_proc)
+    if len(set(per_process.tolist())) > 1:
+        raise ValueError(f"{where}: processes hold unequal numbers of batch shards {per_process.tolist()}")
+    shards = shard_owner.shape[0]
+    if batch_size % shards:
+        raise ValueError(f"{where}: the batch does not divide over the {shards} batch shards")
+    return batch_size // n_proc
+
+
+def device_processes(mesh: Mesh) -> np.ndarray:
+    """The process index of every device of ``mesh``, shaped like the mesh."""
+    return np.vectorize(lambda d: d.process_index, otypes=[int])(mesh.devices)
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Host-local numpy batch -> global jax.Arrays sharded along the batch axis (works multi-host)."""
     sharding = batch_sharding(mesh)

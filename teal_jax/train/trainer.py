@@ -97,16 +97,19 @@ class Trainer:
 
         # ---- batch geometry ---------------------------------------------------------------------------------
         shards = shd.batch_shards(self.mesh)
+        if t.get("per_device_batch_size", 0) > 0:  # the global batch follows the mesh
+            t.batch_size = int(t.per_device_batch_size) * shards
+            self.writer.print(f"global batch {t.batch_size} = per_device_batch_size {t.per_device_batch_size} x "
+                              f"{shards} batch shards")
         micro = t.batch_size // t.grad_accum
         if micro % shards:
             raise ValueError(
                 f"config.train.batch_size={t.batch_size} / grad_accum={t.grad_accum} = {micro} examples per "
                 f"microbatch, which does not divide over the {shards} batch shards of mesh axes {shd.BATCH_AXES}"
             )
-        if t.batch_size % jax.process_count():
-            raise ValueError(f"config.train.batch_size={t.batch_size} is not divisible by "
-                             f"{jax.process_count()} processes")
-        self.host_batch = t.batch_size // jax.process_count()
+        # Every batch shard on one process only, the same share per process: each process feeds its own rows.
+        self.host_batch = shd.check_batch_layout(tuple(self.mesh.devices.shape), shd.device_processes(self.mesh),
+                                                 t.batch_size)
 
         # ---- data (process 0 prepares first: datasets, tokenizers) -------------------------------------------
         if jax.process_index() == 0:
