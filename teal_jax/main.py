@@ -4,6 +4,8 @@
   python -m teal_jax.main --config=configs/lm/tiny.py --workdir=runs/lm --mode=sample --prompt="three plus"
   python -m teal_jax.main --config=configs/lm/tiny.py:synthetic --config.train.steps=10 --workdir=/tmp/x
   python -m teal_jax.main --workdir=runs/demo/teal_stage1 --mode=eval      # no --config: the run's own
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu python -m teal_jax.main \
+      --config=configs/lm/tinyllama_1b.py:synthetic --workdir=/tmp/c --mode=compile --target=h100  # will it fit?
 
 ``--config.a.b=v`` overrides any field; an unknown field or a value of the wrong type stops before any work starts.
 """
@@ -20,7 +22,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a configs/**.py file (optionally ':variant').",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, samples.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "compile"],
+                  "What to do. compile: compile the train step for the mesh and print per-device memory.")
+flags.DEFINE_string("target", None, "--mode=compile: the device to check the fit against (v5e, v5p, h100, h200, "
+                    "... or bytes such as 24G).")
 flags.DEFINE_multi_string("prompt", None, "Prompt(s) for --mode=sample (default: config.sample.prompts).")
 flags.DEFINE_enum("multihost", "auto", ["auto", "off", "force"],
                   "jax.distributed initialisation: auto-detect clusters / TEAL_* env vars, never, or always.")
@@ -39,13 +44,13 @@ def main(argv) -> None:
     from teal_jax import config as config_lib
 
     config = FLAGS.config
-    if FLAGS.mode != "train" and not os.path.isdir(os.path.join(FLAGS.workdir, "checkpoints")):
+    if FLAGS.mode not in ("train", "compile") and not os.path.isdir(os.path.join(FLAGS.workdir, "checkpoints")):
         # read-only modes never create anything: a missing run is an error before any folder is made
         sys.exit(f"--mode={FLAGS.mode}: no checkpoint under {os.path.abspath(FLAGS.workdir)} (train first, or check "
                  "--workdir)")
     if config is None:  # eval / sample on a saved run: the config it was trained with
-        if FLAGS.mode == "train":
-            raise app.UsageError("--config is required for --mode=train (eval and sample read the run's own)")
+        if FLAGS.mode in ("train", "compile"):
+            raise app.UsageError(f"--config is required for --mode={FLAGS.mode} (eval and sample read the run's own)")
         from teal_jax import checkpoint
 
         try:
@@ -60,6 +65,13 @@ def main(argv) -> None:
         from teal_jax.train import trainer
 
         trainer.train(config, FLAGS.workdir)
+    elif FLAGS.mode == "compile":
+        from teal_jax.train import memory
+
+        report = memory.compile_report(config, FLAGS.workdir, FLAGS.target)
+        print(memory.format_report(report), flush=True)
+        if not report.get("fits", True):
+            sys.exit(3)
     elif FLAGS.mode == "eval":
         from teal_jax.train import trainer
 
