@@ -198,8 +198,10 @@ class Checkpointer:
         self._unsealed.add(int(step))
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any, dict]:
-        """Returns ``(state, this host's data state, config dict)`` for ``step``, sharded like ``abstract_state``;
-        the step is verified first (:class:`CheckpointIntegrityError`)."""
+        """Returns ``(state, this host's data state, config dict)`` for ``step``, sharded like ``abstract_state``
+        (any mesh, any process count: Orbax reshards); the step is verified first (:class:`CheckpointIntegrityError`).
+        The data state is None when the checkpoint was written by another number of processes: per-host data order
+        cannot carry over, and the caller restarts its iterators."""
         path = self.step_dir(step)
         self.verify(step)
         try:
@@ -214,10 +216,7 @@ class Checkpointer:
             raise RuntimeError(f"could not restore checkpoint {path}: {type(e).__name__}: {e}") from e
         hosts = out["data"]["hosts"]
         if len(hosts) != jax.process_count():
-            raise RuntimeError(
-                f"checkpoint {path} holds data-iterator states for {len(hosts)} processes but this run has "
-                f"{jax.process_count()}; data order cannot be resumed exactly (start a new workdir or match hosts)"
-            )
+            return out["state"], None, out["config"]
         return out["state"], hosts[jax.process_index()], out["config"]
 
     def restore_latest(self, abstract_state: Any, say=print) -> tuple[int, Any, Any, dict] | None:

@@ -6,66 +6,28 @@ same global batches (the two hosts' shares concatenated), and the checkpoint mus
 """
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import textwrap
 
+import _multiprocess as mp
 import numpy as np
-import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-WORKER = textwrap.dedent("""
-    import json, os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    import jax
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.config.update("jax_default_matmul_precision", "highest")
-    os.environ["TEAL_COORDINATOR"] = sys.argv[1]
-    os.environ["TEAL_NUM_PROCESSES"] = "2"
-    os.environ["TEAL_PROCESS_ID"] = sys.argv[2]
-    from teal_jax.parallel import distributed
-    distributed.initialize("auto")
-    sys.path.insert(0, os.path.join(os.getcwd(), "tests"))
+BODY = """
     from _tiny import tiny_lm_config
     from teal_jax.train import trainer
     c = tiny_lm_config(steps=3, mesh=(4, 2, 1))
     c.train.checkpoint_every = 2
-    out = trainer.train(c, sys.argv[3])
+    out = trainer.train(c, ARGS[0])
     print("RESULT", json.dumps({"process": jax.process_index(), "count": jax.process_count(),
                                 "devices": jax.device_count(), "loss": out["loss"]}), flush=True)
-""")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+"""
 
 
 def test_two_processes_match_one_process(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script = mp.write_worker(tmp_path / "worker.py", BODY)
     workdir = tmp_path / "run"
-    coord = f"127.0.0.1:{_free_port()}"
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    procs = [subprocess.Popen([sys.executable, str(script), coord, str(i), str(workdir)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outs = []
-    for p in procs:
-        try:
-            out, _ = p.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("multi-process run timed out")
-        assert p.returncode == 0, out
-        outs.append(out)
-    results = [json.loads(line.split("RESULT ", 1)[1]) for out in outs for line in out.splitlines()
-               if line.startswith("RESULT ")]
+    outs = mp.finish(mp.start(script, 2, workdir))
+    for rc, out in outs:
+        assert rc == 0, out
+    results = [r for _, out in outs for r in mp.results(out)]
     assert sorted(r["process"] for r in results) == [0, 1]
     assert all(r["count"] == 2 and r["devices"] == 8 for r in results)
     assert results[0]["loss"] == results[1]["loss"]

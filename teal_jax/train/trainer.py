@@ -320,7 +320,13 @@ class Trainer:
             return self.init_state(), 0
         step, state, data_state, _ = found
         self.writer.print(f"resuming from {self.checkpointer.step_dir(step)}")
-        self.train_iter.set_state(data_state)
+        if data_state is None:
+            self.writer.print(f"the checkpoint was written by another number of processes than this run's "
+                              f"{jax.process_count()}: weights and optimizer state are resharded onto this mesh; "
+                              "the data order restarts from the beginning of each host's share (deterministic, "
+                              "but not the batches an uninterrupted run would have seen)")
+        else:
+            self.train_iter.set_state(data_state)
         return state, int(step)
 
     def _dump_nan(self, step: int, batch: dict[str, np.ndarray], values: dict[str, float],
@@ -355,8 +361,12 @@ class Trainer:
         def on_signal(signum, _frame):
             stop["signal"] = signum
 
+        # One process: SIGTERM/SIGINT set a flag checked after every step. Several processes: a signal reaching one
+        # host must stop every host at the same step, so SIGTERM is left to JAX's preemption service (started by
+        # jax.distributed.initialize), whose sync point agrees on a step across hosts; SIGINT is a local Ctrl-C.
+        multi = jax.process_count() > 1
         old_handlers = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGINT,) if multi else (signal.SIGTERM, signal.SIGINT):
             try:
                 old_handlers[sig] = signal.signal(sig, on_signal)
             except ValueError:  # not the main thread
@@ -407,6 +417,8 @@ class Trainer:
                     self.evaluate(state, step, losses=losses_due)
                 if step % t.checkpoint_every == 0 and step != t.steps:
                     self.save(state, step)
+                if multi and _preemption_sync_point(step):
+                    stop["signal"] = "SIGTERM (preemption, agreed by every host)"
                 if stop["signal"] is not None:
                     self.writer.print(f"signal {stop['signal']} received: saving step {step} and stopping")
                     self.save(state, step)
@@ -425,6 +437,17 @@ class Trainer:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             self.checkpointer.wait()
+
+
+def _preemption_sync_point(step: int) -> bool:
+    """True on every process at the same step once any process received SIGTERM (JAX's preemption service:
+    ``multihost_utils.reached_preemption_sync_point``; False when the service is not running)."""
+    from jax.experimental import multihost_utils
+
+    try:
+        return bool(multihost_utils.reached_preemption_sync_point(step))
+    except RuntimeError:  # no preemption sync manager (distributed not initialised through JAX)
+        return False
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dict[str, float]:
