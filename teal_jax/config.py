@@ -90,7 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
     ))
     c.optimizer = default_optimizer_config()
     c.optimizers = ml_collections.ConfigDict()  # per-group overrides, e.g. c.optimizers.disc = {'lr': 1e-4}
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
+    # shape: the mesh (or, with dcn_shape, its fast part inside one TPU slice or host); dcn_shape: the factor per axis
+    # across slices or hosts (MaxText's dcn axes; docs/launch.md)
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), dcn_shape=(1, 1, 1)))
     c.sample = ml_collections.ConfigDict(dict(prompts=("",), max_new_tokens=64, temperature=0.8, top_k=0,
                                               top_p=1.0, seed=0))
     # Evaluations by name: c.evals.<name> = {kind, every_steps, ...}; teal_jax.evaluate.evaluators builds them.
@@ -150,3 +152,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     shape = tuple(config.mesh.shape)
     if len(shape) != 3:
         raise ValueError(f"config.mesh.shape={shape} must have 3 entries ('data', 'fsdp', 'tensor')")
+    dcn = tuple(config.mesh.get("dcn_shape") or (1, 1, 1))
+    if len(dcn) != 3 or any(int(d) < 1 for d in dcn):
+        raise ValueError(f"config.mesh.dcn_shape={dcn} must have 3 entries >= 1 ('data', 'fsdp', 'tensor')")

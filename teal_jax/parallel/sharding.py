@@ -38,9 +38,18 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ('data', 'fsdp', 'tensor') mesh; one entry of ``shape`` may be -1 (all remaining devices)."""
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None,
+              dcn_shape: Sequence[int] | None = None) -> Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh; one entry of ``shape`` may be -1 (all remaining devices).
+
+    ``dcn_shape`` (MaxText's ``dcn_*`` axes): a second factor per axis that crosses the slow network between TPU
+    slices (devices' ``slice_index``) or GPU hosts (their process): ``shape`` is then the fast (ICI / NVLink) part
+    inside one slice or host, and the mesh's axis sizes are ``shape * dcn_shape``. E.g. 4 hosts x 8 GPUs with
+    ``shape=(1, 8, 1)``, ``dcn_shape=(4, 1, 1)``: FSDP inside each host, data parallelism across hosts.
+    """
     devices = list(jax.devices() if devices is None else devices)
+    if dcn_shape is not None and math.prod(int(d) for d in dcn_shape) > 1:
+        return _hybrid_mesh(shape, dcn_shape, devices)
     shape = [int(s) for s in shape]
     if len(shape) != len(MESH_AXES):
         raise ValueError(f"mesh.shape={tuple(shape)} must have {len(MESH_AXES)} entries for axes {MESH_AXES}")
@@ -60,6 +69,33 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
         )
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=axis_types, devices=devices)
+
+
+def _hybrid_mesh(shape: Sequence[int], dcn_shape: Sequence[int], devices: list) -> Mesh:
+    dcn = [int(d) for d in dcn_shape]
+    if len(dcn) != len(MESH_AXES) or any(d < 1 for d in dcn):
+        raise ValueError(f"mesh.dcn_shape={tuple(dcn)} must have {len(MESH_AXES)} positive entries")
+    granules = math.prod(dcn)
+    if len(devices) % granules:
+        raise ValueError(f"mesh.dcn_shape={tuple(dcn)} needs the {len(devices)} devices in {granules} equal groups")
+    inner = list(shape)
+    per_granule = len(devices) // granules
+    known = math.prod(s for s in inner if s != -1)
+    if -1 in inner:
+        inner[inner.index(-1)] = per_granule // max(known, 1)
+    if math.prod(inner) != per_granule:
+        raise ValueError(f"mesh.shape={tuple(shape)} (inside one slice or host) needs {math.prod(inner)} devices, "
+                         f"but each of the {granules} groups of mesh.dcn_shape={tuple(dcn)} has {per_granule}")
+    from jax.experimental import mesh_utils
+
+    # TPU slices (several distinct slice_index values) are the DCN groups; otherwise each process (a GPU host) is.
+    by_slice = len({getattr(d, "slice_index", 0) for d in devices}) > 1
+    try:
+        grid = mesh_utils.create_hybrid_device_mesh(inner, dcn, devices, process_is_granule=not by_slice)
+    except ValueError as e:
+        raise ValueError(f"mesh.shape={tuple(shape)} with mesh.dcn_shape={tuple(dcn)}: {e}") from None
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def logical_specs(boxed_tree: Any) -> Any:

@@ -90,7 +90,7 @@ class Trainer:
         # Built before any work starts: an unknown kind or field in config.evals stops here.
         self.evaluators = evaluators_lib.make_evaluators(config)
         t = config.train
-        self.mesh = shd.make_mesh(config.mesh.shape, devices)
+        self.mesh = shd.make_mesh(config.mesh.shape, devices, config.mesh.get("dcn_shape"))
         self.writer = metrics_lib.MetricWriter(self.workdir)
         self.writer.print(f"mesh {dict(self.mesh.shape)} over {self.mesh.devices.size} devices "
                           f"({jax.devices()[0].device_kind}), {jax.process_count()} process(es)")
