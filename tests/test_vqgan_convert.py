@@ -157,9 +157,9 @@ def test_chameleon_asymmetric_pad_matters(chameleon):
                                         dimension_numbers=dn)
     same = jax.lax.conv_general_dilated(h, k, (2, 2), "SAME", dimension_numbers=dn)
     sym = jax.lax.conv_general_dilated(h, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=dn)
-    th = torch.nn.functional.conv2d(torch.nn.functional.pad(torch.from_numpy(np.asarray(h)).permute(0, 3, 1, 2),
+    th = torch.nn.functional.conv2d(torch.nn.functional.pad(torch.from_numpy(np.array(h)).permute(0, 3, 1, 2),
                                                             (0, 1, 0, 1)),
-                                    torch.from_numpy(np.asarray(k).transpose(3, 2, 0, 1)), stride=2)
+                                    torch.from_numpy(np.array(k).transpose(3, 2, 0, 1)), stride=2)
     np.testing.assert_allclose(np.asarray(ours), th.permute(0, 2, 3, 1).numpy(), atol=1e-5)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(same), atol=1e-6)
     assert float(jnp.abs(ours - sym).max()) > 1e-2
