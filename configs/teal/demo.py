@@ -116,7 +116,7 @@ def get_config(arg: str | None = None):
         c.optimizer.lr = 5e-3
     # Generation settings of the demo's evaluation (Chameleon's temperature/top-p; text answers are greedy).
     c.sample = ml_collections.ConfigDict(dict(prompts=("",), max_new_tokens=64, temperature=0.7, top_k=0, top_p=0.9,
-                                              seed=0, guidance_scale=1.0))
+                                              seed=0, guidance_scale=1.0, task="text"))  # task: text|image|speech
     c.evals = demo_evals(quick)
     return c
 

@@ -200,7 +200,7 @@ def get_config(arg: str | None = None):
     c.optimizer.clip_norm = 1.0
     c.mesh.shape = (1, -1, 1)  # fsdp over every device: parameters and Adam state sharded, batch split 'data'+'fsdp'
     c.sample = ml_collections.ConfigDict(dict(prompts=("",), max_new_tokens=64, temperature=0.7, top_k=0, top_p=0.9,
-                                              seed=0, guidance_scale=1.0))
+                                              seed=0, guidance_scale=1.0, task="text"))  # task: text|image|speech
     # LibriSpeech dev_clean WER at every eval (teal_jax/evaluate/teal_evaluators.py; the clips that fit the span).
     c.evals.asr = ml_collections.ConfigDict(dict(kind="asr", every_steps=c.train.eval_every, max_clips=200,
                                                  max_batch=32))
