@@ -20,6 +20,7 @@ written on one mesh restores onto another. ``load_params`` restores parameters f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -265,6 +266,19 @@ def _step_folders(directory: str) -> list[int]:
     return [int(n) for n in os.listdir(directory) if n.isdigit() and os.path.isdir(os.path.join(directory, n))]
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+    """absl (Orbax's logger) at ERROR for the block."""
+    from absl import logging as absl_logging
+
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(level)
+
+
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -320,7 +334,8 @@ def load_params(workdir: str, step: int | None = None) -> tuple[ml_collections.C
     state_dir = os.path.join(ckpt.directory, str(step), "state")
     checkpointer = ocp.PyTreeCheckpointer()
     try:
-        meta = checkpointer.metadata(state_dir)
+        with _quiet_absl():  # Orbax warns that a per-item folder has no step metadata: it never does, by design
+            meta = checkpointer.metadata(state_dir)
         tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
     except Exception as e:
         raise RuntimeError(f"could not read the metadata of {state_dir}: {type(e).__name__}: {e}") from e
