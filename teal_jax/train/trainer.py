@@ -331,9 +331,9 @@ class Trainer:
 
     def _dump_nan(self, step: int, batch: dict[str, np.ndarray], values: dict[str, float],
                   data_state_before: Any) -> str:
-        """``nan_debug/step_N/``: this host's batch (npz), the step's metrics, and ``replay.json`` with the batch's
-        index in the run's data order and the data-iterator state just before it (``set_state`` it and the next
-        batch is the offending one)."""
+        """``nan_debug/step_N/``: this host's batch (npz), the step's metrics, and ``replay_process<i>.json`` with
+        the batch's index in the run's data order and the data-iterator state just before it (``set_state`` it and
+        the next batch is the offending one)."""
         path = os.path.join(self.workdir, "nan_debug", f"step_{step}")
         os.makedirs(path, exist_ok=True)
         np.savez(os.path.join(path, f"batch_process{jax.process_index()}.npz"), **batch)
@@ -364,7 +364,7 @@ class Trainer:
         # One process: SIGTERM/SIGINT set a flag checked after every step. Several processes: a signal reaching one
         # host must stop every host at the same step, so SIGTERM is left to JAX's preemption service (started by
         # jax.distributed.initialize), whose sync point agrees on a step across hosts; SIGINT is a local Ctrl-C.
-        multi = jax.process_count() > 1
+        multi = jax.process_count() > 1 and _preemption_service_running()
         old_handlers = {}
         for sig in (signal.SIGINT,) if multi else (signal.SIGTERM, signal.SIGINT):
             try:
@@ -381,7 +381,7 @@ class Trainer:
         self.writer.print(f"training {self.config.objective} from step {start} to {t.steps} in {self.workdir}")
         try:
             while step < t.steps:
-                data_state_before = self.train_iter.get_state()
+                data_state_before = self.train_iter.get_state()  # ~16 us vs ~11 ms a text batch: kept for replay
                 local = next(self.train_iter)
                 with shd.set_mesh(self.mesh), shd.axis_rules():
                     state, metrics = self._train_step(state, shd.global_batch(local, self.mesh))
@@ -396,8 +396,8 @@ class Trainer:
                         f"non-finite loss or gradient at step {step}: loss={values.get('loss')}, "
                         + ", ".join(f"{k}={v}" for k, v in values.items() if k.startswith("grad_norm"))
                         + f". The last good state (finite, its checkpoint verified) is checkpointed at step "
-                        f"{step - 1}; the batch, its metrics and replay.json (the batch's index and the data state "
-                        f"before it) are in {path}")
+                        f"{step - 1}; the batch, its metrics and replay_process<i>.json (the batch's index and the "
+                        f"data state before it) are in {path}")
                 if step % t.log_every == 0 or step == t.steps:
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     now = time.time()
@@ -439,15 +439,20 @@ class Trainer:
             self.checkpointer.wait()
 
 
+def _preemption_service_running() -> bool:
+    """Whether jax.distributed started JAX's preemption sync manager (the default; off with
+    ``jax_enable_preemption_service=False``). Without it a multi-process run keeps the local SIGTERM flag."""
+    from jax._src import distributed as jax_distributed
+
+    return getattr(jax_distributed.global_state, "preemption_sync_manager", None) is not None
+
+
 def _preemption_sync_point(step: int) -> bool:
-    """True on every process at the same step once any process received SIGTERM (JAX's preemption service:
-    ``multihost_utils.reached_preemption_sync_point``; False when the service is not running)."""
+    """True on every process at the same step once any process received SIGTERM
+    (``multihost_utils.reached_preemption_sync_point``, which every process calls at every step)."""
     from jax.experimental import multihost_utils
 
-    try:
-        return bool(multihost_utils.reached_preemption_sync_point(step))
-    except RuntimeError:  # no preemption sync manager (distributed not initialised through JAX)
-        return False
+    return bool(multihost_utils.reached_preemption_sync_point(step))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, **kwargs) -> dict[str, float]:
