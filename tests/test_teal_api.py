@@ -286,6 +286,9 @@ def test_bad_inputs_give_clear_errors(model, parts, tmp_path):
         model.transcribe(wav, 16000)
     with pytest.raises(ValueError, match="empty batch"):
         model.transcribe([], 16000)
+    with pytest.raises(ValueError, match=r"generate_image: texts \[1\] are empty \(a condition needs at least 1 "
+                                         r"token"):
+        model.generate_image(["seven", ""])
     with pytest.raises(ValueError, match="generate_image: empty list of texts"):
         model.generate_image([])
     with pytest.raises(ValueError, match="generate_text: empty list of texts"):

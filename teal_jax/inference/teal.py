@@ -342,7 +342,12 @@ class TealModel:
         length = image_tokens if task == "t2i" else audio_frames * v.audio_levels_used
         opener, closer, modality = ((v.boi, v.eoi, vocab_lib.IMAGE) if task == "t2i"
                                     else (v.boa, v.eoa, vocab_lib.AUDIO))
-        prompts = [self.templates.prompt(task, self.text_tokenizer.encode(t)) for t in texts]
+        encoded = [self.text_tokenizer.encode(t) for t in texts]
+        empty = [i for i, ids in enumerate(encoded) if not ids]
+        if empty:
+            raise ValueError(f"generate_{'image' if task == 't2i' else 'speech'}: texts {empty[:5]} are empty (a "
+                             "condition needs at least 1 token; guidance already supplies the unconditional case)")
+        prompts = [self.templates.prompt(task, ids) for ids in encoded]
         spans = SpanConfig(image_tokens=image_tokens, audio_frames=audio_frames, guidance_scale=float(guidance_scale))
         sampling = SamplingConfig(max_new_tokens=length + 1, temperature=float(temperature), top_k=int(top_k),
                                   top_p=float(top_p), eos_id=closer, pad_id=self.text_tokenizer.pad_id)
