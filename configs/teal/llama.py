@@ -12,7 +12,9 @@ Before stage 1 you need:
   * ``coco_captions`` and ``librispeech`` prepared by tfds in array_record format under one data dir (the sources'
     ``data_dir``, '' = tfds' default). coco_captions is read from its files without TensorFlow or builder code;
     tfds' librispeech builds a ``features.Audio``, whose constructor imports TensorFlow (tfds 4.9), also when only
-    its prepared files are read: see docs/teal.md, "Real-scale configuration".
+    its prepared files are read: write its TF-free copy once with ``python -m teal_jax.data.tfds_decoded
+    --data_dir=DIR --name=librispeech --out_name=librispeech_decoded`` and add
+    ``--config.data.audio_source.name=librispeech_decoded`` (docs/teal.md, "Real-scale configuration").
 
 Stage 1 (frozen LM; new rows, heads and projections train), then stage 2 (bias/norm tuning on top of stage 1):
 
