@@ -5,7 +5,8 @@ Blocks: pre-RMSNorm -> grouped-query attention with RoPE (optional QK-norm) -> r
 with a policy chosen by name. Parameters are fp32 and carry logical axis names; compute runs in ``config.dtype``.
 
 Packed sequences: ``segment_ids`` (0 = padding) keep documents from attending to each other and ``positions`` restart
-per document. The same mask mechanism drives incremental decoding: the KV cache stores each key's segment id, so
+per document; attention keeps ``is_causal=True`` (the kernel skips the upper triangle) and adds only the
+same-document mask. The same mask mechanism drives incremental decoding: the KV cache stores each key's segment id, so
 left-padded prompts in a batch never attend to their padding.
 """
 
@@ -240,34 +241,32 @@ class Attention(nn.Module):
 
         b, t = x.shape[:2]
         dtype_args = (q.astype(dtype), k.astype(dtype), v.astype(dtype))
-        if not self.decode and segment_ids is None:
-            # One document per row: plain causal attention, which cuDNN runs as a fused flash kernel.
-            out = jax.nn.dot_product_attention(*dtype_args, is_causal=True, implementation=cfg.attention_implementation)
+        impl = cfg.attention_implementation
+        if not self.decode:
+            # Causality stays in the kernel (cuDNN skips the blocks above the diagonal); packed rows add the
+            # same-document mask on top (segment 0, padding, only meets padding). jax.nn.dot_product_attention has
+            # no segment-id argument: cuDNN gets the mask as a [B, 1, T, T] bias next to its causal mask type.
+            mask = None if segment_ids is None else (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+            out = jax.nn.dot_product_attention(*dtype_args, mask=mask, is_causal=True, implementation=impl)
         else:
-            if self.decode:
-                # Write this chunk's keys/values (and segment ids) at cache_index; attend to everything written.
-                shape = (b, cfg.max_decode_len, cfg.num_kv_heads, cfg.head_dim)
-                ck = self.variable("cache", "cached_key", jnp.zeros, shape, dtype)
-                cv = self.variable("cache", "cached_value", jnp.zeros, shape, dtype)
-                cs = self.variable("cache", "cached_segment", jnp.zeros, (b, cfg.max_decode_len), jnp.int32)
-                ci = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-                idx = ci.value
-                ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(dtype), (0, idx, 0, 0))
-                cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(dtype), (0, idx, 0, 0))
-                cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids.astype(jnp.int32), (0, idx))
-                ci.value = idx + t
-                dtype_args = (q.astype(dtype), ck.value, cv.value)
-                key_seg = cs.value
-                q_index = idx + jnp.arange(t)
-                k_index = jnp.arange(cfg.max_decode_len)
-            else:
-                key_seg = segment_ids
-                q_index = k_index = jnp.arange(t)
-            # mask[b, 1, i, j]: key j is at or before query i, and both belong to the same document.
-            causal = q_index[:, None] >= k_index[None, :]
-            same_doc = segment_ids[:, :, None] == key_seg[:, None, :]
+            # Write this chunk's keys/values (and segment ids) at cache_index; attend to everything written.
+            shape = (b, cfg.max_decode_len, cfg.num_kv_heads, cfg.head_dim)
+            ck = self.variable("cache", "cached_key", jnp.zeros, shape, dtype)
+            cv = self.variable("cache", "cached_value", jnp.zeros, shape, dtype)
+            cs = self.variable("cache", "cached_segment", jnp.zeros, (b, cfg.max_decode_len), jnp.int32)
+            ci = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            idx = ci.value
+            ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(dtype), (0, idx, 0, 0))
+            cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(dtype), (0, idx, 0, 0))
+            cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids.astype(jnp.int32), (0, idx))
+            ci.value = idx + t
+            # mask[b, 1, i, j]: cached key j is at or before query i (at idx + i), and both share a document.
+            causal = (idx + jnp.arange(t))[:, None] >= jnp.arange(cfg.max_decode_len)[None, :]
+            same_doc = segment_ids[:, :, None] == cs.value[:, None, :]
             mask = (causal[None] & same_doc)[:, None]
-            out = jax.nn.dot_product_attention(*dtype_args, mask=mask, implementation=cfg.attention_implementation)
+            # One-token queries (every step after the prompt) are a memory-bound matrix-vector product: plain XLA.
+            out = jax.nn.dot_product_attention(q.astype(dtype), ck.value, cv.value, mask=mask,
+                                               implementation="xla" if t == 1 else impl)
         return routed("o_proj", (cfg.embed_dim,), ("heads", "head_dim", "embed"), out, contract=2)
 
 
