@@ -15,6 +15,7 @@ import numpy as np
 from teal_jax import checkpoint, lineage
 from teal_jax.inference import protocol, sampler
 from teal_jax.inference.sampler import SamplingConfig
+from teal_jax.models import lora
 from teal_jax.models.forward import jitted_apply
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
 
@@ -51,6 +52,8 @@ class LanguageModel:
 
     def __init__(self, model_config: TransformerConfig, params, tokenizer=None, config=None, workdir=None):
         self.model_config = model_config
+        # LoRA factors (config.model.lora) are folded into the kernels once: inference runs the plain LM.
+        params = lora.merge(params, lora.LoraConfig.from_config(config.model if config is not None else None))
         self.params = jax.tree.map(jnp.asarray, params)
         self.tokenizer = tokenizer
         self.config = config

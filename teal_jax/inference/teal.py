@@ -52,6 +52,7 @@ from teal_jax.inference.constraints import SpanConfig
 from teal_jax.inference.load import config_path, load_tokenizer
 from teal_jax.inference.sampler import SamplingConfig
 from teal_jax.media.image import check_pixels
+from teal_jax.models import lora
 from teal_jax.models.forward import jitted_apply
 from teal_jax.models.teal import TealConfig, TealLM
 
@@ -127,6 +128,9 @@ class TealModel:
         if isinstance(params, dict) and set(params) == {"model"}:
             params = params["model"]
         self.params = jax.tree.map(jnp.asarray, nn.unbox(params))
+        if lora.has_adapters(self.params.get("lm", {})):  # LoRA on the text LM: fold the factors in once
+            cfg = lora.LoraConfig.from_config(run_config.model if run_config is not None else None)
+            self.params = {**self.params, "lm": lora.merge(self.params["lm"], cfg)}
         v = self.vocab
         if text_tokenizer is None:
             raise ValueError("TealModel needs a text tokenizer (config.data.text_tokenizer)")

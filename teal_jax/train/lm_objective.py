@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from teal_jax.data.iterator import IndexedIterator
+from teal_jax.models import lora
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
 from teal_jax.train.objective import Objective
 
@@ -67,6 +68,7 @@ class LMObjective(Objective):
         super().__init__(config)
         self.model_config = TransformerConfig.from_config(config.model, dtype=config.train.compute_dtype)
         self.model = TransformerLM(self.model_config)
+        self.lora = lora.LoraConfig.from_config(config.model)  # rank 0: off
         self.seq_len = int(config.data.seq_len)
         self.z_loss = float(config.model.get("z_loss", 0.0))
         kind = config.data.get("kind", "text")
@@ -86,18 +88,23 @@ class LMObjective(Objective):
     def init(self, rng, batch):
         tokens = jnp.asarray(batch["tokens"])[:, :-1]
         variables = self.model.init(rng, tokens)
-        return {"model": variables["params"]}, {}
+        return {"model": lora.init_adapters(variables["params"], self.lora, jax.random.fold_in(rng, 1))}, {}
 
-    def _forward(self, params, batch):
+    def trainable(self, params):
+        if not self.lora.enabled:
+            return super().trainable(params)
+        return {"model": lora.trainable_mask(params["model"], super().trainable(params)["model"])}
+
+    def _forward(self, params, batch, rng=None):
         tokens = batch["tokens"]
         seg = batch.get("segment_ids")
         pos = batch.get("positions")
-        return self.model.apply({"params": params["model"]}, tokens[:, :-1],
-                                None if pos is None else pos[:, :-1], None if seg is None else seg[:, :-1])
+        return lora.apply(self.model, self.lora, {"params": params["model"]}, tokens[:, :-1],
+                          None if pos is None else pos[:, :-1], None if seg is None else seg[:, :-1], rng=rng)
 
     def grads(self, params, model_state, batch, rng, step):
         def loss_fn(p):
-            return lm_loss(self._forward(p, batch), batch, self.z_loss)
+            return lm_loss(self._forward(p, batch, rng), batch, self.z_loss)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, model_state, metrics

@@ -44,6 +44,7 @@ from teal_jax import vocab as vocab_lib
 from teal_jax.config import base_config
 from teal_jax.data.teal import config as teal_data_config
 from teal_jax.data.teal import synthetic
+from teal_jax.models import lora
 from teal_jax.models import teal as teal_lib
 from teal_jax.models.param_count import count_params, format_counts
 from teal_jax.models.transformer import TransformerConfig
@@ -272,6 +273,7 @@ class TealObjective(Objective):
         self.vocab = self.teal_config.vocab
         self.model = teal_lib.TealLM(self.teal_config)
         self.stage = config.model.get("stage", "frozen_stage1")
+        self.lora = lora.LoraConfig.from_config(config.model)  # LoRA on the text LM (rank 0: off)
         if self.stage not in teal_lib.STAGES:
             raise ValueError(f"config.model.stage={self.stage!r}: choose one of {teal_lib.STAGES}")
         check_base_lm_given(config.model)
@@ -339,25 +341,30 @@ class TealObjective(Objective):
                 params = match_lm_scale(params, self.teal_config.lm.init_std)
             if kind == "teal":
                 params = teal_lib.merge_nontext_params(params, base)
+        params = {**params, "lm": lora.init_adapters(params["lm"], self.lora, jax.random.fold_in(rng, 1))}
         if not self._printed:
             self._printed = True
             unboxed = nn.unbox(params)
-            counts = count_params(unboxed, teal_lib.trainable_mask(unboxed, self.stage), group_of=teal_lib.param_group)
+            counts = count_params(unboxed, self.trainable({"model": unboxed})["model"], group_of=teal_lib.param_group)
             print(f"TEAL parameters (stage {self.stage}):\n" + format_counts(counts))
         return {"model": params}, {}
 
     def trainable(self, params):
-        return {"model": teal_lib.trainable_mask(params["model"], self.stage)}
+        mask = teal_lib.trainable_mask(params["model"], self.stage)
+        if self.lora.enabled:  # the text LM's own weights freeze; its LoRA factors train
+            mask = lora.trainable_mask(params["model"], mask, lm_path=("lm",))
+        return {"model": mask}
 
-    def _forward(self, params, batch):
+    def _forward(self, params, batch, rng=None):
         tokens = batch["tokens"]
         seg, pos = batch.get("segment_ids"), batch.get("positions")
-        return self.model.apply({"params": params["model"]}, tokens[:, :-1],
-                                None if pos is None else pos[:, :-1], None if seg is None else seg[:, :-1])
+        return lora.apply(self.model, self.lora, {"params": params["model"]}, tokens[:, :-1],
+                          None if pos is None else pos[:, :-1], None if seg is None else seg[:, :-1],
+                          rng=rng, lm_path=("lm",))
 
     def grads(self, params, model_state, batch, rng, step):
         def loss_fn(p):
-            return teal_loss(self._forward(p, batch), batch, self.vocab, self.loss_weights, self.z_loss)
+            return teal_loss(self._forward(p, batch, rng), batch, self.vocab, self.loss_weights, self.z_loss)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, model_state, metrics
