@@ -17,13 +17,19 @@ from teal_jax.inference import protocol, sampler
 from teal_jax.inference.sampler import SamplingConfig
 from teal_jax.models import lora
 from teal_jax.models.forward import jitted_apply
-from teal_jax.models.transformer import TransformerConfig, TransformerLM
+from teal_jax.models.transformer import TransformerConfig, TransformerLM, cast_for_compute
+
+
+def cast_lm_params(config: TransformerConfig, params):
+    """The step function's ``cast_params``: weights in the compute dtype, cast once before decoding."""
+    return cast_for_compute(params, config)
 
 
 def decoder(model_config: TransformerConfig):
     """``cache_length -> step function`` of a :class:`TransformerLM` (see :class:`sampler.LinenDecoder`)."""
     return lambda length: sampler.LinenDecoder(TransformerLM, dataclasses.replace(model_config,
-                                                                                 max_decode_len=length))
+                                                                                 max_decode_len=length),
+                                               cast_params=cast_lm_params)
 
 
 def sample_ids(model_config: TransformerConfig, params, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,

@@ -15,6 +15,9 @@ One step (``DecodeState`` -> ``DecodeState``): split the key; each constraint re
 first narrows the 2B model rows to B); pick a token (greedy at temperature 0, else temperature -> top-k -> top-p ->
 categorical; ids a constraint set to -inf stay impossible); rows already done emit ``pad_id``; constraints advance;
 the token (widened back to the model rows) goes through the model at the next position.
+
+Speed: the step function's ``prepare_params`` (e.g. weights cast to the compute dtype) runs once before the loop,
+not per token; without an eos id the loop is a counted ``fori_loop`` (no per-token stop predicate).
 """
 
 from __future__ import annotations
@@ -131,6 +134,13 @@ class LinenDecoder:
     module: type
     config: Any
     extra_inputs: tuple[str, ...] = ()
+    # (config, params) -> params in the form the step reads (e.g. weights cast to the compute dtype), applied once
+    # before the loop. A module-level function (hashed by identity: a new lambda per call would recompile).
+    cast_params: Callable[[Any, Any], Any] | None = None
+
+    def prepare_params(self, params) -> Any:
+        """``params`` as the step function reads them (``cast_params``; unchanged when it is None)."""
+        return params if self.cast_params is None else self.cast_params(self.config, params)
 
     def init_cache(self, rows: int) -> Any:
         """A zeroed cache for ``rows`` rows, without materialising parameters."""
@@ -154,7 +164,8 @@ def decode(params, tokens: jax.Array, positions: jax.Array, segments: jax.Array,
     ``constraint_states``: ``c.init(prompts)`` for each constraint -> int32 [B, sampling.max_new_tokens].
 
     ``step_fn``'s cache must hold at least P + max_new_tokens positions. Stops early once every row has emitted
-    ``sampling.eos_id``.
+    ``sampling.eos_id``; without an eos id the loop has a fixed trip count (no per-token stop test). ``params`` go
+    to ``step_fn`` as given: :func:`generate` casts them once beforehand (``step_fn.prepare_params``).
     """
     rows = tokens.shape[0]
     b = rows // int(np.prod([c.row_factor for c in constraints], dtype=int))
@@ -188,7 +199,17 @@ def decode(params, tokens: jax.Array, positions: jax.Array, segments: jax.Array,
     state = DecodeState(step=jnp.array(0), tokens=jnp.full((b, sampling.max_new_tokens), sampling.pad_id, jnp.int32),
                         logits=logits[:, -1], cache=cache, position=positions[:, -1] + 1,
                         done=jnp.zeros((b,), bool), rng=rng, constraints=tuple(constraint_states))
+    if sampling.eos_id is None:  # nothing can stop a row early: a counted loop, no predicate to evaluate per token
+        return jax.lax.fori_loop(0, sampling.max_new_tokens, lambda _, s: body(s), state).tokens
     return jax.lax.while_loop(cond, body, state).tokens
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def prepare_params(step_fn, params):
+    """``step_fn.prepare_params(params)`` compiled (one program per step function), or ``params`` unchanged when the
+    step function has no such method."""
+    prepare = getattr(step_fn, "prepare_params", None)
+    return params if prepare is None else prepare(params)
 
 
 def generate(decoder: Callable[[int], Any], params, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, *,
@@ -207,5 +228,7 @@ def generate(decoder: Callable[[int], Any], params, prompts: Sequence[Sequence[i
     tokens, segments, positions = left_pad(rows, sampling.pad_id, multiple=pad_multiple)
     step_fn = decoder(cache_length(tokens.shape[1], sampling.max_new_tokens))
     rng = jax.random.key(0) if rng is None else rng
+    # Cast once here, outside the loop: inside it XLA would re-read (and re-cast) float32 weights every token.
+    params = prepare_params(step_fn, params)
     return np.asarray(decode(params, tokens, positions, segments, rng, states, step_fn=step_fn, sampling=sampling,
                              constraints=constraints))

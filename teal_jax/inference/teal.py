@@ -55,16 +55,30 @@ from teal_jax.media.image import check_pixels
 from teal_jax.models import lora
 from teal_jax.models.forward import jitted_apply
 from teal_jax.models.teal import TealConfig, TealLM
+from teal_jax.models.transformer import cast_for_compute
 
 SAMPLE_TASKS = ("text", "image", "speech")
 NO_SPANS = SpanConfig()  # image/audio spans disabled: text ids only
+
+
+def cast_teal_params(config: TealConfig, params):
+    """The step function's ``cast_params``: the LM's weights and the output heads (``*_head``, cast to the LM's
+    compute dtype before use anyway) in the compute dtype, once before decoding; the non-text embedding tables,
+    codebooks and projections stay as they are (they are used in float32)."""
+    params = dict(params)
+    params["lm"] = cast_for_compute(params["lm"], config.lm)
+    dtype = jnp.dtype(config.lm.dtype)
+    for name in params:
+        if name.endswith("_head") and jnp.issubdtype(params[name].dtype, jnp.floating):
+            params[name] = params[name].astype(dtype)
+    return params
 
 
 def decoder(config: TealConfig):
     """``cache_length -> step function`` of a :class:`TealLM` (the step feeds each code's ``span_index``)."""
     return lambda length: sampler.LinenDecoder(
         TealLM, dataclasses.replace(config, lm=dataclasses.replace(config.lm, max_decode_len=length)),
-        extra_inputs=("span_index",))
+        extra_inputs=("span_index",), cast_params=cast_teal_params)
 
 
 def sample_ids(config: TealConfig, params, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,

@@ -380,6 +380,28 @@ class TransformerLM(nn.Module):
         return self.logits_from_hidden(self.hidden(self.embed(tokens), positions, segment_ids))
 
 
+# The leaves every TransformerLM module casts to the compute dtype before its first use (Projection, nn.Dense and
+# nn.Embed do); RMSNorm scales ('scale') are used in float32 and stay as they are.
+COMPUTE_CAST_LEAVES = ("kernel", "bias", "embedding")
+
+
+def cast_for_compute(params: Any, config: TransformerConfig) -> Any:
+    """``TransformerLM`` params (unboxed) with every matrix, bias and embedding table cast to ``config.dtype``.
+
+    The model computes exactly the same with either tree (each of these leaves is cast to the compute dtype before
+    its first use anyway); decoding casts once with this instead of once per generated token, so a bf16 decode step
+    reads 2-byte weights. Norm scales stay float32 (RMSNorm multiplies in float32)."""
+    dtype = jnp.dtype(config.dtype)
+
+    def cast(path, leaf):
+        names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+        if names and names[-1] in COMPUTE_CAST_LEAVES and jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf.astype(dtype)
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
 def init_cache(model: TransformerLM, batch_size: int) -> Any:
     """A zeroed KV cache for ``model`` (which must have decode=True), without materialising parameters."""
     tokens = jnp.zeros((batch_size, 1), jnp.int32)
