@@ -41,6 +41,8 @@ _EVALUATORS: dict[str, str] = {
     "text_to_speech": "teal_jax.evaluate.teal_evaluators:TextToSpeechEvaluator",
     "reasoning": "teal_jax.evaluate.teal_evaluators:ReasoningEvaluator",
     "text_perplexity": "teal_jax.evaluate.teal_evaluators:TextPerplexityEvaluator",
+    "fid": "teal_jax.evaluate.fid:FidEvaluator",
+    "lm_harness": "teal_jax.evaluate.lm_harness:LmHarnessEvaluator",
 }
 COMMON_FIELDS = {"kind": str, "every_steps": int}
 RESULTS_FILE = "results.json"
