@@ -14,7 +14,7 @@ import ml_collections
 _TRAIN_FIELDS = {
     "steps": int, "batch_size": int, "grad_accum": int, "log_every": int, "eval_every": int, "eval_batches": int,
     "checkpoint_every": int, "keep_checkpoints": int, "compute_dtype": str, "async_checkpoints": bool,
-    "peak_flops_per_device": float, "per_device_batch_size": int,
+    "peak_flops_per_device": float, "per_device_batch_size": int, "loss_chunk_size": int,
 }
 
 OPTIMIZER_FIELDS = {
@@ -87,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
         checkpoint_every=500, keep_checkpoints=3, compute_dtype="bfloat16", async_checkpoints=True,
         peak_flops_per_device=0.0,  # 0: look the device kind up in teal_jax.train.metrics.PEAK_FLOPS
         per_device_batch_size=0,  # > 0: the global batch is this x the mesh's batch shards (batch_size is set)
+        loss_chunk_size=0,  # > 0: cross-entropy over this many positions at a time (no full [B, T, V] logits)
     ))
     c.optimizer = default_optimizer_config()
     c.optimizers = ml_collections.ConfigDict()  # per-group overrides, e.g. c.optimizers.disc = {'lr': 1e-4}
@@ -142,6 +143,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
         if t.get(key, 1) < 1:
             raise ValueError(f"config.train.{key}={t.get(key)} must be >= 1")
+    if t.get("loss_chunk_size", 0) < 0:
+        raise ValueError(f"config.train.loss_chunk_size={t.loss_chunk_size} must be >= 0 (0: off)")
     if t.compute_dtype not in ("bfloat16", "float32", "float16"):
         raise ValueError(f"config.train.compute_dtype={t.compute_dtype!r}: choose bfloat16, float32 or float16")
     if t.batch_size % t.grad_accum:

@@ -16,11 +16,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from teal_jax.data.iterator import IndexedIterator
 from teal_jax.models import lora
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
+from teal_jax.train import chunked_loss
 from teal_jax.train.objective import Objective
 
 
@@ -40,27 +40,37 @@ class SyntheticTokens(IndexedIterator):
 
 
 
-def lm_loss(logits: jax.Array, batch: dict[str, jax.Array], z_loss: float = 0.0) -> tuple[jax.Array, dict]:
-    """logits [B, T-1, V] for inputs tokens[:, :-1]; returns (loss, metrics)."""
+def _target_weights(batch: dict[str, jax.Array]) -> jax.Array:
+    """float32 [B, T-1]: a target counts when its loss_mask is non-zero, it is not padding and it continues the
+    document of its input token."""
     tokens = batch["tokens"]
-    targets = tokens[:, 1:]
     seg = batch.get("segment_ids", jnp.ones_like(tokens))
     weights = batch.get("loss_mask", jnp.ones(tokens.shape, jnp.float32))[:, 1:].astype(jnp.float32)
-    weights = weights * (seg[:, 1:] == seg[:, :-1]) * (seg[:, 1:] > 0)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return weights * (seg[:, 1:] == seg[:, :-1]) * (seg[:, 1:] > 0)
+
+
+def lm_loss_from_stats(stats: dict[str, jax.Array], batch: dict[str, jax.Array],
+                       z_loss: float = 0.0) -> tuple[jax.Array, dict]:
+    """(loss, metrics) from per-target statistics (:func:`chunked_loss.token_stats`: ce, correct, lse) [B, T-1]."""
+    weights = _target_weights(batch)
     denom = jnp.maximum(weights.sum(), 1.0)
-    nll = (ce * weights).sum() / denom
+    nll = (stats["ce"] * weights).sum() / denom
     loss = nll
     metrics = {"nll": nll}
     if z_loss:
-        z = jax.nn.logsumexp(logits, axis=-1)
+        z = stats["lse"]
         zl = (z * z * weights).sum() / denom
         loss = loss + z_loss * zl
         metrics["z_loss"] = zl
-    correct = (jnp.argmax(logits, -1) == targets) * weights
-    metrics["accuracy"] = correct.sum() / denom
+    metrics["accuracy"] = (stats["correct"] * weights).sum() / denom
     metrics["loss"] = loss
     return loss, metrics
+
+
+def lm_loss(logits: jax.Array, batch: dict[str, jax.Array], z_loss: float = 0.0) -> tuple[jax.Array, dict]:
+    """logits [B, T-1, V] for inputs tokens[:, :-1]; returns (loss, metrics)."""
+    stats = chunked_loss.token_stats(logits, batch["tokens"][:, 1:], z=bool(z_loss))
+    return lm_loss_from_stats(stats, batch, z_loss)
 
 
 class LMObjective(Objective):
@@ -71,6 +81,8 @@ class LMObjective(Objective):
         self.lora = lora.LoraConfig.from_config(config.model)  # rank 0: off
         self.seq_len = int(config.data.seq_len)
         self.z_loss = float(config.model.get("z_loss", 0.0))
+        # > 0: the loss runs the output head over this many positions at a time (no full [B, T, V] logits)
+        self.loss_chunk_size = int(config.train.get("loss_chunk_size", 0))
         kind = config.data.get("kind", "text")
         if kind not in ("text", "synthetic"):
             raise ValueError(f"config.data.kind={kind!r}: choose 'text' or 'synthetic'")
@@ -95,22 +107,40 @@ class LMObjective(Objective):
             return super().trainable(params)
         return {"model": lora.trainable_mask(params["model"], super().trainable(params)["model"])}
 
-    def _forward(self, params, batch, rng=None):
+    def _forward(self, params, batch, rng=None, method=None):
         tokens = batch["tokens"]
         seg = batch.get("segment_ids")
         pos = batch.get("positions")
+        kw = {} if method is None else {"method": method}
         return lora.apply(self.model, self.lora, {"params": params["model"]}, tokens[:, :-1],
-                          None if pos is None else pos[:, :-1], None if seg is None else seg[:, :-1], rng=rng)
+                          None if pos is None else pos[:, :-1], None if seg is None else seg[:, :-1], rng=rng, **kw)
+
+    def _loss(self, params, batch, rng, z_loss):
+        if not self.loss_chunk_size:
+            return lm_loss(self._forward(params, batch, rng), batch, z_loss)
+
+        def hidden(m, tokens, positions, segment_ids):
+            return m.hidden(m.embed(tokens), positions, segment_ids)
+
+        def logits(h):
+            return lora.apply(self.model, self.lora, {"params": params["model"]}, h,
+                              method=TransformerLM.logits_from_hidden, rng=rng)
+
+        targets = batch["tokens"][:, 1:]
+        stats = chunked_loss.chunked_token_stats(
+            self._forward(params, batch, rng, method=hidden), targets, logits,
+            lambda lg, tg: chunked_loss.token_stats(lg, tg, z=bool(z_loss)), self.loss_chunk_size)
+        return lm_loss_from_stats(stats, batch, z_loss)
 
     def grads(self, params, model_state, batch, rng, step):
         def loss_fn(p):
-            return lm_loss(self._forward(p, batch, rng), batch, self.z_loss)
+            return self._loss(p, batch, rng, self.z_loss)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, model_state, metrics
 
     def eval_metrics(self, params, model_state, batch):
-        _, metrics = lm_loss(self._forward(params, batch), batch, 0.0)
+        _, metrics = self._loss(params, batch, None, 0.0)
         return {"loss": metrics["nll"], "accuracy": metrics["accuracy"]}
 
     def make_data(self, split, *, batch_size, process_index, process_count):

@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import linen as nn
 
 from teal_jax import lineage
@@ -48,6 +47,7 @@ from teal_jax.models import lora
 from teal_jax.models import teal as teal_lib
 from teal_jax.models.param_count import count_params, format_counts
 from teal_jax.models.transformer import TransformerConfig
+from teal_jax.train import chunked_loss
 from teal_jax.train.objective import Objective
 from teal_jax.vocab import UnifiedVocab
 
@@ -163,13 +163,31 @@ def match_lm_scale(params: Any, init_std: float) -> Any:
 
 
 # ---- loss --------------------------------------------------------------------------------------------------------
+def teal_token_stats(logits: jax.Array, targets: jax.Array, vocab: UnifiedVocab, z: bool = True) -> dict:
+    """logits [B, T, V], targets [B, T] -> float32 [B, T] statistics (:func:`chunked_loss.token_stats` plus
+    ``text_ce``: the cross-entropy over the text rows only, clipped targets)."""
+    stats = chunked_loss.token_stats(logits, targets, z)
+    text_logits = logits[..., : vocab.text_size]
+    safe_targets = jnp.clip(targets, 0, vocab.text_size - 1)
+    stats["text_ce"] = jax.nn.logsumexp(text_logits, -1) - jnp.take_along_axis(
+        text_logits, safe_targets[..., None], -1)[..., 0]
+    return stats
+
+
 def teal_loss(logits: jax.Array, batch: dict[str, jax.Array], vocab: UnifiedVocab,
               loss_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
               z_loss: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
     """logits [B, T, V] for inputs tokens[:, :-1] -> (loss, metrics). loss_weights by target modality
     (text, special, image, audio)."""
+    stats = teal_token_stats(logits, batch["tokens"][:, 1:], vocab, bool(z_loss))
+    return teal_loss_from_stats(stats, batch, vocab, loss_weights, z_loss)
+
+
+def teal_loss_from_stats(stats: dict[str, jax.Array], batch: dict[str, jax.Array], vocab: UnifiedVocab,
+                         loss_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+                         z_loss: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """:func:`teal_loss` from per-target statistics (:func:`teal_token_stats`, whole or chunked)."""
     tokens = batch["tokens"]
-    targets = tokens[:, 1:]
     seg = batch.get("segment_ids")
     seg = jnp.ones_like(tokens) if seg is None else seg
     mask = batch.get("loss_mask", jnp.ones(tokens.shape, jnp.float32))[:, 1:].astype(jnp.float32)
@@ -183,16 +201,16 @@ def teal_loss(logits: jax.Array, batch: dict[str, jax.Array], vocab: UnifiedVoca
     per_token = batch.get("loss_weight")
     per_token = mask if per_token is None else mask * per_token[:, 1:].astype(jnp.float32)
     weights = per_token * w_table[jnp.clip(tmod, 0, 4)]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    ce = stats["ce"]
     nll = (ce * weights).sum() / jnp.maximum(weights.sum(), 1e-8)
     loss = nll
     metrics = {"nll": nll}
     if z_loss:
-        z = jax.nn.logsumexp(logits, axis=-1)
+        z = stats["lse"]
         zl = (z * z * mask).sum() / jnp.maximum(mask.sum(), 1.0)
         loss = loss + z_loss * zl
         metrics["z_loss"] = zl
-    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+    correct = stats["correct"]
     metrics["accuracy"] = (correct * mask).sum() / jnp.maximum(mask.sum(), 1.0)
     for m, name in enumerate(MODALITIES):
         sel = mask * (tmod == m)
@@ -201,12 +219,8 @@ def teal_loss(logits: jax.Array, batch: dict[str, jax.Array], vocab: UnifiedVoca
         metrics[f"accuracy/{name}"] = (correct * sel).sum() / n
         metrics[f"targets/{name}"] = sel.sum() / jnp.maximum(mask.sum(), 1.0)
     # Text perplexity over the text rows only (the frozen LM's own distribution).
-    text_logits = logits[..., : vocab.text_size]
     text_sel = mask * (tmod == vocab_lib.TEXT)
-    safe_targets = jnp.clip(targets, 0, vocab.text_size - 1)
-    text_ce = jax.nn.logsumexp(text_logits, -1) - jnp.take_along_axis(text_logits, safe_targets[..., None], -1)[
-        ..., 0]
-    text_nll = (text_ce * text_sel).sum() / jnp.maximum(text_sel.sum(), 1.0)
+    text_nll = (stats["text_ce"] * text_sel).sum() / jnp.maximum(text_sel.sum(), 1.0)
     metrics["text_nll"] = text_nll
     metrics["text_ppl"] = jnp.exp(text_nll)
     metrics["loss"] = loss
@@ -292,6 +306,7 @@ class TealObjective(Objective):
             raise ValueError(f"config.model.loss_weights has unknown modalities {unknown}; known {MODALITIES}")
         self.loss_weights = tuple(float(lw.get(m, 1.0)) for m in MODALITIES)
         self.z_loss = float(config.model.get("z_loss", 0.0))
+        self.loss_chunk_size = int(config.train.get("loss_chunk_size", 0))  # > 0: no full [B, T, V] logits
         self.seq_len = int(config.data.seq_len)
         self.data_kind = config.data.get("kind", "synthetic")
         if self.data_kind not in DATA_KINDS:
@@ -362,15 +377,36 @@ class TealObjective(Objective):
                           None if pos is None else pos[:, :-1], None if seg is None else seg[:, :-1],
                           rng=rng, lm_path=("lm",))
 
+    def _loss(self, params, batch, rng, z_loss):
+        if not self.loss_chunk_size:
+            return teal_loss(self._forward(params, batch, rng), batch, self.vocab, self.loss_weights, z_loss)
+        tokens = batch["tokens"]
+        seg, pos = batch.get("segment_ids"), batch.get("positions")
+        variables = {"params": params["model"]}
+
+        def hidden(m, t, p, s):
+            return m.lm.hidden(m.embed(t), p, s, m.expert_mask(t))
+
+        def logits(h):
+            return lora.apply(self.model, self.lora, variables, h, method=teal_lib.TealLM.logits_from_hidden,
+                              rng=rng, lm_path=("lm",))
+
+        h = lora.apply(self.model, self.lora, variables, tokens[:, :-1], None if pos is None else pos[:, :-1],
+                       None if seg is None else seg[:, :-1], method=hidden, rng=rng, lm_path=("lm",))
+        stats = chunked_loss.chunked_token_stats(
+            h, tokens[:, 1:], logits, lambda lg, tg: teal_token_stats(lg, tg, self.vocab, bool(z_loss)),
+            self.loss_chunk_size)
+        return teal_loss_from_stats(stats, batch, self.vocab, self.loss_weights, z_loss)
+
     def grads(self, params, model_state, batch, rng, step):
         def loss_fn(p):
-            return teal_loss(self._forward(p, batch, rng), batch, self.vocab, self.loss_weights, self.z_loss)
+            return self._loss(p, batch, rng, self.z_loss)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, model_state, metrics
 
     def eval_metrics(self, params, model_state, batch):
-        _, metrics = teal_loss(self._forward(params, batch), batch, self.vocab, self.loss_weights, 0.0)
+        _, metrics = self._loss(params, batch, None, 0.0)
         metrics = dict(metrics)
         metrics["loss"] = metrics.pop("nll")
         return metrics
