@@ -27,13 +27,14 @@ def test_vision_tower_hidden_states_match(tmp_path, kind):
         out = tower(pixel_values=torch.from_numpy(x), output_hidden_states=True)
     vit = ViT(cfg)
     pixels = x.transpose(0, 2, 3, 1)
-    ours = vit.apply({"params": params}, pixels)
+    ours = jax.jit(vit.apply)({"params": params}, pixels)
     assert len(ours) == len(out.hidden_states) == cfg.num_layers + 1
     errs = [max_abs(a, b.numpy()) for a, b in zip(ours, out.hidden_states, strict=True)]
     assert max(errs) < HIDDEN_TOL, errs
-    assert max_abs(vit.last_hidden_state({"params": params}, pixels), out.last_hidden_state.numpy()) < HIDDEN_TOL
-    assert max_abs(vit.apply({"params": params}, pixels, layer=1), ours[1]) < 1e-6
-    init = vit.init(jax.random.key(0), pixels)["params"]
+    last = jax.jit(vit.last_hidden_state)({"params": params}, pixels)
+    assert max_abs(last, out.last_hidden_state.numpy()) < HIDDEN_TOL
+    assert max_abs(jax.jit(vit.apply, static_argnums=2)({"params": params}, pixels, 1), ours[1]) < 1e-6
+    init = jax.eval_shape(vit.init, jax.random.key(0), pixels)["params"]
     assert jax.tree.map(np.shape, init) == jax.tree.map(np.shape, params)
 
 
@@ -42,7 +43,7 @@ def test_bad_inputs_are_named(tmp_path):
     cfg, params, info = import_vision_tower(str(tmp_path))
     assert info["mean"][0] == pytest.approx(0.48145466)
     with pytest.raises(ValueError, match=r"pixels must be \[batch, 32, 32, 3\]"):
-        ViT(cfg).apply({"params": params}, np.zeros((1, 64, 64, 3), np.float32))
+        jax.eval_shape(ViT(cfg).apply, {"params": params}, np.zeros((1, 64, 64, 3), np.float32))
     hf = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**hf, "model_type": "bert"}))
     with pytest.raises(ValueError, match=r"model_type='bert'"):

@@ -4,7 +4,6 @@ same pre-tokenization paths as the reconstruction tokenizers."""
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from _hf_encoders import max_abs, save_tiny_vision, save_tiny_whisper
@@ -69,11 +68,6 @@ def test_kmeans_matches_float64_numpy(devices):
 LAYER = 2
 
 
-def _run_config(ckpt: str, k: int) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"objective": "kmeans_tokenizer", "tokenizer": {
-        "kind": "whisper", "checkpoint": ckpt, "layer": LAYER, "num_codes": k}})
-
-
 def _wave_batches(i: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(100 + i)
     t = np.arange(2400) / 16000
@@ -105,29 +99,59 @@ def test_whisper_features_match_transformers_pipeline(whisper_dir):
     assert feats.shape[1] == frames.max() and np.asarray(valid).sum(1).tolist() == frames.tolist()
     for i in range(4):
         assert max_abs(feats[i, : frames[i]], ref[i, : frames[i]]) < 1e-4
+    # a clip longer than one window (1 s here, 30 s for real checkpoints): each window is encoded on its own
+    long = np.random.default_rng(3).uniform(-0.3, 0.3, 24_000).astype(np.float32)
+    with torch.no_grad():
+        ref = [model.model.encoder(fx([w], sampling_rate=16000, return_tensors="pt").input_features,
+                                   output_hidden_states=True).hidden_states[LAYER].numpy()[0]
+               for w in (long[:16000], long[16000:])]
+    feats, valid = tok.batch_features(*tok.prepare(long, 16000))
+    assert feats.shape[1] == 75 and bool(np.all(valid))
+    assert max_abs(feats[0], np.concatenate([ref[0], ref[1][:25]])) < 1e-4
 
 
-def test_fit_saves_and_resumes_bit_identically(whisper_dir, tmp_path, devices):
-    tok = KM.AudioKMeansTokenizer.from_pretrained(whisper_dir, layer=LAYER, num_codes=8)
-    mesh = sh.make_mesh((-1, 1, 1), devices)
-    kw = dict(steps=5, config=_run_config(whisper_dir, 8), seed=1, checkpoint_every=2, mesh=mesh, log=lambda s: None)
-    full, hist = KM.fit_kmeans(tok, _wave_batches, workdir=str(tmp_path / "a"), **kw)
-    assert [h["step"] for h in hist] == [1, 2, 3, 4, 5]
+class _Interrupted(Exception):
+    pass
+
+
+class _Records(list):
+    """An in-memory source split that raises after ``limit`` reads (a run stopped mid-fit)."""
+
+    limit = None
+    reads = 0
+
+    def __getitem__(self, i):
+        type(self).reads += 1
+        if self.limit is not None and type(self).reads > self.limit:
+            raise _Interrupted
+        return super().__getitem__(i)
+
+
+def test_fit_saves_and_resumes_bit_identically(whisper_dir, tmp_path):
+    """configs/audio/whisper_kmeans.py:smoke through the runner (in-memory source, 8 devices): an uninterrupted fit
+    and one stopped after its step-2 checkpoint then resumed end with bit-identical codebooks and metrics."""
+    from configs.audio import whisper_kmeans
+    from teal_jax.train import kmeans_fit
+
+    cfg = whisper_kmeans.get_config(f"smoke,checkpoint={whisper_dir}")
+    cfg.train.steps = 4
+    rng = np.random.default_rng(0)
+    clips = [(rng.uniform(-0.3, 0.3, int(n)) * 32767).astype(np.int16) for n in rng.integers(1500, 4000, 20)]
+    sources = {"train": _Records({"audio": c} for c in clips), "test": []}
+    full, hist = kmeans_fit.fit_from_config(cfg, str(tmp_path / "a"), sources=sources, log=lambda s: None)
+    assert [h["step"] for h in hist] == [1, 2, 3, 4]
     assert all(1 < h["perplexity"] <= 8 and 0 < h["usage"] <= 1 for h in hist)
 
-    def interrupted(i):
-        if i == 3:
-            raise KeyboardInterrupt("simulated stop after the step-2 checkpoint")
-        return _wave_batches(i)
-
-    with pytest.raises(KeyboardInterrupt):
-        KM.fit_kmeans(tok, interrupted, workdir=str(tmp_path / "b"), **kw)
+    _Records.reads, _Records.limit = 0, 8 * 4  # init batch 0 + steps 1-3 read; step 4's batch stops the run
+    with pytest.raises(_Interrupted):
+        kmeans_fit.fit_from_config(cfg, str(tmp_path / "b"), sources=sources, log=lambda s: None)
+    _Records.limit = None
     logs = []
-    resumed, hist_b = KM.fit_kmeans(tok, _wave_batches, workdir=str(tmp_path / "b"), **{**kw, "log": logs.append})
-    assert any("resumed at step 2" in s for s in logs) and [h["step"] for h in hist_b] == [3, 4, 5]
+    resumed, hist_b = kmeans_fit.fit_from_config(cfg, str(tmp_path / "b"), sources=sources, log=logs.append)
+    assert any("resumed at step 2" in s for s in logs) and [h["step"] for h in hist_b] == [3, 4]
     np.testing.assert_array_equal(resumed.codebook, full.codebook)  # bit-identical
     assert hist_b == hist[2:]
-    # the saved run rebuilds the tokenizer; its codes equal the fitted one's
+    # the saved run rebuilds the tokenizer; its codes are the nearest centres of the layer's features
     loaded = KM.from_checkpoint(str(tmp_path / "b"))
     np.testing.assert_array_equal(loaded.codebook, full.codebook)
     x, n = _wave_batches(7)
@@ -136,7 +160,7 @@ def test_fit_saves_and_resumes_bit_identically(whisper_dir, tmp_path, devices):
     feats, _ = full.batch_features(*full.prepare(list(x[i, : n[i]] for i in range(8)), 16000))
     np.testing.assert_array_equal(np.asarray(codes)[..., 0], np.asarray(KM.assign(full.codebook, feats)[0]))
     assert TT.tokenizer_fingerprint(loaded) == TT.tokenizer_fingerprint(full)
-    assert TT.tokenizer_fingerprint(loaded) != TT.tokenizer_fingerprint(tok.with_codebook(full.codebook + 1))
+    assert TT.tokenizer_fingerprint(loaded) != TT.tokenizer_fingerprint(full.with_codebook(full.codebook + 1))
     with pytest.raises(ValueError, match="input-only"):
         loaded.decode(codes)
 
@@ -177,31 +201,36 @@ def test_whisper_kmeans_config_builds_on_a_tiny_checkpoint(whisper_dir):
 
 
 # ---- images: CLIP + k-means --------------------------------------------------------------------------------------
-def test_image_tokenizer_fits_and_pretokenizes(tmp_path, devices):
+def test_image_tokenizer_fits_and_pretokenizes(tmp_path):
     d = str(tmp_path / "clip")
     save_tiny_vision(d, "CLIPVisionModel")
     tok = KM.ImageKMeansTokenizer.from_pretrained(d, layer=1, num_codes=6)
     assert tok.token_grid == (4, 4)
     images = lambda i: np.random.default_rng(i).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-    cfg = ml_collections.ConfigDict({"objective": "kmeans_tokenizer", "tokenizer": {
-        "kind": "clip", "checkpoint": d, "layer": 1, "num_codes": 6}})
-    fitted, hist = KM.fit_kmeans(tok, images, steps=2, workdir=str(tmp_path / "run"), config=cfg,
-                                 mesh=sh.make_mesh((-1, 1, 1), devices), log=lambda s: None)
-    assert len(hist) == 2
-    codes = np.asarray(fitted.encode(images(9)))
-    assert codes.shape == (8, 4, 4) and codes.min() >= 0 and codes.max() < 6
+    from configs.image import clip_kmeans
+    from teal_jax.train import kmeans_fit
+
+    cfg = clip_kmeans.get_config(f"smoke,checkpoint={d},k=6")
+    cfg.train.steps = 2
+    train = [{"image": img} for i in range(2) for img in images(50 + i)]
+    fitted, hist = kmeans_fit.fit_from_config(cfg, str(tmp_path / "run"), sources={"train": train, "test": []},
+                                              log=lambda s: None)
+    assert len(hist) == 2 and fitted.config.layer == 1
+    codes = np.asarray(fitted.encode(images(9)[:4]))  # batch 4: the pre-tokenization below reuses the compilation
+    assert codes.shape == (4, 4, 4) and codes.min() >= 0 and codes.max() < 6
     # patch features: the CLIP tower on the normalised image, class token dropped
     from teal_jax.models.vit import ViT
 
-    x = (images(9).astype(np.float32) / 255 - np.asarray(tok.config.mean)) / np.asarray(tok.config.std)
-    h = ViT(tok.config.encoder).apply({"params": tok.encoder_params}, x.astype(np.float32), layer=1)[:, 1:]
-    np.testing.assert_array_equal(codes.reshape(8, -1), np.asarray(KM.assign(fitted.codebook, h)[0]))
+    x = (images(9)[:4].astype(np.float32) / 255 - np.asarray(tok.config.mean)) / np.asarray(tok.config.std)
+    vit = jax.jit(lambda p, x: ViT(tok.config.encoder).apply({"params": p}, x, layer=1)[:, 1:])
+    h = vit(tok.encoder_params, x.astype(np.float32))
+    np.testing.assert_array_equal(codes.reshape(4, -1), np.asarray(KM.assign(fitted.codebook, h)[0]))
     src = {"kind": "tfds", "name": "in_memory", "image_key": "image", "text_key": "text", "label_key": ""}
     recs = lambda n, o: [{"image": images(o + i)[0], "text": f"image {i}"} for i in range(n)]
     man = TT.pretokenize_images(fitted, src, str(tmp_path / "tok"), sources={"train": recs(5, 20), "test": recs(2, 40)},
                                 batch_size=4, verbose=False)
     stored = TT.token_source(man, "train")
     assert man["code_shape"] == [16] and len(stored) == 5
-    np.testing.assert_array_equal(stored[3]["codes"], np.asarray(fitted.encode(images(23)[:1])).reshape(-1))
+    np.testing.assert_array_equal(stored[3]["codes"], np.asarray(fitted.encode(images(23)[:4]))[0].reshape(-1))
     with pytest.raises(ValueError, match="input-only"):
         fitted.decode(codes)
