@@ -206,5 +206,10 @@ def get_config(arg: str | None = None):
     # LibriSpeech dev_clean WER at every eval (teal_jax/evaluate/teal_evaluators.py; the clips that fit the span).
     c.evals.asr = ml_collections.ConfigDict(dict(kind="asr", every_steps=c.train.eval_every, max_clips=200,
                                                  max_batch=32))
+    # FID of text-to-image samples: COCO val captions -> generated images vs the val images (teal_jax/evaluate/fid.py).
+    # On demand (every_steps 0): it needs the converted FID Inception weights, --config.evals.fid.inception_weights=
+    # PATH (docs/evaluation.md). 1,000 images is a trend line (FID is biased upward at small N; papers use 10k-30k).
+    c.evals.fid = ml_collections.ConfigDict(dict(kind="fid", every_steps=0, inception_weights="", num_images=1000,
+                                                 batch_size=50, max_batch=32))
     check_fits(c)
     return c
