@@ -41,6 +41,9 @@ _EVALUATORS: dict[str, str] = {
     "text_to_speech": "teal_jax.evaluate.teal_evaluators:TextToSpeechEvaluator",
     "reasoning": "teal_jax.evaluate.teal_evaluators:ReasoningEvaluator",
     "text_perplexity": "teal_jax.evaluate.teal_evaluators:TextPerplexityEvaluator",
+    "coco_caption": "teal_jax.evaluate.captioning:CocoCaptionEvaluator",
+    "asr_wer": "teal_jax.evaluate.asr_text:LibriSpeechWerEvaluator",
+    "multiple_choice": "teal_jax.evaluate.multiple_choice:MultipleChoiceEvaluator",
     "fid": "teal_jax.evaluate.fid:FidEvaluator",
     "lm_harness": "teal_jax.evaluate.lm_harness:LmHarnessEvaluator",
 }
