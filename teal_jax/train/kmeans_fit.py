@@ -16,6 +16,7 @@ it keeps its own small loop (``fit_kmeans``) and the trainer is untouched.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -103,6 +104,8 @@ def fit_from_config(config: ml_collections.ConfigDict, workdir: str, *, data_dir
     if config.get("objective") != "kmeans_tokenizer":
         raise ValueError(f"config.objective={config.get('objective')!r}: kmeans_fit runs 'kmeans_tokenizer' configs")
     tokenizer = kmeans_lib.tokenizer_from_config(config.tokenizer)
+    if data_dir is None:  # where built-in sources (digits, spoken words) are built when the config names no dir
+        data_dir = os.path.join(workdir, "data")
     batches = make_batches(config, tokenizer, data_dir=data_dir, sources=sources)
     mesh = sharding.make_mesh(config.mesh.shape)
     return kmeans_lib.fit_kmeans(
@@ -112,10 +115,11 @@ def fit_from_config(config: ml_collections.ConfigDict, workdir: str, *, data_dir
 
 
 def main(argv) -> None:
-    from absl import app, flags
+    from absl import app, flags, logging
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from teal_jax.parallel import distributed
 
     distributed.initialize("auto")
