@@ -151,6 +151,9 @@ def test_fit_saves_and_resumes_bit_identically(whisper_dir, tmp_path):
     assert any("resumed at step 2" in s for s in logs) and [h["step"] for h in hist_b] == [3, 4]
     np.testing.assert_array_equal(resumed.codebook, full.codebook)  # bit-identical
     assert hist_b == hist[2:]
+    other = whisper_kmeans.get_config(f"smoke,checkpoint={whisper_dir},k=16")
+    with pytest.raises(ValueError, match=r"tokenizer.num_codes=8; this config has 16"):
+        kmeans_fit.fit_from_config(other, str(tmp_path / "b"), sources=sources, log=lambda s: None)
     # the saved run rebuilds the tokenizer; its codes are the nearest centres of the layer's features
     loaded = KM.from_checkpoint(str(tmp_path / "b"))
     np.testing.assert_array_equal(loaded.codebook, full.codebook)

@@ -371,6 +371,15 @@ def from_checkpoint(workdir: str, step: int | None = None) -> _KMeansTokenizer:
 
 
 # ---- the fit -----------------------------------------------------------------------------------------------------
+def _check_same_fit(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, workdir: str) -> None:
+    """A resumed fit must be the same fit: same encoder checkpoint, layer and number of codes."""
+    for f in ("kind", "checkpoint", "layer", "num_codes"):
+        a, b = saved.get("tokenizer", {}).get(f), config.get("tokenizer", {}).get(f)
+        if a != b:
+            raise ValueError(f"{workdir} holds a k-means fit with tokenizer.{f}={a!r}; this config has {b!r}: "
+                             "use another workdir (or the saved value) to resume")
+
+
 def _to_global(x: np.ndarray | None, sharding) -> jax.Array | None:
     return None if x is None else jax.make_array_from_process_local_data(sharding, np.asarray(x))
 
@@ -427,6 +436,7 @@ def fit_kmeans(tokenizer: _KMeansTokenizer, batches: Callable[[int], Any], *, st
         with sh.set_mesh(mesh):
             abstract = None
             if ckpt.all_steps():
+                _check_same_fit(checkpoint.read_config(workdir), config, workdir)
                 sds = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=rep)
                 abstract = as_saved({"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
                                      "codebook": sds((k, tokenizer.feature_dim)), "counts": sds((k,))})
