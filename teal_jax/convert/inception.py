@@ -24,6 +24,7 @@ channels), so a truncated or foreign file is an error naming the file and the te
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import re
@@ -72,12 +73,18 @@ def _from_torch(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
 
 
 def param_shapes(width: float = 1.0) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """``{our path: shape}`` of :class:`InceptionV3FID` at ``width`` (no computation: shapes only)."""
+    """``{our path: shape}`` of :class:`InceptionV3FID` at ``width`` (shapes only; traced once per width)."""
+    return dict(_param_shapes(float(width)))
+
+
+@functools.lru_cache(maxsize=8)
+def _param_shapes(width: float) -> tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]:
     import jax
     import jax.numpy as jnp
 
+    # tracing the init of ~100 convolutions takes seconds on a CPU: done once per width
     shapes = jax.eval_shape(InceptionV3FID(width=width).init, jax.random.key(0), jnp.zeros((1, 75, 75, 3), jnp.uint8))
-    return {k: tuple(v.shape) for k, v in _flat(shapes["params"]).items()}
+    return tuple((k, tuple(v.shape)) for k, v in _flat(shapes["params"]).items())
 
 
 def params_from_torch_layout(tensors: Mapping[str, np.ndarray], width: float = 1.0, *,
