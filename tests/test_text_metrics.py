@@ -248,3 +248,50 @@ def test_librispeech_folder_layout_and_errors(tmp_path):
         asr_text.normalized_wer(["a", "b", "c"], [])
     with pytest.raises(ValueError, match="needs a non-empty list of reference captions"):
         captioning.bleu([[]], ["a"])
+
+
+def test_coco_caption_evaluator_reads_the_runs_tfds_source(tmp_path, monkeypatch):
+    """annotations empty: the run's data.image_source (coco_captions' layout: image, captions/text), split 'test'."""
+    import ml_collections
+
+    from teal_jax.data.teal import sources
+
+    records = [{"image": np.full((10, 10, 3), v, np.uint8), "captions": {"text": np.asarray(caps, object)}}
+               for v, caps in ((240, [b"A white square.", b"a bright square"]), (5, [b"a black square", b"dark"]))]
+    opened = []
+
+    def fake_open(src, modality, **kw):
+        opened.append((src["name"], src["eval_split"], modality))
+        return {"train": [], "test": records}
+
+    monkeypatch.setattr(sources, "open_sources", fake_open)
+    run = ml_collections.ConfigDict({"data": {"image_source": {"kind": "tfds", "name": "coco_captions",
+                                                               "text_key": "captions/text"}},
+                                     "evals": {"cap": {"kind": "coco_caption", "split": "test"}}})
+    (ev,) = make_evaluators(run)
+    result = ev.run(_CaptionModel(), workdir=str(tmp_path), step=0)
+    assert opened == [("coco_captions", "test", "image")] and result["n"] == 2
+    refs = [["A white square.", "a bright square"], ["a black square", "dark"]]
+    want = captioning.caption_scores(refs, ["a bright white square.", "A dark, black square"])
+    assert result["cider"] == pytest.approx(want["cider"]) and result["bleu_4"] == pytest.approx(want["bleu_4"])
+
+
+def test_asr_wer_evaluator_reads_the_runs_tfds_source(tmp_path, monkeypatch):
+    """data empty: split 'test_clean' of the run's data.audio_source (librispeech's layout: speech int64, text)."""
+    import ml_collections
+
+    from teal_jax.data.teal import sources
+
+    refs = ["HE PAID TWENTY ONE DOLLARS", "ONE OH ONE"]
+    records = [{"speech": np.arange(80, dtype=np.int64) * (i + 1), "text": r.encode()} for i, r in enumerate(refs)]
+    monkeypatch.setattr(sources, "open_sources", lambda src, modality, **kw: {"train": [], "test": records})
+    run = ml_collections.ConfigDict({
+        "data": {"audio_source": {"kind": "tfds", "name": "librispeech", "audio_key": "speech", "text_key": "text",
+                                  "source_rate": 16000}},
+        "evals": {"ls": {"kind": "asr_wer", "max_utterances": 5}}})
+    (ev,) = make_evaluators(run)
+    model = _AsrModel(["he paid $20", "one o one"])
+    result = ev.run(model, workdir=str(tmp_path), step=0)
+    assert model.calls == [(2, 16000)] and result["n"] == 2
+    want = asr_text.normalized_wer(refs, ["he paid $20", "one o one"])
+    assert result["wer"] == want["wer"] > 0

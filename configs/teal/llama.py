@@ -211,5 +211,18 @@ def get_config(arg: str | None = None):
     # PATH (docs/evaluation.md). 1,000 images is a trend line (FID is biased upward at small N; papers use 10k-30k).
     c.evals.fid = ml_collections.ConfigDict(dict(kind="fid", every_steps=0, inception_weights="", num_images=1000,
                                                  batch_size=50, max_batch=32))
+    # The field's own measures (teal_jax/evaluate/, docs/evaluation.md). COCO Karpathy-test BLEU-4 / CIDEr of greedy
+    # captions, read from the run's coco_captions source (its 'test' split is Karpathy's 5,000 images; 500 at every
+    # eval, all with --config.evals.coco_caption.max_images=0).
+    c.evals.coco_caption = ml_collections.ConfigDict(dict(kind="coco_caption", every_steps=c.train.eval_every,
+                                                          split="test", max_images=500, batch_size=32))
+    # LibriSpeech test-clean WER after Whisper's English normaliser (jiwer), from the run's audio source; on demand:
+    # --config.evals.librispeech_wer.spelling_file=.../normalizer.json (Whisper's spelling table) for the full rules.
+    c.evals.librispeech_wer = ml_collections.ConfigDict(dict(kind="asr_wer", every_steps=0, split="test_clean",
+                                                             spelling_file="", max_utterances=0, batch_size=16))
+    # ScienceQA by likelihood (TEAL's benchmark): on demand, --config.evals.scienceqa.data=.../problems.json
+    # --config.evals.scienceqa.image_root=.../images/test (the question's image goes in front of the prompt).
+    c.evals.scienceqa = ml_collections.ConfigDict(dict(kind="multiple_choice", every_steps=0, data="", split="test",
+                                                       image_root="", normalize="chars", batch_size=16))
     check_fits(c)
     return c

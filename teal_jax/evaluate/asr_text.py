@@ -409,23 +409,53 @@ def _read_audio(path: str) -> tuple[np.ndarray, int]:
 class LibriSpeechWerEvaluator(Evaluator):
     """WER of greedy transcriptions after Whisper's English normalisation (kind ``asr_wer``).
 
-    Fields: ``data`` (a LibriSpeech split folder such as ``LibriSpeech/test-clean``, or a JSONL manifest of
-    {audio, text}; CoVoST-2 English as such a manifest), ``spelling_file`` (Whisper's normalizer.json; '' = no
-    spelling map), ``max_utterances`` (0 = all), ``batch_size``, ``max_new_tokens``. Writes ``transcripts.jsonl``.
+    Data, either ``data``: a LibriSpeech split folder such as ``LibriSpeech/test-clean`` (FLAC, read with the
+    ``soundfile`` package) or a JSONL manifest of {audio, text} (WAV or FLAC; CoVoST-2 English as such a manifest);
+    or, with ``data`` empty, split ``split`` of the run's ``config.data.audio_source`` (a prepared tfds dataset such
+    as ``librispeech``/``librispeech_decoded``: ``test_clean``, ``test_other``, ...). Other fields:
+    ``spelling_file`` (Whisper's normalizer.json; '' = no spelling map), ``max_utterances`` (0 = all),
+    ``batch_size``, ``max_new_tokens``. Writes ``transcripts.jsonl``. A TEAL model hears at most its audio span
+    (``data.audio_seconds``) of each clip: longer clips are cut (its UserWarning says so) and count as errors.
     """
 
     KIND = "asr_wer"
-    FIELDS = {"data": "", "spelling_file": "", "max_utterances": 0, "batch_size": 16, "max_new_tokens": 64}
+    FIELDS = {"data": "", "split": "test_clean", "spelling_file": "", "max_utterances": 0, "batch_size": 16,
+              "max_new_tokens": 64}
+
+    def _source_utterances(self, where: str) -> list[dict[str, Any]]:
+        from teal_jax.data.speech import RecordAdapter
+        from teal_jax.data.teal import sources
+        from teal_jax.data.teal.config import source_dict
+
+        data = (self.run_config or {}).get("data") or {}
+        src = source_dict(data.get("audio_source"), "audio")
+        if src["kind"] != "tfds":
+            raise ValueError(f"{where}.data is empty and the run's data.audio_source is {src['kind']!r}, not a tfds "
+                             "speech dataset: set the data folder or manifest (docs/evaluation.md)")
+        src["eval_split"] = self.split
+        split = sources.open_sources(src, "audio")["test"]
+        rate = int(src.get("source_rate") or 16000)
+        adapter = RecordAdapter(src.get("audio_key") or "audio", src.get("text_key") or "text", None, rate, rate)
+        n = min(len(split), self.max_utterances) if self.max_utterances else len(split)
+        out = []
+        for i in range(n):
+            rec = adapter.map(split[i])
+            out.append({"id": f"{self.split}[{i}]", "text": rec["text"], "pcm": rec["audio"], "rate": rate})
+        return out
 
     def run(self, model, *, workdir: str, step: int) -> dict[str, Any]:
         where = f"config.evals.{self.name}"
-        if not self.data:
-            raise ValueError(f"{where}.data: set a LibriSpeech split folder or a JSONL manifest of {{audio, text}}")
         norm = EnglishNormalizer.from_file(self.spelling_file) if self.spelling_file else EnglishNormalizer()
-        utts = read_librispeech(self.data, self.max_utterances)
+        utts = read_librispeech(self.data, self.max_utterances) if self.data else self._source_utterances(where)
+
+        def load(u):
+            if "pcm" in u:
+                return u["pcm"].astype(np.float32) / 32768.0, u["rate"]
+            return _read_audio(u["audio"])
+
         hyps = []
         for s in range(0, len(utts), self.batch_size):
-            clips, rates = zip(*(_read_audio(u["audio"]) for u in utts[s: s + self.batch_size]), strict=True)
+            clips, rates = zip(*(load(u) for u in utts[s: s + self.batch_size]), strict=True)
             if len(set(rates)) != 1:
                 raise ValueError(f"{where}: clips of one batch have different sample rates {sorted(set(rates))}")
             hyps += model.transcribe(list(clips), rates[0], max_new_tokens=self.max_new_tokens)

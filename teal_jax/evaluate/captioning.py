@@ -266,8 +266,10 @@ def read_karpathy(path: str, split: str = "test") -> list[dict[str, Any]]:
 class CocoCaptionEvaluator(Evaluator):
     """BLEU-1..4 and CIDEr of greedy captions on a Karpathy split (kind ``coco_caption``).
 
-    Fields: ``annotations`` (Karpathy's dataset_coco.json, or JSON/JSONL {image, captions} records), ``image_root``
-    (the directory the image paths are relative to), ``split`` ('test'), ``max_images`` (0 = all),
+    Data, either: ``annotations`` (Karpathy's dataset_coco.json, or JSON/JSONL {image, captions} records) with
+    ``image_root`` (the directory the image paths are relative to); or, with ``annotations`` empty, the run's
+    ``config.data.image_source`` (a prepared tfds dataset such as ``coco_captions``, whose splits are Karpathy's),
+    split ``split``, captions at its ``text_key``. Other fields: ``split`` ('test'), ``max_images`` (0 = all),
     ``batch_size``, ``max_new_tokens``. Writes ``captions.jsonl`` (image, caption, references).
     """
 
@@ -279,19 +281,20 @@ class CocoCaptionEvaluator(Evaluator):
         from teal_jax.media.image import center_crop_resize, read_image
 
         where = f"config.evals.{self.name}"
-        if not self.annotations:
-            raise ValueError(f"{where}.annotations: set the caption file (Karpathy's dataset_coco.json)")
-        records = read_karpathy(self.annotations, self.split)
-        if self.max_images:
-            records = records[: self.max_images]
+        if self.annotations:
+            records = read_karpathy(self.annotations, self.split)
+            records = records[: self.max_images] if self.max_images else records
+            load = lambda r: read_image(os.path.join(self.image_root, r["image"]))  # noqa: E731
+        else:
+            records, load = self._source_records(where)
         if not records:
-            raise ValueError(f"{where}: {self.annotations} has no images in split {self.split!r}")
+            raise ValueError(f"{where}: no images in split {self.split!r} of {self.annotations or 'the source'}")
         size = model.image_size
         hyps = []
         for s in range(0, len(records), self.batch_size):
             batch = []
             for r in records[s: s + self.batch_size]:
-                img = read_image(os.path.join(self.image_root, r["image"]))
+                img = np.asarray(load(r))
                 img = img if img.ndim == 3 else img[..., None]
                 batch.append(center_crop_resize(img, size))
             hyps += model.caption(np.stack(batch), max_new_tokens=self.max_new_tokens)
@@ -305,3 +308,24 @@ class CocoCaptionEvaluator(Evaluator):
                         + "\n")
         scores.pop("cider_per_caption")
         return {**scores, "n": len(records)}
+
+    def _source_records(self, where: str):
+        """Records of the run's tfds image source (split ``self.split``) and how to read each one's image."""
+        from teal_jax.data.teal import sources
+        from teal_jax.data.teal.config import source_dict
+
+        data = (self.run_config or {}).get("data") or {}
+        src = source_dict(data.get("image_source"), "image")
+        if src["kind"] != "tfds":
+            raise ValueError(f"{where}.annotations is empty and the run's data.image_source is {src['kind']!r}, not a "
+                             "tfds caption dataset: set the annotations file (docs/evaluation.md)")
+        src["eval_split"] = self.split
+        split = sources.open_sources(src, "image")["test"]
+        n = min(len(split), self.max_images) if self.max_images else len(split)
+        image_key = src.get("image_key") or "image"
+        records = []
+        for i in range(n):
+            rec = split[i]
+            caps = sources.as_text(sources.field(rec, src["text_key"], "config.data.image_source.text_key"))
+            records.append({"image": f"{self.split}[{i}]", "index": i, "captions": caps.split("\n")})
+        return records, lambda r: sources.field(split[r["index"]], image_key, "config.data.image_source.image_key")
