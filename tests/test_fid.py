@@ -67,7 +67,8 @@ def tf():
         mods = types.SimpleNamespace(
             inception=importlib.import_module("torch_fidelity.feature_extractor_inceptionv3"),
             resize=importlib.import_module("torch_fidelity.interpolate_compat_tensorflow"),
-            metric_fid=importlib.import_module("torch_fidelity.metric_fid"))
+            metric_fid=importlib.import_module("torch_fidelity.metric_fid"),
+            metric_prc=importlib.import_module("torch_fidelity.metric_prc"))
         yield mods
         for name in [n for n in sys.modules if n.startswith("torch_fidelity.")]:
             mp.delitem(sys.modules, name, raising=False)
@@ -199,6 +200,19 @@ def test_frechet_distance_against_scipy_and_torch_fidelity(tf, n, d):
         F.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
+def test_precision_recall_against_torch_fidelity(tf):
+    rng = np.random.default_rng(5)
+    real = rng.normal(size=(80, 8))
+    gen = np.concatenate([rng.normal(size=(50, 8)), rng.normal(2.5, 0.5, size=(40, 8))])  # half off the real set
+    ours = F.precision_recall(real, gen, k=3, chunk=32)  # chunks of distances: the same as one block
+    p, r = tf.metric_prc.calculate_precision_recall_full(torch.from_numpy(gen).float(), torch.from_numpy(real).float(),
+                                                         neighborhood=3)
+    assert (ours["precision"], ours["recall"]) == (pytest.approx(p), pytest.approx(r))
+    assert 0.3 < ours["precision"] < 0.8 and 0.5 < ours["recall"] < 1.0  # neither saturated
+    with pytest.raises(ValueError, match="N > k=3"):
+        F.precision_recall(real[:3], gen)
+
+
 # ---- the evaluator -----------------------------------------------------------------------------------------------
 def random_params(width: float, seed: int = 0) -> dict:
     """Random parameters of ``InceptionV3FID(width)`` from its shapes (no init run: an eager linen init of this
@@ -278,6 +292,8 @@ def test_fid_evaluator_through_the_registry_equals_a_direct_computation(tmp_path
     feats = both[:n], both[n:]
     assert feats[0].shape == (n, 128) and feats[0].std() > 1e-3
     assert result["fid"] == pytest.approx(_scipy_fid(*feats), rel=1e-5)
+    prc = F.precision_recall(*feats, k=3)
+    assert (result["precision"], result["recall"]) == (prc["precision"], prc["recall"])
     assert result["n"] == n and result["image_size"] == 32 and result["guidance"] == 2.0
     assert f"FID {result['fid']:.3f} over {n} generated vs {n} reference images" in capsys.readouterr().out
     out = tmp_path / "run" / "eval" / "fid" / "step_7"

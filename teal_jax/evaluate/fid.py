@@ -19,7 +19,10 @@ resized to the generated size, as the token datasets prepare training images) an
 several); the model generates one image per caption with the run's sampling settings (``config.sample``: seed,
 temperature, top_p, top_k, as the ``text_to_image`` evaluator samples). Reference statistics are cached in
 ``<workdir>/eval/<name>/reference_<digest>.npz`` (keyed by weights, source, count and size). The first
-``save_samples`` generated images and their captions are written to the step's output dir.
+``save_samples`` generated images and their captions are written to the step's output dir. With
+``precision_recall`` (default on) the same features also give improved precision and recall (Kynkäänniemi et al.
+2019, k = ``prc_neighborhood`` = 3, torch-fidelity's convention): how many generated images look real, and how much
+of the real set the generated images cover.
 """
 
 from __future__ import annotations
@@ -70,6 +73,34 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 def fid_from_features(real, generated) -> float:
     """FID between two ``[N, D]`` feature sets."""
     return frechet_distance(*statistics(real), *statistics(generated))
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.clip(d2, 0.0, None))
+
+
+def precision_recall(real, generated, *, k: int = 3, chunk: int = 2048) -> dict[str, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) of ``[N, D]`` features, torch-fidelity's
+    convention: a sample's ball reaches its ``k``-th nearest neighbour in its own set; precision = the share of
+    generated samples inside some real ball, recall = the share of real samples inside some generated ball (float64,
+    ``chunk`` rows of distances at a time). Like FID it depends on N: compare at equal N."""
+    r, g = np.asarray(real, np.float64), np.asarray(generated, np.float64)
+    if r.ndim != 2 or g.ndim != 2 or r.shape[1] != g.shape[1] or min(len(r), len(g)) <= k:
+        raise ValueError(f"precision_recall: need [N > k={k}, D] features of one D, got {r.shape} and {g.shape}")
+
+    def radii(x):
+        return np.concatenate([np.partition(_distances(x[s : s + chunk], x), k, axis=1)[:, k]
+                               for s in range(0, len(x), chunk)])
+
+    def covered(a, b, rb):
+        return np.concatenate([(_distances(a[s : s + chunk], b) <= rb[None, :]).any(axis=1)
+                               for s in range(0, len(a), chunk)])
+
+    precision = float(covered(g, r, radii(r)).mean())
+    recall = float(covered(r, g, radii(g)).mean())
+    return {"precision": precision, "recall": recall,
+            "f_score": 2 * precision * recall / max(1e-5, precision + recall)}
 
 
 # ---- features ----------------------------------------------------------------------------------------------------
@@ -157,11 +188,13 @@ class FidEvaluator(Evaluator):
     (0 = the whole split), ``batch_size`` (Inception images per call), ``guidance_scale`` (> 0 sets it; 0 = the
     ``text_to_image``-kind evaluator named by ``guidance_from``, else the run's ``config.sample.guidance_scale``,
     else 1), ``max_batch`` (sampler batch), ``data_dir`` (the image source's, when not in its config),
-    ``image_size`` (0 = the generated size), ``save_samples``."""
+    ``image_size`` (0 = the generated size), ``save_samples``, ``precision_recall`` (also the improved
+    precision/recall of the same features, ``prc_neighborhood`` = k)."""
 
     KIND = "fid"
     FIELDS = {"inception_weights": "", "num_images": 1000, "batch_size": 50, "guidance_scale": 0.0,
-              "guidance_from": "", "max_batch": 0, "data_dir": "", "image_size": 0, "save_samples": 16}
+              "guidance_from": "", "max_batch": 0, "data_dir": "", "image_size": 0, "save_samples": 16,
+              "precision_recall": True, "prc_neighborhood": 3}
     DEPENDS = ("guidance_from",)
 
     def guidance(self, workdir: str, step: int) -> float:
@@ -181,14 +214,15 @@ class FidEvaluator(Evaluator):
         path = os.path.join(workdir, "eval", self.name, f"reference_{digest}.npz")
         if os.path.exists(path):
             with np.load(path) as z:
-                mu, sigma = z["mu"], z["sigma"]
+                features, mu, sigma = z["features"], z["mu"], z["sigma"]
         else:
-            mu, sigma = statistics(extractor(ref["images"]))
+            features = extractor(ref["images"])
+            mu, sigma = statistics(features)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.tmp{os.getpid()}.npz"
-            np.savez(tmp, mu=mu, sigma=sigma)
+            np.savez(tmp, features=features, mu=mu, sigma=sigma)
             os.replace(tmp, path)
-        return {"captions": ref["captions"], "mu": mu, "sigma": sigma}
+        return {"captions": ref["captions"], "features": features, "mu": mu, "sigma": sigma}
 
     def run(self, model, *, workdir, step):
         from teal_jax.evaluate.scoring import write_tsv
@@ -216,8 +250,12 @@ class FidEvaluator(Evaluator):
             from teal_jax.media.image import center_crop_resize
 
             images = np.stack([center_crop_resize(im if im.ndim == 3 else im[..., None], size) for im in images])
-        mu, sigma = statistics(extractor(images))
+        features = extractor(images)
+        mu, sigma = statistics(features)
         fid = frechet_distance(ref["mu"], ref["sigma"], mu, sigma)
+        prc = {}
+        if self.precision_recall and len(features) > self.prc_neighborhood:  # needs more than k samples a set
+            prc = precision_recall(ref["features"], features, k=self.prc_neighborhood)
         out_dir = self.output_dir(workdir, step)
         keep = min(self.save_samples, len(images))
         if keep:
@@ -227,7 +265,7 @@ class FidEvaluator(Evaluator):
         n = len(captions)
         print(f"[eval {self.name}] FID {fid:.3f} over {n} generated vs {n} reference images at {size}px ({NOTE})",
               flush=True)
-        return {"fid": fid, "n": n, "guidance": scale, "image_size": size, "reference_s": round(t1 - t0, 1),
+        return {"fid": fid, "n": n, **prc, "guidance": scale, "image_size": size, "reference_s": round(t1 - t0, 1),
                 "generation_s": round(t2 - t1, 1), "features_s": round(time.time() - t2, 1),
                 "inception": extractor.metadata.get("source", os.path.basename(self.inception_weights)),
                 "note": NOTE}
