@@ -17,7 +17,9 @@ torch = pytest.importorskip("torch")
 HIDDEN_TOL = 1e-4  # measured ~1e-6
 
 
-@pytest.mark.parametrize("kind", ["CLIPVisionModel", "CLIPModel", "SiglipVisionModel"])
+# SigLIP costs ~5 s of transformers import alone: run with -m slow
+@pytest.mark.parametrize("kind", ["CLIPVisionModel", "CLIPModel",
+                                  pytest.param("SiglipVisionModel", marks=pytest.mark.slow)])
 def test_vision_tower_hidden_states_match(tmp_path, kind):
     _, tower = save_tiny_vision(str(tmp_path), kind)
     cfg, params, info = import_vision_tower(str(tmp_path))

@@ -199,6 +199,10 @@ def test_whisper_kmeans_config_builds_on_a_tiny_checkpoint(whisper_dir):
     assert real.tokenizer.layer == 11 and real.tokenizer.num_codes >= 1024
     with pytest.raises(FileNotFoundError, match="config.tokenizer.checkpoint"):
         KM.tokenizer_from_config(real.tokenizer)
+    with pytest.raises(ValueError, match="no codebook yet: fit it"):
+        tok.encode(np.zeros(3200, np.float32), 16000)
+    with pytest.raises(ValueError, match=r"config.tokenizer.kind='beit'"):
+        KM.tokenizer_from_config({**cfg.tokenizer.to_dict(), "kind": "beit"})
     with pytest.raises(ValueError, match=r"layer=9: this Whisper encoder has hidden states 0..3"):
         KM.AudioKMeansTokenizer.from_pretrained(whisper_dir, layer=9, num_codes=8)
 
