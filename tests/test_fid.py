@@ -41,17 +41,18 @@ from teal_jax.models.forward import jitted_apply
 from teal_jax.models.inception import InceptionV3FID, resize_bilinear_tf1
 
 torch = pytest.importorskip("torch")
-if importlib.util.find_spec("torch_fidelity") is None:
-    pytest.skip("torch-fidelity is not installed: .venv/bin/pip install --no-deps torch-fidelity==0.4.0",
-                allow_module_level=True)
 
 FEATURE_RTOL = 1e-3  # max |ours - torch| over the features, relative to max |torch feature| (measured ~1.3e-4)
 
 
 @pytest.fixture(scope="module")
 def tf():
-    """torch-fidelity's inception, resize and FID-statistics modules, imported without the package __init__."""
-    where = list(importlib.util.find_spec("torch_fidelity").submodule_search_locations)
+    """torch-fidelity's inception, resize, FID and precision/recall modules, imported without the package
+    __init__ (the module docstring says why); removed from sys.modules afterwards."""
+    spec = importlib.util.find_spec("torch_fidelity")
+    if spec is None:
+        pytest.skip("torch-fidelity is not installed: .venv/bin/pip install --no-deps torch-fidelity==0.4.0")
+    where = list(spec.submodule_search_locations)
     with pytest.MonkeyPatch.context() as mp:
         for name in [n for n in sys.modules if n == "torch_fidelity" or n.startswith("torch_fidelity.")]:
             mp.delitem(sys.modules, name)
@@ -70,8 +71,8 @@ def tf():
             metric_fid=importlib.import_module("torch_fidelity.metric_fid"),
             metric_prc=importlib.import_module("torch_fidelity.metric_prc"))
         yield mods
-        for name in [n for n in sys.modules if n.startswith("torch_fidelity.")]:
-            mp.delitem(sys.modules, name, raising=False)
+        for name in [n for n in sys.modules if n.startswith("torch_fidelity.") and n != "torch_fidelity.utils"]:
+            del sys.modules[name]  # imported here; the two stand-ins go when the monkeypatch context undoes them
 
 
 def images_uint8(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -257,16 +258,33 @@ class ImageModel:
         return TealModel.save_png(images, paths)
 
 
-def test_fid_evaluator_through_the_registry_equals_a_direct_computation(tmp_path, capsys):
-    from teal_jax.data.digits import build_digits
-    from teal_jax.data.teal.config import default_task_data_config
+def coco_like_records(n: int) -> list[dict]:
+    """COCO-captions-shaped records: RGB images of several non-square sizes, two captions each."""
+    return [{"image": images_uint8(1, 64, seed=20 + i)[0, : 40 + 4 * i, : 56 - 3 * i],
+             "captions": {"text": np.array([f"caption {'x' * i} of image {i}".encode(), b"another caption"])}}
+            for i in range(n)]
 
-    width, n = 1 / 16, 6  # a tiny Inception (every channel count / 16) and six images
+
+def test_fid_evaluator_through_the_registry_equals_a_direct_computation(tmp_path, capsys, monkeypatch):
+    """A COCO-shaped eval split (in memory: ``open_sources`` returns it, as tfds' data source would) and a tiny
+    Inception (every channel count / 16) saved as safetensors; six images."""
+    from teal_jax.data.teal import sources as sources_lib
+    from teal_jax.data.teal.config import default_task_data_config
+    from teal_jax.media.image import center_crop_resize
+
+    width, n = 1 / 16, 6
     module, params = InceptionV3FID(width=width), random_params(width)
     weights = CI.save_inception(params, str(tmp_path / "tiny_inception.safetensors"), width=width)
+    records = coco_like_records(n + 2)
 
+    def open_sources(source, modality, *, data_dir=None, image_size=32):
+        assert (source["name"], source["eval_split"], modality, image_size) == ("coco_captions", "val", "image", 32)
+        return {"train": [], "test": records}
+
+    monkeypatch.setattr(sources_lib, "open_sources", open_sources)
     c = ml_collections.ConfigDict(dict(objective="teal", data=default_task_data_config()))
-    c.data.image_source.data_dir = str(tmp_path / "digits")
+    c.data.image_source.update(dict(kind="tfds", name="coco_captions", text_key="captions/text", label_key="",
+                                    eval_split="val"))
     c.sample = ml_collections.ConfigDict(dict(temperature=0.5, top_p=0.8, top_k=7, seed=3, guidance_scale=2.0))
     c.evals = ml_collections.ConfigDict(dict(fid=dict(kind="fid", inception_weights="", num_images=n, batch_size=4,
                                                       max_batch=5, save_samples=2)))
@@ -277,15 +295,14 @@ def test_fid_evaluator_through_the_registry_equals_a_direct_computation(tmp_path
     (ev,) = EV.make_evaluators(c)
     result = EV.run_evaluators([ev], model, workdir=str(tmp_path / "run"), step=7)["fid"]
 
-    # direct: the digits' first n test images (gray -> RGB) and their words, features from the in-memory params
-    split = build_digits(str(tmp_path / "digits"), 32).as_data_source(split="test")
-    refs = np.stack([np.repeat(np.asarray(split[i]["image"]).reshape(32, 32, 1), 3, axis=-1) for i in range(n)])
-    words = [["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][int(split[i]["label"])]
-             for i in range(n)]
+    # direct: the first n records centre-cropped and resized to 32, their first captions, features from the
+    # in-memory params, FID by scipy's sqrtm
+    refs = np.stack([center_crop_resize(r["image"], 32) for r in records[:n]])
+    captions = [r["captions"]["text"][0].decode() for r in records[:n]]
     (texts, settings, max_batch), = model.calls
-    assert texts == words and max_batch == 5 and model.max_batch == 64  # restored after
+    assert texts == captions and max_batch == 5 and model.max_batch == 64  # restored after
     assert settings == dict(guidance_scale=2.0, seed=3, temperature=0.5, top_p=0.8, top_k=7)
-    gen = np.repeat(model.generate_image(words), 3, axis=-1)
+    gen = np.repeat(model.generate_image(captions), 3, axis=-1)
     apply = jitted_apply(module)  # the evaluator's compiled batch-4 forward: 12 images = 3 whole batches
     both = np.concatenate([np.asarray(apply(params, x)["pool3"], np.float64)
                            for x in np.split(np.concatenate([refs, gen]), 3)])
