@@ -23,7 +23,7 @@ def get_config(arg: str | None = None):
     c.objective = "kmeans_tokenizer"
     c.tokenizer = dict(kind="whisper", checkpoint=v.values.get("checkpoint", ""), layer=11,
                        num_codes=int(v.values.get("k", 1024)))
-    c.kmeans = dict(seconds=15.0, init_batches=8)  # clip span; batches whose frames seed the centres
+    c.kmeans = dict(seconds=15.0, init_batches=2)  # clip span; batches whose valid frames (~75k) seed the centres
     src = default_source_config("audio")
     src.kind = "tfds"
     src.name = "librispeech"
