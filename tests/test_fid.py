@@ -316,8 +316,16 @@ def test_fid_evaluator_through_the_registry_equals_a_direct_computation(tmp_path
     out = tmp_path / "run" / "eval" / "fid" / "step_7"
     assert json.loads((out / "results.json").read_text())["fid"] == result["fid"]
     assert sorted(os.listdir(out)) == ["fid_000.png", "fid_001.png", "fid_samples.tsv", "results.json"]
-    # the reference statistics are cached and reused: the same figure without re-reading the images
+    # the reference statistics are cached and reused: the same figures without reading a record again
     (cache,) = [f for f in os.listdir(tmp_path / "run" / "eval" / "fid") if f.startswith("reference_")]
+
+    class Unreadable(list):
+        def __getitem__(self, i):
+            raise AssertionError("a cached reference set was read again")
+
+    unreadable = Unreadable(records)  # same length: the same cache key
+    monkeypatch.setattr(sources_lib, "open_sources", lambda *a, **k: {"train": [], "test": unreadable})
     with unittest.mock.patch.object(F, "statistics", wraps=F.statistics) as stats:
         again = ev.run(model, workdir=str(tmp_path / "run"), step=8)
-    assert again["fid"] == result["fid"] and stats.call_count == 1  # only the generated set
+    assert (again["fid"], again["precision"]) == (result["fid"], result["precision"]) and stats.call_count == 1
+    assert model.calls[-1][0] == captions  # the cached captions

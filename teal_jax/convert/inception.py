@@ -120,7 +120,8 @@ def torch_layout(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
             for p, v in _flat(params).items()}
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """The sha256 hex digest of a file (read in 1 MiB blocks)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -162,7 +163,7 @@ def convert_pth(pth: str, out: str) -> dict[str, str]:
 
     if not os.path.isfile(pth):
         raise FileNotFoundError(f"{pth}: no such file (download {WEIGHTS_URL})")
-    digest = _sha256(pth)
+    digest = file_sha256(pth)
     m = re.search(r"-([0-9a-f]{8,64})\.pth$", os.path.basename(pth))
     if m and not digest.startswith(m.group(1)):
         raise ValueError(f"{pth}: sha256 {digest[:16]}... does not start with the {m.group(1)} its name promises "

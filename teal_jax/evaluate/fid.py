@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from teal_jax.convert.inception import file_sha256
 from teal_jax.evaluate.evaluators import Evaluator, read_result
 
 NOTE = "FID is biased upward at small N: compare runs only at equal n (the field's COCO figures use 10k-30k images)"
@@ -142,43 +143,38 @@ class InceptionFeatures:
         return np.concatenate(out)
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ---- reference data ----------------------------------------------------------------------------------------------
-def reference_set(run_config, num_images: int, size: int, data_dir: str = "") -> dict[str, Any]:
-    """The first ``num_images`` records of the eval split of the run's ``data.image_source``: ``{'images': uint8
-    [n, size, size, 3], 'captions': [n] (the first caption of each), 'source': its identity}``."""
+def eval_split(run_config, size: int, data_dir: str = "") -> tuple[dict[str, Any], Any]:
+    """``(source dict, random-access eval split)`` of the run's ``data.image_source`` (``data_dir`` overrides the
+    source's; a digits source defaults to the image tokenizer run's data dir)."""
     from teal_jax.data.teal import sources as sources_lib
     from teal_jax.data.teal.config import source_dict
-    from teal_jax.media.image import center_crop_resize, convert_channels
 
     data = (run_config.get("data") or {}) if run_config is not None else {}
     if not data.get("image_source"):
         raise ValueError("fid: the run config has no data.image_source (the eval split gives reference images)")
     src = source_dict(data["image_source"], "image")
     d = data_dir or sources_lib.default_data_dir(data.get("image_tokenizer") or None, "digits", None)
-    split = sources_lib.open_sources(src, "image", data_dir=d, image_size=size)["test"]
-    n = min(int(num_images), len(split)) if num_images > 0 else len(split)
-    if n < 2:
-        raise ValueError(f"fid: the eval split of config.data.image_source has {len(split)} records; FID needs >= 2")
+    return src, sources_lib.open_sources(src, "image", data_dir=d, image_size=size)["test"]
+
+
+def reference_set(src: dict[str, Any], split, n: int, size: int) -> tuple[np.ndarray, list[str]]:
+    """The first ``n`` records of ``split``: (uint8 ``[n, size, size, 3]`` images, RGB, centre-cropped and resized
+    as the token datasets prepare training images; their first captions)."""
+    from teal_jax.data.teal import sources as sources_lib
+    from teal_jax.media.image import center_crop_resize, convert_channels
+
     images, captions = np.zeros((n, size, size, 3), np.uint8), []
     for i in range(n):
         rec = split[i]
         img = sources_lib.field(rec, src["image_key"], "config.data.image_source.image_key")
-        images[i] = center_crop_resize(convert_channels(np.asarray(img).astype(np.uint8), 3, name=f"eval record {i}"),
-                                       size)
+        img = convert_channels(np.asarray(img).astype(np.uint8), 3, name=f"eval record {i}")
+        images[i] = center_crop_resize(img, size)
         text = sources_lib.record_meta(rec, src, "image")[1].split("\n")[0].strip()
         if not text:
             raise ValueError(f"fid: eval record {i} of config.data.image_source has no caption (set text_key)")
         captions.append(text)
-    identity = {**{k: v for k, v in src.items() if k != "data_dir"}, "eval_records": len(split)}
-    return {"images": images, "captions": captions, "source": identity}
+    return images, captions
 
 
 # ---- the evaluator -----------------------------------------------------------------------------------------------
@@ -206,23 +202,30 @@ class FidEvaluator(Evaluator):
         return float(sample.get("guidance_scale", 1.0))
 
     def reference_statistics(self, extractor: InceptionFeatures, workdir: str, size: int) -> dict[str, Any]:
-        """Reference captions, mean and covariance (features cached per weights / source / count / size)."""
-        ref = reference_set(self.run_config, self.num_images, size, self.data_dir)
-        key = json.dumps({"weights": _file_digest(extractor.path), "source": ref["source"], "n": len(ref["captions"]),
-                          "size": size}, sort_keys=True, default=str)
+        """Captions, features, mean and covariance of the reference images; cached in
+        ``<workdir>/eval/<name>/reference_<digest>.npz`` (keyed by weights, source, count and size), so a later
+        evaluation reads no image."""
+        src, split = eval_split(self.run_config, size, self.data_dir)
+        n = min(int(self.num_images), len(split)) if self.num_images > 0 else len(split)
+        if n < 2:
+            raise ValueError(f"fid: the eval split of config.data.image_source has {len(split)} records; FID needs "
+                             ">= 2")
+        identity = {**{k: v for k, v in src.items() if k != "data_dir"}, "eval_records": len(split)}
+        key = json.dumps({"weights": file_sha256(extractor.path), "source": identity, "n": n, "size": size},
+                         sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         path = os.path.join(workdir, "eval", self.name, f"reference_{digest}.npz")
         if os.path.exists(path):
             with np.load(path) as z:
-                features, mu, sigma = z["features"], z["mu"], z["sigma"]
-        else:
-            features = extractor(ref["images"])
-            mu, sigma = statistics(features)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp{os.getpid()}.npz"
-            np.savez(tmp, features=features, mu=mu, sigma=sigma)
-            os.replace(tmp, path)
-        return {"captions": ref["captions"], "features": features, "mu": mu, "sigma": sigma}
+                return {"captions": [str(c) for c in z["captions"]], **{k: z[k] for k in ("features", "mu", "sigma")}}
+        images, captions = reference_set(src, split, n, size)
+        features = extractor(images)
+        mu, sigma = statistics(features)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}.npz"
+        np.savez(tmp, captions=np.array(captions), features=features, mu=mu, sigma=sigma)
+        os.replace(tmp, path)
+        return {"captions": captions, "features": features, "mu": mu, "sigma": sigma}
 
     def run(self, model, *, workdir, step):
         from teal_jax.evaluate.scoring import write_tsv
