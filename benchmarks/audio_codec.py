@@ -5,13 +5,15 @@ codebooks filled), with the ratio printed.
     python benchmarks/audio_codec.py --config=configs/audio/encodec_24khz.py --seconds=2 --batch=4
 
 The JAX model runs at float32 with random parameters of the config's shape (throughput does not depend on the
-values). Each figure is the best of ``--repeats`` timed calls after one compile/warm-up call.
+values). Each figure is the best of ``--repeats`` timed calls after one compile/warm-up call. The torch peer runs on
+the same device as JAX (CUDA when torch sees a GPU) and first (JAX reserves most of the GPU's memory once started).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import time
 
 import jax
@@ -57,16 +59,31 @@ def bench_torch(seconds, batch, repeats, bandwidth):
     import torch
     import transformers
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     model = transformers.EncodecModel(transformers.EncodecConfig()).eval()
     with torch.no_grad():
         for layer in model.quantizer.layers:
             layer.codebook.embed.copy_(torch.randn_like(layer.codebook.embed))
-    x = 0.1 * torch.randn(batch, 1, int(seconds * 24000))
+    model = model.to(device)
+    x = 0.1 * torch.randn(batch, 1, int(seconds * 24000), device=device)
+
+    def synced(fn):
+        def run():
+            out = fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return out
+        return run
+
     with torch.no_grad():
         out = model.encode(x, bandwidth=bandwidth)
-        t_enc = _best(lambda: model.encode(x, bandwidth=bandwidth), repeats)
-        t_dec = _best(lambda: model.decode(out.audio_codes, out.audio_scales), repeats)
-    return batch * seconds / t_enc, batch * seconds / t_dec, torch.get_num_threads()
+        t_enc = _best(synced(lambda: model.encode(x, bandwidth=bandwidth)), repeats)
+        t_dec = _best(synced(lambda: model.decode(out.audio_codes, out.audio_scales)), repeats)
+    where = f"torch {device}" + ("" if device == "cuda" else f", {torch.get_num_threads()} threads")
+    model = x = out = None
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return batch * seconds / t_enc, batch * seconds / t_dec, where
 
 
 def main():
@@ -77,18 +94,23 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no_torch", action="store_true")
     a = p.parse_args()
+    cfg_model = _load_config(a.config).model
+    # the same number of levels as ours where transformers offers it (24 kbit/s = 32 levels)
+    bw = 24.0 if int(cfg_model.get("num_levels", 0)) >= 32 else 6.0
+    peer = None if a.no_torch else bench_torch(a.seconds, a.batch, a.repeats, bw)  # first: before JAX's pool
     cfg, je, jd = bench_jax(a.config, a.seconds, a.batch, a.repeats)
     dev = jax.devices()[0]
     print(f"backend {jax.default_backend()} ({dev.device_kind}); {a.batch} clips x {a.seconds} s")
     print(f"teal_jax {a.config}: {cfg.sample_rate} Hz, hop {cfg.hop_length}, {cfg.num_levels} levels x "
           f"{cfg.codebook_size}: encode {je:.1f} audio-s/s, decode {jd:.1f} audio-s/s")
-    if not a.no_torch:
-        # the same number of levels as ours where transformers offers it (24 kbit/s = 32 levels)
-        bw = 24.0 if cfg.num_levels >= 32 else 6.0
-        te, td, threads = bench_torch(a.seconds, a.batch, a.repeats, bw)
-        print(f"transformers EncodecModel 24 kHz (torch CPU, {threads} threads, {bw} kbit/s): encode {te:.1f} "
+    line = {"bench": "audio_codec", "config": a.config, "device": dev.device_kind, "jax_encode": je, "jax_decode": jd}
+    if peer is not None:
+        te, td, where = peer
+        print(f"transformers EncodecModel 24 kHz ({where}, {bw} kbit/s): encode {te:.1f} "
               f"audio-s/s, decode {td:.1f} audio-s/s")
         print(f"ratio teal_jax / torch: encode {je / te:.2f}x, decode {jd / td:.2f}x")
+        line.update(torch_device=where, torch_encode=te, torch_decode=td)
+    print("BENCH " + json.dumps(line))
 
 
 if __name__ == "__main__":
