@@ -100,6 +100,7 @@ def test_export_loads_back_in_peft_with_the_same_logits(peft_model, tmp_path):
     np.testing.assert_allclose(_hf_logits(loaded, tokens), ref, atol=1e-5)
 
 
+@pytest.mark.slow  # ~7 s on 2 cores; the export layout is covered above (bit-equal to peft's own file)
 def test_trained_factors_export_and_load_in_peft(peft_model, tmp_path):
     """Factors of our own (random, rank 2, a different target set) -> peft logits == our LoRA forward."""
     root, _, tokens = peft_model
