@@ -42,7 +42,7 @@ from teal_jax.models.inception import InceptionV3FID, resize_bilinear_tf1
 
 torch = pytest.importorskip("torch")
 
-FEATURE_RTOL = 1e-3  # max |ours - torch| over the features, relative to max |torch feature| (measured ~1.3e-4)
+FEATURE_RTOL = 2e-4  # max |ours - torch| relative to max |torch value| (measured 1.3e-5 features, 9.5e-6 logits)
 
 
 @pytest.fixture(scope="module")
