@@ -27,9 +27,10 @@ def cast_lm_params(config: TransformerConfig, params):
 
 def decoder(model_config: TransformerConfig):
     """``cache_length -> step function`` of a :class:`TransformerLM` (see :class:`sampler.LinenDecoder`)."""
-    return lambda length: sampler.LinenDecoder(TransformerLM, dataclasses.replace(model_config,
-                                                                                 max_decode_len=length),
-                                               cast_params=cast_lm_params)
+    # The layer stack is unrolled for decoding: one straight-line step, no per-layer loop overhead.
+    return lambda length: sampler.LinenDecoder(
+        TransformerLM, dataclasses.replace(model_config, max_decode_len=length, scan_unroll=model_config.num_layers),
+        cast_params=cast_lm_params)
 
 
 def sample_ids(model_config: TransformerConfig, params, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,

@@ -77,7 +77,8 @@ def cast_teal_params(config: TealConfig, params):
 def decoder(config: TealConfig):
     """``cache_length -> step function`` of a :class:`TealLM` (the step feeds each code's ``span_index``)."""
     return lambda length: sampler.LinenDecoder(
-        TealLM, dataclasses.replace(config, lm=dataclasses.replace(config.lm, max_decode_len=length)),
+        TealLM, dataclasses.replace(config, lm=dataclasses.replace(config.lm, max_decode_len=length,
+                                                                    scan_unroll=config.lm.num_layers)),
         extra_inputs=("span_index",), cast_params=cast_teal_params)
 
 

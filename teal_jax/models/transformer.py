@@ -20,14 +20,23 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 Array = jax.Array
+
+# Activations named inside a block (jax.ad_checkpoint.checkpoint_name) for the policies that save them: the two
+# norm outputs (inputs of the q/k/v and gate/up matmuls) and the attention kernel's output (before o_proj).
+SAVED_NAMES = ("attn_norm", "mlp_norm", "attn_ctx")
 
 REMAT_POLICIES = {
     "none": None,  # no remat: keep every activation
     "full": jax.checkpoint_policies.nothing_saveable,  # recompute everything in the backward pass
     "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs, recompute elementwise ops
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight matmuls only
+    # weight matmuls plus the named norm and attention outputs (more memory, less recomputation than dots_no_batch)
+    "dots_no_batch_names": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+        jax.checkpoint_policies.save_only_these_names(*SAVED_NAMES)),
 }
 
 
@@ -35,7 +44,7 @@ REMAT_POLICIES = {
 # on them hold interchangeable weights), and those a run may choose freely (kernel, memory policy, cache length).
 ARCHITECTURE_FIELDS = ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
                        "rope_theta", "norm_eps", "qk_norm", "tie_embeddings")
-RUNTIME_FIELDS = ("attention_impl", "remat_policy", "max_decode_len")
+RUNTIME_FIELDS = ("attention_impl", "remat_policy", "max_decode_len", "scan_unroll")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +72,7 @@ class TransformerConfig:
     attention_impl: str = "xla"  # 'xla' | 'cudnn' | 'auto' (let JAX choose)
     remat_policy: str = "none"
     max_decode_len: int = 2048  # KV-cache length in decode mode
+    scan_unroll: int = 1  # layers per iteration of the layer scan (num_layers: a straight-line stack)
 
     def __post_init__(self):
         if self.num_heads % self.num_kv_heads:
@@ -73,6 +83,8 @@ class TransformerConfig:
             raise ValueError(f"model.head_dim={self.head_dim} must be even for rotary embeddings")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"model.remat_policy={self.remat_policy!r}: choose one of {sorted(REMAT_POLICIES)}")
+        if self.scan_unroll < 1:
+            raise ValueError(f"model.scan_unroll={self.scan_unroll} must be >= 1 (1: a rolled layer scan)")
         if self.attention_impl not in ("xla", "cudnn", "auto"):
             raise ValueError(f"model.attention_impl={self.attention_impl!r}: choose 'xla', 'cudnn' or 'auto'")
 
@@ -267,6 +279,7 @@ class Attention(nn.Module):
             # One-token queries (every step after the prompt) are a memory-bound matrix-vector product: plain XLA.
             out = jax.nn.dot_product_attention(q.astype(dtype), ck.value, cv.value, mask=mask,
                                                implementation="xla" if t == 1 else impl)
+        out = checkpoint_name(out, "attn_ctx")
         return routed("o_proj", (cfg.embed_dim,), ("heads", "head_dim", "embed"), out, contract=2)
 
 
@@ -302,9 +315,9 @@ class Block(nn.Module):
                  expert_mask: Array | None = None) -> tuple[Array, None]:
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
-        h = RMSNorm(cfg.norm_eps, dtype, cfg.param_dtype, name="attn_norm")(x)
+        h = checkpoint_name(RMSNorm(cfg.norm_eps, dtype, cfg.param_dtype, name="attn_norm")(x), "attn_norm")
         x = x + Attention(cfg, self.decode, name="attn")(h, positions, segment_ids, expert_mask)
-        h = RMSNorm(cfg.norm_eps, dtype, cfg.param_dtype, name="mlp_norm")(x)
+        h = checkpoint_name(RMSNorm(cfg.norm_eps, dtype, cfg.param_dtype, name="mlp_norm")(x), "mlp_norm")
         y = MLP(cfg, name="mlp")(h)
         if cfg.expert_mlp and expert_mask is not None:
             y = jnp.where(expert_mask[..., None], MLP(cfg, name="expert_mlp")(h), y)
@@ -340,6 +353,7 @@ class TransformerLM(nn.Module):
             split_rngs={"params": True},
             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
+            unroll=cfg.scan_unroll,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, self.decode, name="layers")
         self.final_norm = RMSNorm(cfg.norm_eps, jnp.dtype(cfg.dtype), cfg.param_dtype, name="final_norm")
