@@ -211,11 +211,11 @@ def get_config(arg: str | None = None):
     # PATH (docs/evaluation.md). 1,000 images is a trend line (FID is biased upward at small N; papers use 10k-30k).
     c.evals.fid = ml_collections.ConfigDict(dict(kind="fid", every_steps=0, inception_weights="", num_images=1000,
                                                  batch_size=50, max_batch=32))
-    # The field's own measures (teal_jax/evaluate/, docs/evaluation.md). COCO Karpathy-test BLEU-4 / CIDEr of greedy
-    # captions, read from the run's coco_captions source (its 'test' split is Karpathy's 5,000 images; 500 at every
-    # eval, all with --config.evals.coco_caption.max_images=0).
-    c.evals.coco_caption = ml_collections.ConfigDict(dict(kind="coco_caption", every_steps=c.train.eval_every,
-                                                          split="test", max_images=500, batch_size=32))
+    # The field's own measures (teal_jax/evaluate/, docs/evaluation.md), on demand (--mode=eval; every_steps=2000 to
+    # run one during training). COCO Karpathy-test BLEU-4 / CIDEr of greedy captions, read from the run's
+    # coco_captions source (its 'test' split is Karpathy's 5,000 images; 500 here, all with .max_images=0).
+    c.evals.coco_caption = ml_collections.ConfigDict(dict(kind="coco_caption", every_steps=0, split="test",
+                                                          max_images=500, batch_size=32))
     # LibriSpeech test-clean WER after Whisper's English normaliser (jiwer), from the run's audio source; on demand:
     # --config.evals.librispeech_wer.spelling_file=.../normalizer.json (Whisper's spelling table) for the full rules.
     c.evals.librispeech_wer = ml_collections.ConfigDict(dict(kind="asr_wer", every_steps=0, split="test_clean",
