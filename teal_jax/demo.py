@@ -14,8 +14,9 @@ finished, so re-running the command resumes where it stopped, mid-stage from the
   teal_stage1        strict TEAL with the text LM frozen: non-text rows, heads, span positions (configs/teal/demo.py)
   teal_stage2        + bias/norm tuning, starting from stage 1 (configs/teal/demo.py:stage2)
   ablation_codebook  stage 1 with codebook-initialised non-text embeddings (the paper's ablation)
-  ablation_full      stage 1's data with full fine-tuning (frozen vs not); the ablations train ABLATION_STEPS and are
-                     compared with stage 1's own checkpoint at that step
+  ablation_full      stage 1's data with full fine-tuning (frozen vs not)
+  ablation_lora      stage 1 plus LoRA on the LM's attention projections (it changes the text behaviour); the
+                     ablations train ABLATION_STEPS and are compared with stage 1's own checkpoint at that step
   evaluate           the evaluators of configs/teal/demo.py's ``config.evals`` on every TEAL run (samples, PNG/WAV,
                      under ``<run>/eval/``), then ``<workdir>/report.md`` + plots (teal_jax/demo_evaluate.py)
 
@@ -134,6 +135,10 @@ def ablation_full_config(variant: str, workdir: str) -> ml_collections.ConfigDic
     return _ablation_budget(_teal_config(variant, workdir, "full"), variant)
 
 
+def ablation_lora_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
+    return _ablation_budget(_teal_config(variant, workdir, "lora"), variant)
+
+
 TRAIN_STAGES: dict[str, Callable[[str, str], ml_collections.ConfigDict]] = {
     "text_lm": text_lm_config,
     "image_tokenizer": image_tokenizer_config,
@@ -143,6 +148,7 @@ TRAIN_STAGES: dict[str, Callable[[str, str], ml_collections.ConfigDict]] = {
     "teal_stage2": teal_stage2_config,
     "ablation_codebook": ablation_codebook_config,
     "ablation_full": ablation_full_config,
+    "ablation_lora": ablation_lora_config,
 }
 STAGE_ORDER = (*TRAIN_STAGES, "evaluate")
 # What a stage needs to have finished first.
@@ -152,6 +158,7 @@ REQUIRES = {
     "teal_stage2": ("teal_stage1",),
     "ablation_codebook": ("text_lm", "image_tokenizer", "audio_codec"),
     "ablation_full": ("text_lm", "image_tokenizer", "audio_codec"),
+    "ablation_lora": ("text_lm", "image_tokenizer", "audio_codec"),
     "evaluate": ("teal_expert", "teal_stage1"),
 }
 

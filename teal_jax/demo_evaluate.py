@@ -26,6 +26,7 @@ from typing import Any
 import ml_collections
 
 from teal_jax.demo_report import (
+    ABLATIONS,
     BASELINE,
     GUIDANCE_FROM,
     GUIDANCE_TUNED,
@@ -84,7 +85,7 @@ def ablation_baseline_step(workdir: str) -> int | None:
     from teal_jax import checkpoint
 
     steps = set()
-    for r in ("ablation_codebook", "ablation_full"):
+    for r in ABLATIONS:
         if stage_done(workdir, r):
             with open(_done_file(workdir, r)) as f:
                 steps.add(int(json.load(f).get("steps", 0)))

@@ -30,13 +30,15 @@ RUN_TARGETS = {
                     ("t2i_accuracy", "text-to-image judged correct (digit classifier)", 0.60, True)),
 }
 # Every TEAL run the evaluate stage looks for, in evaluation order; whichever have finished are evaluated.
-TEAL_RUNS = ("teal_expert", "teal_stage1", "teal_stage2", "ablation_codebook", "ablation_full")
+ABLATIONS = ("ablation_codebook", "ablation_full", "ablation_lora")  # trained ABLATION_STEPS (teal_jax/demo.py)
+TEAL_RUNS = ("teal_expert", "teal_stage1", "teal_stage2", *ABLATIONS)
 LEAD_RUNS = ("teal_expert", "teal_stage1")  # each gets its own section with its targets, in this order
 # Stage 1's checkpoint at the ablations' (shorter) budget: the fair baseline of the ablation rows.
 BASELINE = "teal_stage1_at_ablation_steps"
 RUN_LABELS = {"teal_expert": "frozen LM + modality-expert attention", "teal_stage1": "strict TEAL (frozen, stage 1)",
               "teal_stage2": "frozen, stage 2 (bias/norm)", BASELINE: "frozen stage 1 at the ablations' step count",
-              "ablation_codebook": "frozen stage 1, codebook init", "ablation_full": "full fine-tuning"}
+              "ablation_codebook": "frozen stage 1, codebook init", "ablation_full": "full fine-tuning",
+              "ablation_lora": "stage 1 + LoRA on the LM's attention"}
 RUN_DESCRIPTIONS = {
     "teal_expert": "The text LM stays frozen (its text logits are checked bitwise against the base LM); image and "
                    "audio positions use their own, trained attention weights (modality experts), text positions the "
@@ -44,7 +46,8 @@ RUN_DESCRIPTIONS = {
     "teal_stage1": "TEAL's stage 1 as the paper states it: the text LM frozen; only the new non-text parameters "
                    "train (embedding rows, output heads, and the learned span positions where the config has them).",
 }
-REPORT_RUNS = ("teal_expert", "teal_stage1", BASELINE, "teal_stage2", "ablation_full", "ablation_codebook")
+REPORT_RUNS = ("teal_expert", "teal_stage1", BASELINE, "teal_stage2", "ablation_full", "ablation_lora",
+               "ablation_codebook")
 # Classifier-free guidance: these runs choose their scales on the validation set; every other run uses strict TEAL's
 # (an ablation then differs from it in what it ablates only), or chooses its own when strict TEAL was not evaluated.
 GUIDANCE_TUNED = ("teal_expert", "teal_stage1")
@@ -215,6 +218,11 @@ def missed_targets_section(figures: dict[str, dict[str, Any]], main: str,
         lines.append(f"- Frozen vs full fine-tuning on the same data ({which} -> full fine-tuning): "
                      + _compare(frozen, full) + ". What unfreezing gains at equal steps is the part of the gap that "
                      "keeping this small LM frozen costs.")
+    if frozen and figures.get("ablation_lora"):
+        which = RUN_LABELS[BASELINE] if BASELINE in figures else RUN_LABELS["teal_stage1"]
+        lines.append(f"- LoRA on the frozen LM's attention ({which} -> {RUN_LABELS['ablation_lora']}): "
+                     + _compare(frozen, figures["ablation_lora"]) + ". LoRA changes the LM's text behaviour (the "
+                     "text table), which the modality experts do not.")
     lines += ["- The frozen LM here is the small text LM this demo trains in minutes; TEAL's results are for 7B-scale "
               "frozen LMs. docs/teal.md ('Fidelity work', 'What limits it') has the experiments and single-task "
               "diagnostics on the same pipeline.", ""]

@@ -14,7 +14,7 @@ from teal_jax import demo_report as R
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("text_lm", "image_tokenizer", "audio_codec", "teal_expert", "teal_stage1", "teal_stage2",
-          "ablation_codebook", "ablation_full")
+          "ablation_codebook", "ablation_full", "ablation_lora")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_every_stage_runs_and_the_report_holds_every_figure(demo):
     keys = {"caption_accuracy", "t2i_accuracy", "asr_wer", "tts_accuracy", "reasoning_image_accuracy",
             "reasoning_speech_accuracy", "text_ppl"}
     trained = {r for r in R.TEAL_RUNS if (workdir / r / "stage_result.json").exists()}
-    assert {"teal_stage1", "teal_stage2", "ablation_codebook", "ablation_full"} <= trained
+    assert {"teal_stage1", "teal_stage2", "ablation_codebook", "ablation_full", "ablation_lora"} <= trained
     assert set(results["runs"]) == trained  # every finished TEAL run is evaluated
     for run, figs in results["runs"].items():
         assert keys <= set(figs), run
@@ -54,8 +54,9 @@ def test_every_stage_runs_and_the_report_holds_every_figure(demo):
     base = results["text"]["base LM"]["ppl"]
     for run in ("teal_stage1", "ablation_codebook"):
         assert results["text"][run]["bitwise"] is True and results["text"][run]["ppl"] == base
-    # Full fine-tuning moves the LM.
+    # Full fine-tuning moves the LM, and so does LoRA on its attention (its factors start at B = 0 and train).
     assert results["text"]["ablation_full"]["bitwise"] is False
+    assert results["text"]["ablation_lora"]["bitwise"] is False
 
     # Guidance: chosen on validation prompts by the lead runs, borrowed from strict TEAL by the others; every
     # sampling setting is stated.

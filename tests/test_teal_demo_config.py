@@ -49,8 +49,10 @@ def test_demo_stage_configs(tmp_path):
     assert expert.model.stage == "frozen_expert" and expert.data.audio_source.config == "medium"
     assert demo.audio_codec_config("default", w).data.config == "medium"
     assert demo.teal_stage2_config("default", w).model.base_lm_workdir.endswith("teal_stage1")
-    for name in ("ablation_full", "ablation_codebook"):
+    for name in ("ablation_full", "ablation_codebook", "ablation_lora"):
         assert demo.TRAIN_STAGES[name]("default", w).train.steps == demo.ABLATION_STEPS
+    lora = demo.ablation_lora_config("default", w)
+    assert lora.model.stage == "frozen_stage1" and lora.model.lora.rank == 8
     assert demo.STAGE_ORDER.index("teal_expert") < demo.STAGE_ORDER.index("teal_stage1")
     quick = demo.teal_expert_config("quick", w)
     assert quick.train.steps < 50 and quick.data.audio_source.config == "tiny"

@@ -18,6 +18,9 @@ Variants (``--config=configs/teal/demo.py:VARIANT``, comma-separated):
                 projections and the MLP used only at non-text positions (``model.stage='frozen_expert'``); text
                 positions run through the original weights, so text-only inputs give the base LM's logits bit for
                 bit.
+  ``lora``    : LoRA (rank 8) on the frozen LM's attention projections, with stage 1's new parameters: the
+                ablation where the LM itself adapts a little; unlike stage 1 and the experts it changes the text
+                behaviour (the report measures by how much).
   ``smoke``   : a few steps on the tiny data (CI runs the whole demo with it: ``teal_jax.demo --variant=quick``).
 """
 
@@ -35,7 +38,7 @@ IMAGE_CODES, IMAGE_TOKENS = 64, 16
 AUDIO_CODES, AUDIO_LEVELS, AUDIO_SECONDS, AUDIO_FRAME_RATE = 64, 4, 1.0, 50
 AUDIO_FRAMES = int(AUDIO_SECONDS * AUDIO_FRAME_RATE)
 
-_VARIANTS = ("stage2", "codebook", "full", "expert", SMOKE)
+_VARIANTS = ("stage2", "codebook", "full", "expert", "lora", SMOKE)
 
 
 def get_config(arg: str | None = None):
@@ -113,6 +116,10 @@ def get_config(arg: str | None = None):
     if "full" in variants:
         c.optimizer.lr = 1e-3
     if "expert" in variants:  # the experts start as copies of trained LM weights: a gentler rate
+        c.optimizer.lr = 5e-3
+    if "lora" in variants:  # teal_jax/models/lora.py: B starts at zero, so step 0 is stage 1's model
+        c.model.lora = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, targets=r"attn/(q|k|v|o)_proj",
+                                                      dropout=0.0))
         c.optimizer.lr = 5e-3
     # Generation settings of the demo's evaluation (Chameleon's temperature/top-p; text answers are greedy).
     c.sample = ml_collections.ConfigDict(dict(prompts=("",), max_new_tokens=64, temperature=0.7, top_k=0, top_p=0.9,
