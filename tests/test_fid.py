@@ -329,3 +329,23 @@ def test_fid_evaluator_through_the_registry_equals_a_direct_computation(tmp_path
         again = ev.run(model, workdir=str(tmp_path / "run"), step=8)
     assert (again["fid"], again["precision"]) == (result["fid"], result["precision"]) and stats.call_count == 1
     assert model.calls[-1][0] == captions  # the cached captions
+
+
+@pytest.mark.slow
+def test_fid_evaluator_on_the_tiny_random_teal_model(tmp_path):
+    """The evaluator on a real TealModel (test_teal_api's tiny random one: 32 x 32 gray images) and the digits'
+    test split built in tmp: generate_image's signature and the gray -> RGB path, end to end (~20 s)."""
+    from test_teal_api import tiny_model, tiny_parts
+
+    width = 1 / 16
+    weights = CI.save_inception(random_params(width), str(tmp_path / "tiny_inception.safetensors"), width=width)
+    model = tiny_model()
+    from teal_jax.data.teal.config import default_source_config
+
+    c = ml_collections.ConfigDict(tiny_parts()["config"].to_dict())  # a synthetic-data run: name an image source
+    c.data.image_source = default_source_config("image")  # the digits (their words are the captions)
+    ev = F.FidEvaluator(dict(inception_weights=weights, num_images=6, batch_size=4, data_dir=str(tmp_path / "digits"),
+                             save_samples=1), c, name="fid")
+    r = ev.run(model, workdir=str(tmp_path / "run"), step=0)
+    assert r["n"] == 6 and r["image_size"] == 32 and np.isfinite(r["fid"]) and r["fid"] > 0
+    assert (tmp_path / "run" / "eval" / "fid" / "step_0" / "fid_000.png").exists()
