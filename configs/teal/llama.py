@@ -148,7 +148,8 @@ def get_config(arg: str | None = None):
     c.objective = "teal"
 
     base = tinyllama_1b.get_config().model
-    c.model.lm = ml_collections.ConfigDict({k: base[k] for k in ARCHITECTURE_FIELDS + RUNTIME_FIELDS})
+    # Runtime fields the LM config does not set keep TransformerConfig's defaults.
+    c.model.lm = ml_collections.ConfigDict({k: base[k] for k in ARCHITECTURE_FIELDS + RUNTIME_FIELDS if k in base})
     if hf:
         c.model.lm.update(_lm_shape_from_hf(hf))
     c.model.lm.use_bias = stage2
