@@ -44,7 +44,7 @@ REMAT_POLICIES = {
 # on them hold interchangeable weights), and those a run may choose freely (kernel, memory policy, cache length).
 ARCHITECTURE_FIELDS = ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
                        "rope_theta", "norm_eps", "qk_norm", "tie_embeddings")
-RUNTIME_FIELDS = ("attention_impl", "remat_policy", "max_decode_len", "scan_unroll")
+RUNTIME_FIELDS = ("attention_impl", "remat_policy", "max_decode_len")
 
 
 @dataclasses.dataclass(frozen=True)
