@@ -2,7 +2,9 @@
 
   python benchmarks/run_all.py                         # one GPU: the issue-14 shapes, < 8 minutes in all
   python benchmarks/run_all.py --tiny                  # tiny shapes on a CPU: proves every script runs
-  python benchmarks/run_all.py --out=/tmp/bench.md     # where the table goes (default benchmarks/results.md)
+  python benchmarks/run_all.py --out=/tmp/bench.md     # where the table goes (default $OUT/results.md when the
+                                                       # environment sets OUT, as the device tool does, else
+                                                       # benchmarks/results.md)
 
 Each script runs in its own process (torch and JAX each get the device to themselves in turn), under a time limit
 taken from what is left of ``--budget_s``; a script that would not fit is skipped and says so in the table. The
@@ -105,7 +107,8 @@ def rows_for(r: dict) -> list[str]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results.md"))
+    ap.add_argument("--out", default=os.path.join(os.environ.get("OUT") or os.path.join(ROOT, "benchmarks"),
+                                                  "results.md"))
     ap.add_argument("--budget_s", type=float, default=460.0, help="wall-clock budget for all scripts")
     ap.add_argument("--only", default="", help="comma-separated names to run (default all)")
     args = ap.parse_args()
