@@ -30,6 +30,15 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
     ))
 
 
+def lora_defaults() -> ml_collections.ConfigDict:
+    """``config.model.lora``: LoRA on the language model (rank 0 = off; teal_jax/models/lora.py, docs/lora.md).
+    Every config carries it so ``--config.model.lora.rank=8`` works on the command line."""
+    return ml_collections.ConfigDict(dict(rank=0, alpha=0.0, targets=r"attn/(q|v)_proj", dropout=0.0))
+
+
+LORA_OBJECTIVES = ("lm", "teal")  # the objectives that train a language model LoRA can adapt
+
+
 SMOKE = "smoke"  # the one name of every config's tiny variant (a few steps, tiny shapes: what tests and CI run)
 
 
@@ -80,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.objective = "lm"
     c.seed = 0
-    c.model = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(dict(lora=lora_defaults()))
     c.data = ml_collections.ConfigDict()
     c.train = ml_collections.ConfigDict(dict(
         steps=1000, batch_size=8, grad_accum=1, log_every=10, eval_every=500, eval_batches=4,
@@ -152,6 +161,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.train.batch_size={t.batch_size} is not divisible by config.train.grad_accum={t.grad_accum}"
         )
     _check_evals(config)
+    lora = (config.model.get("lora") or {}) if hasattr(config.model, "get") else {}
+    if lora and lora.get("rank", 0) and config.objective not in LORA_OBJECTIVES:
+        raise ValueError(f"config.model.lora.rank={lora.get('rank')}: LoRA adapts a language model; "
+                         f"config.objective={config.objective!r} is not one of {LORA_OBJECTIVES}")
     shape = tuple(config.mesh.shape)
     if len(shape) != 3:
         raise ValueError(f"config.mesh.shape={shape} must have 3 entries ('data', 'fsdp', 'tensor')")

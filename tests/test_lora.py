@@ -178,3 +178,17 @@ def test_targets_selecting_nothing_list_the_module_paths():
     _, _, _, params = _tiny_model()
     with pytest.raises(ValueError, match=r"selects no kernel; module paths are: .*layers/attn/q_proj"):
         lora.init_adapters(params, lora.LoraConfig(rank=2, targets="self_attn"), jax.random.key(0))
+
+
+def test_every_config_carries_lora_off_and_other_objectives_reject_it():
+    from configs.image import digits_tiny
+    from teal_jax import config as config_lib
+
+    c = tiny_lm_config()
+    assert c.model.lora.rank == 0 and not lora.LoraConfig.from_config(c.model).enabled
+    c.model.lora.rank = 4  # what --config.model.lora.rank=4 does
+    assert LMObjective(c).lora == lora.LoraConfig(rank=4, targets=r"attn/(q|v)_proj")
+    image = digits_tiny.get_config()
+    image.model.lora.rank = 4
+    with pytest.raises(ValueError, match="config.model.lora.rank=4: LoRA adapts a language model"):
+        config_lib.validate(image)
