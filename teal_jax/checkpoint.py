@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import time
-import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,13 +31,14 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from teal_jax import paths
+
 MANIFEST = "manifest.json"
 ITEMS = ("state", "data", "config")
-_CHUNK = 1 << 22
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return paths.join(paths.resolve(workdir), "checkpoints")
 
 
 class CheckpointIntegrityError(RuntimeError):
@@ -52,70 +50,53 @@ class CheckpointIntegrityError(RuntimeError):
         super().__init__(f"checkpoint step {step} ({path}): {item}: {problem}")
 
 
-def _crc32(path: str) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
-
 def _files(step_dir: str) -> list[str]:
-    out = []
-    for root, _, names in os.walk(step_dir):
-        for name in names:
-            rel = os.path.relpath(os.path.join(root, name), step_dir)
-            if rel != MANIFEST:
-                out.append(rel)
-    return sorted(out)
+    return [rel for rel in paths.walk_files(step_dir) if rel != MANIFEST and not rel.startswith(f".{MANIFEST}.tmp")]
 
 
 def write_manifest(step_dir: str) -> dict[str, Any]:
-    """Seals a complete step: size and CRC-32 of each file, written to a temp file and renamed (atomic)."""
-    files = {rel: {"size": os.path.getsize(os.path.join(step_dir, rel)), "crc32": _crc32(os.path.join(step_dir, rel))}
-             for rel in _files(step_dir)}
+    """Seals a complete step: size and CRC-32 of each file, written atomically (a local temp file renamed; an
+    object store writes the object whole)."""
+    files = {}
+    for rel in _files(step_dir):
+        size, crc = paths.size_and_crc32(paths.join(step_dir, rel))
+        files[rel] = {"size": size, "crc32": crc}
     manifest = {"format": 1, "checksum": "crc32", "files": files}
-    tmp = os.path.join(step_dir, f".{MANIFEST}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=0, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(step_dir, MANIFEST))
+    paths.write_text(paths.join(step_dir, MANIFEST), json.dumps(manifest, indent=0, sort_keys=True))
     return manifest
 
 
 def verify_step(step_dir: str, step: int, items: Iterable[str] = ITEMS) -> None:
     """Checks the files of ``items`` (all of the step's by default) against its manifest; raises
     :class:`CheckpointIntegrityError` on the first problem."""
-    if not os.path.isdir(step_dir):
+    if not paths.isdir(step_dir):
         raise CheckpointIntegrityError(step_dir, step, "step", "no such folder")
-    path = os.path.join(step_dir, MANIFEST)
-    if not os.path.isfile(path):
-        what = "empty folder" if not os.listdir(step_dir) else "not sealed"
+    path = paths.join(step_dir, MANIFEST)
+    if not paths.isfile(path):
+        what = "empty folder" if not paths.listdir(step_dir) else "not sealed"
         raise CheckpointIntegrityError(step_dir, step, "manifest", f"missing ({what}: the save never completed, "
                                        "or the step was written before checksums existed)")
     try:
-        with open(path) as f:
-            files = json.load(f)["files"]
+        files = json.loads(paths.read_text(path))["files"]
         assert isinstance(files, dict)
     except (OSError, ValueError, KeyError, TypeError, AssertionError) as e:
         raise CheckpointIntegrityError(step_dir, step, "manifest", f"unreadable ({type(e).__name__}: {e})") from None
     items = tuple(items)
     for item in items:
-        if not any(rel.split(os.sep)[0] == item for rel in files):
+        if not any(rel.split("/")[0] == item for rel in files):
             raise CheckpointIntegrityError(step_dir, step, item, "not in the manifest (the save never wrote it)")
     for rel, want in files.items():
-        item = rel.split(os.sep)[0]
-        if item not in items and os.sep in rel:
+        item = rel.split("/")[0]
+        if item not in items and "/" in rel:
             continue
-        full = os.path.join(step_dir, rel)
-        if not os.path.isfile(full):
+        full = paths.join(step_dir, rel)
+        if not paths.isfile(full):
             raise CheckpointIntegrityError(step_dir, step, item, f"file {rel} is missing")
-        size = os.path.getsize(full)
+        size, crc = paths.size_and_crc32(full)
         if size != want["size"]:
             raise CheckpointIntegrityError(step_dir, step, item, f"file {rel} has {size} bytes, the manifest says "
                                            f"{want['size']} (truncated or overwritten)")
-        if _crc32(full) != want["crc32"]:
+        if crc != want["crc32"]:
             raise CheckpointIntegrityError(step_dir, step, item, f"file {rel} does not match its checksum "
                                            "(corrupted)")
 
@@ -142,10 +123,10 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True, read_only: bool = False):
-        self.workdir = os.path.abspath(workdir)
+        self.workdir = paths.resolve(workdir)
         self.directory = checkpoint_dir(workdir)
-        if read_only and not os.path.isdir(self.directory):
-            what = "no such directory" if not os.path.isdir(self.workdir) else "no checkpoints/ folder in it"
+        if read_only and not paths.isdir(self.directory):
+            what = "no such directory" if not paths.isdir(self.workdir) else "no checkpoints/ folder in it"
             raise FileNotFoundError(f"no checkpoint under {self.workdir} ({what}; train first, or check --workdir)")
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -164,7 +145,7 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, str(int(step)))
+        return paths.join(self.directory, str(int(step)))
 
     def verify(self, step: int, items: Iterable[str] = ITEMS) -> None:
         """Raises :class:`CheckpointIntegrityError` unless ``items`` of ``step`` match its manifest."""
@@ -245,9 +226,8 @@ class Checkpointer:
 
     def _reject(self, step: int) -> None:
         if jax.process_index() == 0:
-            dest = os.path.join(os.path.dirname(self.directory), "checkpoints_rejected", f"{step}-{int(time.time())}")
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            shutil.move(self.step_dir(step), dest)
+            dest = paths.join(self.workdir, "checkpoints_rejected", f"{step}-{int(time.time())}")
+            paths.move_tree(self.step_dir(step), dest)
         _sync(f"teal_jax_checkpoint_rejected_{step}")
 
     def wait(self) -> None:
@@ -261,9 +241,9 @@ class Checkpointer:
 
 def _step_folders(directory: str) -> list[int]:
     """Integer-named folders (Orbax may not list an empty or half-written one)."""
-    if not os.path.isdir(directory):
+    if not paths.isdir(directory):
         return []
-    return [int(n) for n in os.listdir(directory) if n.isdigit() and os.path.isdir(os.path.join(directory, n))]
+    return [int(n) for n in paths.listdir(directory) if n.isdigit() and paths.isdir(paths.join(directory, n))]
 
 
 @contextlib.contextmanager
@@ -316,7 +296,7 @@ def pick_step(workdir: str, step: int | None, items: Iterable[str]) -> tuple[Che
 def read_config(workdir: str, step: int | None = None) -> ml_collections.ConfigDict:
     """The ConfigDict saved with a checkpoint (the newest one by default; its config item is verified)."""
     ckpt, step = pick_step(workdir, step, ("config",))
-    path = os.path.join(ckpt.directory, str(step), "config")
+    path = paths.join(ckpt.directory, str(step), "config")
     cfg = ckpt.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
     if cfg is None:
         raise FileNotFoundError(f"checkpoint config missing: {path}")
@@ -331,7 +311,7 @@ def load_params(workdir: str, step: int | None = None) -> tuple[ml_collections.C
     """
     ckpt, step = pick_step(workdir, step, ("state", "config"))
     config = read_config(workdir, step)
-    state_dir = os.path.join(ckpt.directory, str(step), "state")
+    state_dir = paths.join(ckpt.directory, str(step), "state")
     checkpointer = ocp.PyTreeCheckpointer()
     try:
         with _quiet_absl():  # Orbax warns that a per-item folder has no step metadata: it never does, by design

@@ -21,6 +21,7 @@ from typing import Any
 import ml_collections
 
 from teal_jax import checkpoint
+from teal_jax import paths as paths_lib
 
 MAX_CHAIN = 8  # TEAL runs continuing TEAL runs: at most this many links are followed
 LM_DATA_MANIFEST = "lm_data.json"  # written by teal_jax.data.lm.prepare_lm_data into a text run's data dir
@@ -37,7 +38,7 @@ def lm_run_text_tokenizer(workdir: str, config) -> str | None:
     path = data.get("tokenizer_model")
     if path:
         return path
-    data_dir = data.get("data_dir") or os.path.join(workdir, "data")
+    data_dir = data.get("data_dir") or paths_lib.data_dir(workdir)
     manifest = os.path.join(data_dir, LM_DATA_MANIFEST)
     if os.path.isfile(manifest):
         with open(manifest) as f:
@@ -52,7 +53,7 @@ def lm_ancestor(model_cfg) -> tuple[str | None, Any]:
     for _ in range(MAX_CHAIN):
         if not workdir:
             return None, None
-        if not os.path.isdir(workdir):
+        if not paths_lib.isdir(workdir):
             raise ValueError(f"config.model.base_lm_workdir={workdir!r}: no such directory")
         try:
             cfg = checkpoint.read_config(workdir)
@@ -111,7 +112,7 @@ def lm_data(config: ml_collections.ConfigDict) -> dict[str, str] | None:
         if _is_teal(cfg):
             d = cfg.data.get("lm_data_dir")
         elif cfg.data.get("kind", "text") == "text":
-            d = cfg.data.get("data_dir") or os.path.join(os.path.abspath(workdir), "data")
+            d = cfg.data.get("data_dir") or paths_lib.data_dir(workdir)
         if not d:
             return None  # e.g. a base LM trained on synthetic tokens: no documents
     manifest = os.path.join(d, LM_DATA_MANIFEST)

@@ -27,6 +27,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from teal_jax import paths as paths_lib
 from teal_jax.data import text_corpus
 from teal_jax.data.iterator import GrainBatches
 from teal_jax.lineage import LM_DATA_MANIFEST
@@ -67,10 +68,10 @@ def _get(data_config, key: str) -> Any:
 
 
 def resolve_data_dir(data_config, workdir: str | None = None, data_dir: str | None = None) -> str:
-    d = data_dir or _get(data_config, "data_dir") or (os.path.join(workdir, "data") if workdir else None)
+    d = data_dir or _get(data_config, "data_dir") or (paths_lib.data_dir(workdir) if workdir else None)
     if not d:
         raise ValueError("no data directory: set data.data_dir or pass a workdir")
-    return os.path.abspath(d)
+    return paths_lib.require_local(d, "data.data_dir")
 
 
 def _log(verbose: bool, msg: str) -> None:

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from teal_jax import paths
 from teal_jax.data.iterator import DataIterator
 from teal_jax.evaluate import audio as audio_eval
 from teal_jax.models import audio_discriminators as discs
@@ -167,7 +168,7 @@ class AudioCodecObjective(Objective):
 
     def _data_dir(self) -> str:
         d = self.config.data.get("data_dir")
-        return d if d else os.path.join(self.workdir or ".", "data")
+        return d if d else paths.data_dir(self.workdir or ".")
 
     def _source(self, split: str):
         import tensorflow_datasets as tfds

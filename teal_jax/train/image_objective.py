@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from teal_jax import paths
 from teal_jax.data.iterator import DataIterator
 from teal_jax.evaluate import image as image_eval
 from teal_jax.models.image_discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss
@@ -170,7 +171,7 @@ class ImageVQObjective(Objective):
 
     def _data_dir(self) -> str:
         d = self.config.data.get("data_dir")
-        return d if d else os.path.join(self.workdir or ".", "data")
+        return d if d else paths.data_dir(self.workdir or ".")
 
     def _source(self, split: str):
         import tensorflow_datasets as tfds

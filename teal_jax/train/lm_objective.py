@@ -10,13 +10,12 @@ Data kinds: ``data.kind='text'`` (SentencePiece-tokenized, packed text from teal
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from teal_jax import paths as paths_lib
 from teal_jax.data.iterator import IndexedIterator
 from teal_jax.models import lora
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
@@ -157,7 +156,7 @@ class LMObjective(Objective):
 
     def _data_dir(self) -> str:
         d = self.config.data.get("data_dir")
-        return d if d else os.path.join(self.workdir or ".", "data")
+        return d if d else paths_lib.data_dir(self.workdir or ".")
 
     def tokens_per_example(self, batch) -> int:
         return self.seq_len

@@ -1,5 +1,9 @@
 """Metric writing (stdout progress lines, JSONL, TensorBoard via tensorboardX: no TensorFlow) and MFU.
 
+Both files live in the workdir, on any filesystem (:mod:`teal_jax.paths`). A workdir with a scheme (``gs://``) cannot
+be appended to, so process 0 writes ``metrics.jsonl`` and the TensorBoard event files into a local staging folder
+(the existing ``metrics.jsonl`` downloaded first) and uploads them whole every ``upload_every_s`` seconds and at close.
+
 MFU (model FLOPs utilisation) = achieved model FLOP/s / peak FLOP/s
     = (examples/s * training FLOPs per example) / (number of devices * peak FLOP/s per device).
 Training FLOPs per example come from the objective (for an LM: tokens * (6 * matmul params + attention term), see
@@ -10,12 +14,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any
 
 import jax
 import numpy as np
+
+from teal_jax import paths
 
 # Dense bf16 peak FLOP/s per device (no sparsity), keyed by a substring of jax.Device.device_kind.
 PEAK_FLOPS = {
@@ -65,20 +73,31 @@ def _drop_partial_line(path: str) -> None:
 class MetricWriter:
     """Writes metrics on process 0 only (other processes get a no-op writer)."""
 
-    def __init__(self, workdir: str, *, enabled: bool | None = None, tensorboard: bool = True):
+    def __init__(self, workdir: str, *, enabled: bool | None = None, tensorboard: bool = True,
+                 upload_every_s: float = 30.0):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._jsonl = None
         self._tb = None
+        self._remote = None  # (remote workdir, local staging folder) when the workdir has a scheme
+        self._upload_every_s, self._uploaded_at = upload_every_s, time.time()
         if not self.enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, "metrics.jsonl")
+        workdir = paths.resolve(workdir)
+        paths.makedirs(workdir)
+        local = workdir
+        if paths.is_remote(workdir):
+            local = tempfile.mkdtemp(prefix="teal_jax_metrics_")
+            self._remote = (workdir, local)
+            if paths.isfile(paths.join(workdir, "metrics.jsonl")):  # resuming: continue the run's file
+                with open(os.path.join(local, "metrics.jsonl"), "wb") as f:
+                    f.write(paths.read_bytes(paths.join(workdir, "metrics.jsonl")))
+        path = os.path.join(local, "metrics.jsonl")
         _drop_partial_line(path)  # a process killed mid-write leaves half a line: never append after it
         self._jsonl = open(path, "a")  # noqa: SIM115 (closed in close())
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(os.path.join(local, "tensorboard"))
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> dict[str, float]:
         values = {k: _scalar(v) for k, v in metrics.items()}
@@ -90,7 +109,19 @@ class MetricWriter:
             for k, v in values.items():
                 self._tb.add_scalar(f"{split}/{k}", v, int(step))
             self._tb.flush()
+        if self._remote is not None and time.time() - self._uploaded_at >= self._upload_every_s:
+            self.upload()
         return values
+
+    def upload(self) -> None:
+        """Copies the staged files to a non-local workdir (whole files: an object store has no append)."""
+        if self._remote is None:
+            return
+        remote, local = self._remote
+        for rel in paths.walk_files(local):
+            paths.Path(paths.join(remote, rel)).parent.mkdir(parents=True, exist_ok=True)
+            paths.Path(paths.join(remote, rel)).write_bytes(paths.read_bytes(os.path.join(local, rel)))
+        self._uploaded_at = time.time()
 
     def print(self, line: str) -> None:
         if self.enabled:
@@ -99,8 +130,14 @@ class MetricWriter:
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()
+            self._jsonl = None
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
+        if self._remote is not None:
+            self.upload()
+            shutil.rmtree(self._remote[1], ignore_errors=True)
+            self._remote = None
 
 
 def progress_line(step: int, total: int, values: dict[str, float], rates: dict[str, float], eta_s: float) -> str:

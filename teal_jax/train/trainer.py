@@ -13,7 +13,6 @@ good state saved and the offending batch written to ``<workdir>/nan_debug/``.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from typing import Any
@@ -26,6 +25,7 @@ import optax
 from flax import linen as nn
 
 from teal_jax import config as config_lib
+from teal_jax import paths
 from teal_jax.checkpoint import Checkpointer
 from teal_jax.evaluate import evaluators as evaluators_lib
 from teal_jax.models.param_count import count_params, format_counts
@@ -84,8 +84,8 @@ class Trainer:
                  devices=None):
         config_lib.validate(config)
         self.config = config
-        self.workdir = os.path.abspath(workdir)
-        os.makedirs(self.workdir, exist_ok=True)
+        self.workdir = paths.resolve(workdir)  # local: absolute; gs://... and other schemes: as written
+        paths.makedirs(self.workdir)
         self.objective = objective or make_objective(config)
         # Built before any work starts: an unknown kind or field in config.evals stops here.
         self.evaluators = evaluators_lib.make_evaluators(config)
@@ -112,11 +112,12 @@ class Trainer:
                                                  t.batch_size)
 
         # ---- data (process 0 prepares first: datasets, tokenizers) -------------------------------------------
+        # (a non-local workdir keeps its data cache per host: paths.data_dir; its processes take turns on it)
         if jax.process_index() == 0:
-            self.objective.prepare(self.workdir)
+            paths.with_host_lock(self.workdir, self.objective.prepare, self.workdir)
         _barrier("teal_jax_prepare")
         if jax.process_index() != 0:
-            self.objective.prepare(self.workdir)
+            paths.with_host_lock(self.workdir, self.objective.prepare, self.workdir)
         self.train_iter = self._make_iter("train")
         start = self.train_iter.get_state()
         example = next(self.train_iter)
@@ -334,13 +335,12 @@ class Trainer:
         """``nan_debug/step_N/``: this host's batch (npz), the step's metrics, and ``replay_process<i>.json`` with
         the batch's index in the run's data order and the data-iterator state just before it (``set_state`` it and
         the next batch is the offending one)."""
-        path = os.path.join(self.workdir, "nan_debug", f"step_{step}")
-        os.makedirs(path, exist_ok=True)
-        np.savez(os.path.join(path, f"batch_process{jax.process_index()}.npz"), **batch)
-        with open(os.path.join(path, "metrics.json"), "w") as f:
-            json.dump(values, f, indent=1)
-        with open(os.path.join(path, f"replay_process{jax.process_index()}.json"), "w") as f:
-            json.dump({"step": step, "batch_index": step - 1, "data_state_before": data_state_before}, f, indent=1)
+        path = paths.join(self.workdir, "nan_debug", f"step_{step}")
+        paths.makedirs(path)
+        paths.save_npz(paths.join(path, f"batch_process{jax.process_index()}.npz"), batch)
+        paths.write_text(paths.join(path, "metrics.json"), json.dumps(values, indent=1))
+        paths.write_text(paths.join(path, f"replay_process{jax.process_index()}.json"), json.dumps(
+            {"step": step, "batch_index": step - 1, "data_state_before": data_state_before}, indent=1))
         return path
 
     def _check_last_good(self, state, step: int) -> None:
@@ -487,10 +487,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
             trainer.writer.write(latest, "eval", figures)
             values = {**values, **figures}
         if jax.process_index() == 0:
-            from teal_jax.evaluate.common import write_json
-
-            path = write_json(os.path.join(trainer.workdir, "eval", "results.json"),
-                              {"step": int(latest), "metrics": values, "evals": results})
+            path = paths.join(trainer.workdir, "eval", "results.json")
+            paths.makedirs(paths.dirname(path))
+            paths.write_text(path, json.dumps({"step": int(latest), "metrics": values, "evals": results}, indent=1))
             trainer.writer.print(f"eval results: {path}")
         return values
     finally:

@@ -7,12 +7,12 @@ reads a file: a config can be checked (and configs/teal/*.py can build one) with
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
+from teal_jax import paths
 from teal_jax.data import templates as templates_lib
 
 # Every task of the stream, in the order the task draw indexes them (part of what a seed means: keep it stable).
@@ -142,7 +142,7 @@ def source_dict(source: Mapping[str, Any] | None, modality: str) -> dict[str, An
 
 def resolve_tokens_dir(data_cfg, workdir: str | None) -> str:
     """The absolute token dir: ``data.tokens_dir``, else ``<workdir>/tokens``; neither raises ValueError."""
-    d = data_cfg.get("tokens_dir") or (os.path.join(workdir, "tokens") if workdir else None)
+    d = data_cfg.get("tokens_dir") or (paths.local_cache_dir(workdir, "tokens") if workdir else None)
     if not d:
         raise ValueError("no token dir: set config.data.tokens_dir or call prepare(workdir) first")
-    return os.path.abspath(d)
+    return paths.require_local(d, "data.tokens_dir")

@@ -7,13 +7,12 @@ documents from :mod:`teal_jax.lineage`, and one token manifest per modality) is 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import tensorflow_datasets as tfds
 
-from teal_jax import lineage
+from teal_jax import lineage, paths
 from teal_jax.data import templates as templates_lib
 from teal_jax.data.teal.config import (
     MODALITY_TASKS,
@@ -35,7 +34,7 @@ def tokenizer_run_vocab(workdir: str, modality: str) -> dict[str, int]:
     from teal_jax import checkpoint
 
     field = f"config.data.{modality}_tokenizer"
-    if not os.path.isdir(workdir):
+    if not paths.isdir(workdir):
         raise ValueError(f"{field}={workdir!r}: no such directory (the workdir of an "
                          f"{'image_vq' if modality == 'image' else 'audio_codec'} run)")
     try:
@@ -81,7 +80,7 @@ def prepare_task_data(config, workdir: str | None, vocab: UnifiedVocab, *, verbo
     d = config.data
     tokenizers = dict(tokenizers or {})
     tokens_dir = resolve_tokens_dir(d, workdir)
-    fallback = os.path.join(workdir, "data") if workdir else None
+    fallback = paths.data_dir(workdir) if workdir else None
     validate_task_data_config(d)
     lm = lineage.lm_data(config) if task_weights(d.get("tasks")).get("lm", 0) > 0 else None
     out: dict[str, Any] = {"text_tokenizer": lineage.text_tokenizer(config), "lm": lm, "image": None, "audio": None}

@@ -12,13 +12,13 @@ held-out split).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from teal_jax import paths
 from teal_jax.data import templates as templates_lib
 from teal_jax.data.teal.config import source_dict
 
@@ -84,7 +84,7 @@ def default_data_dir(tokenizer_workdir: str | None, kind: str, fallback: str | N
         except FileNotFoundError:
             cfg = None
         if cfg is not None and cfg.data.get("kind") == kind:
-            return cfg.data.get("data_dir") or os.path.join(os.path.abspath(tokenizer_workdir), "data")
+            return cfg.data.get("data_dir") or paths.data_dir(tokenizer_workdir)
     return fallback
 
 
