@@ -79,7 +79,8 @@ def time_torch(cfg: TransformerConfig, prompts: np.ndarray, new_tokens: int, rep
     return result
 
 
-def time_jax(cfg: TransformerConfig, params, prompts: np.ndarray, new_tokens: int, repeats: int) -> dict:
+def time_jax(cfg: TransformerConfig, params, prompts: np.ndarray, new_tokens: int, repeats: int,
+             profile_dir: str | None = None) -> dict:
     from teal_jax.inference.lm import sample_ids
     from teal_jax.inference.sampler import SamplingConfig
 
@@ -92,6 +93,11 @@ def time_jax(cfg: TransformerConfig, params, prompts: np.ndarray, new_tokens: in
         out = sample_ids(cfg, params, rows, sampling)  # returns host numpy: the whole call is timed
         times.append(time.perf_counter() - start)
     assert out.shape == (len(rows), new_tokens), out.shape
+    if profile_dir:  # one more call under the profiler (TensorBoard / Perfetto trace), not timed
+        import jax
+
+        with jax.profiler.trace(profile_dir):
+            sample_ids(cfg, params, rows, sampling)
     return {"seconds": min(times)}
 
 
@@ -105,6 +111,7 @@ def main():
     ap.add_argument("--dtype", default=None, help="compute dtype (default bfloat16; tiny float32)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no_torch", action="store_true")
+    ap.add_argument("--profile_dir", default=None, help="write a jax.profiler trace of one call per batch size here")
     args = ap.parse_args()
 
     config = load_config(args.config or ("configs/lm/tiny.py" if args.tiny else "configs/lm/tinyllama_1b.py"))
@@ -131,7 +138,8 @@ def main():
     print(f"decode: {cfg.num_params / 1e6:.1f}M params, {dtype}, prompt {args.prompt_len}, {new_tokens} new tokens, "
           f"greedy, no eos, on {device}")
     for b in batches:
-        ours = time_jax(cfg, params, prompts[b], new_tokens, args.repeats)
+        profile = os.path.join(args.profile_dir, f"decode_b{b}") if args.profile_dir else None
+        ours = time_jax(cfg, params, prompts[b], new_tokens, args.repeats, profile)
         cost = decode_costs(cfg, b, args.prompt_len, new_tokens)
         tps = b * new_tokens / ours["seconds"]
         steps_per_s = new_tokens / ours["seconds"]

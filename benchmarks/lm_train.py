@@ -61,7 +61,7 @@ def packed_batch(batch: int, seq: int, vocab: int, mean_doc: int, seed: int) -> 
     return {"tokens": tokens, "segment_ids": seg, "positions": pos, "loss_mask": np.ones((batch, n), np.float32)}
 
 
-def time_jax(config, steps: int, warmup: int, packed_mean_doc: int = 0) -> dict:
+def time_jax(config, steps: int, warmup: int, packed_mean_doc: int = 0, profile_dir: str | None = None) -> dict:
     """{'unpacked': {...}, 'packed': {...} (with packed_mean_doc > 0)}: the trainer's jitted step on two alternating
     batches of each kind, the same state and trainer for both."""
     out = {}
@@ -87,6 +87,11 @@ def time_jax(config, steps: int, warmup: int, packed_mean_doc: int = 0) -> dict:
                 stats = jax.devices()[0].memory_stats() or {}
                 out[kind] = {"step_s": elapsed / steps, "peak_bytes": stats.get("peak_bytes_in_use"),
                              "loss": float(m["loss"])}
+                if profile_dir:  # two more steps under the profiler (TensorBoard / Perfetto trace), not timed
+                    with jax.profiler.trace(os.path.join(profile_dir, f"lm_train_{kind}")):
+                        for i in range(2):
+                            state, m = t._train_step(state, batches[i % 2])
+                        jax.block_until_ready(m["loss"])
         t.checkpointer.close()
         t.writer.close()
     return out
@@ -183,6 +188,7 @@ def main():
     ap.add_argument("--torch", action="store_true", help="also time HF LlamaForCausalLM in torch (eager)")
     ap.add_argument("--torch_compile", action="store_true", help="also time it under torch.compile")
     ap.add_argument("--torch_checkpointing", action="store_true")
+    ap.add_argument("--profile_dir", default=None, help="write jax.profiler traces of two steps per variant here")
     args = ap.parse_args()
 
     config = load_config(args.config)
@@ -217,7 +223,7 @@ def main():
           f" FLOP/s); FLOP/token: model = 6 N_matmul + 12 L T H hd = {fpt['model'] / 1e9:.3f} GFLOP, "
           f"issue = 6 N_all + 12 L d T = {fpt['issue'] / 1e9:.3f} GFLOP")
     mean_doc = (args.mean_doc or max(seq // 4, 1)) if args.packed else 0
-    ours = time_jax(config, args.steps, args.warmup, mean_doc)
+    ours = time_jax(config, args.steps, args.warmup, mean_doc, args.profile_dir)
     results = {"jax": report("jax", ours["unpacked"], batch * seq, fpt, n_dev, peak)}
     if "packed" in ours:
         results["jax packed"] = report(f"jax packed~{mean_doc}", ours["packed"], batch * seq, fpt, n_dev, peak)

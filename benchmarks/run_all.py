@@ -111,8 +111,12 @@ def main():
                                                   "results.md"))
     ap.add_argument("--budget_s", type=float, default=460.0, help="wall-clock budget for all scripts")
     ap.add_argument("--only", default="", help="comma-separated names to run (default all)")
+    ap.add_argument("--profile_dir", default=None, help="lm_train and decode also write jax.profiler traces here")
     args = ap.parse_args()
     runs = TINY_RUNS if args.tiny else DEVICE_RUNS
+    if args.profile_dir:
+        runs = [(n, a + [f"--profile_dir={args.profile_dir}"] if n in ("lm_train", "decode") else a, e)
+                for n, a, e in runs]
     if args.only:
         runs = [r for r in runs if r[0] in args.only.split(",")]
     start = time.perf_counter()
