@@ -225,5 +225,10 @@ def get_config(arg: str | None = None):
     # --config.evals.scienceqa.image_root=.../images/test (the question's image goes in front of the prompt).
     c.evals.scienceqa = ml_collections.ConfigDict(dict(kind="multiple_choice", every_steps=0, data="", split="test",
                                                        image_root="", normalize="chars", batch_size=16))
+    # The frozen LM's text behaviour on standard tasks (EleutherAI's lm-evaluation-harness in process, over the TEAL
+    # model's text ids; pip install 'teal_jax[eval]'): on demand; the harness downloads the tasks' datasets.
+    c.evals.lm_harness = ml_collections.ConfigDict(dict(kind="lm_harness", every_steps=0,
+                                                        tasks=("hellaswag", "arc_easy", "piqa", "lambada_openai"),
+                                                        num_fewshot=0, limit=0, batch_size=16))
     check_fits(c)
     return c
