@@ -20,7 +20,6 @@ written on one mesh restores onto another. ``load_params`` restores parameters f
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Iterable
@@ -32,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from teal_jax import paths
+from teal_jax.quiet import quiet_absl
 
 MANIFEST = "manifest.json"
 ITEMS = ("state", "data", "config")
@@ -246,19 +246,6 @@ def _step_folders(directory: str) -> list[int]:
     return [int(n) for n in paths.listdir(directory) if n.isdigit() and paths.isdir(paths.join(directory, n))]
 
 
-@contextlib.contextmanager
-def _quiet_absl():
-    """absl (Orbax's logger) at ERROR for the block."""
-    from absl import logging as absl_logging
-
-    level = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    try:
-        yield
-    finally:
-        absl_logging.set_verbosity(level)
-
-
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -314,7 +301,7 @@ def load_params(workdir: str, step: int | None = None) -> tuple[ml_collections.C
     state_dir = paths.join(ckpt.directory, str(step), "state")
     checkpointer = ocp.PyTreeCheckpointer()
     try:
-        with _quiet_absl():  # Orbax warns that a per-item folder has no step metadata: it never does, by design
+        with quiet_absl():  # Orbax warns that a per-item folder has no step metadata: it never does, by design
             meta = checkpointer.metadata(state_dir)
         tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
     except Exception as e:

@@ -14,7 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "teal_jax"
 # Lowest first; a module belongs to the first entry whose prefix matches (longest prefix wins).
 LAYERS = {
     "base": ("teal_jax.config", "teal_jax.vocab", "teal_jax.media", "teal_jax.checkpoint", "teal_jax.lineage",
-             "teal_jax.parallel", "teal_jax.paths"),
+             "teal_jax.parallel", "teal_jax.paths", "teal_jax.quiet"),
     "models": ("teal_jax.models",),
     "tokenizers": ("teal_jax.tokenizers", "teal_jax.convert"),
     "data": ("teal_jax.data",),

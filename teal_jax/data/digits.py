@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import io
 import os
+import time
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
+
+from teal_jax.data import tfds_build
 
 HELD_OUT = 256
 SPLIT_SEED = 0
@@ -91,5 +94,8 @@ def build_digits(data_dir: str, image_size: int = 32) -> DigitsImages:
         raise ValueError(f"data.image_size={image_size}: the digits builder has configs 8, 16, 32, 64")
     os.makedirs(data_dir, exist_ok=True)
     builder = DigitsImages(data_dir=data_dir, config=f"{image_size}px", file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    if not builder.is_prepared():
+        t0 = time.time()
+        tfds_build.prepare(builder)
+        print(f"[data] built digits_images/{image_size}px under {data_dir} ({time.time() - t0:.1f}s)", flush=True)
     return builder

@@ -28,6 +28,7 @@ start-aligned crops padded with zeros (eval), as ``{'audio': int16 [batch, crop]
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from teal_jax.data import tfds_build
 from teal_jax.data.iterator import GrainBatches
 from teal_jax.media.audio import resample
 
@@ -215,7 +217,11 @@ def build_spoken_words(data_dir: str, config: str = "small") -> SpokenWords:
                          f"{', '.join(repr(n) for n in CONFIG_NAMES)}")
     os.makedirs(data_dir, exist_ok=True)
     builder = SpokenWords(data_dir=data_dir, config=config, file_format="array_record")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    if not builder.is_prepared():
+        t0 = time.time()
+        tfds_build.prepare(builder)
+        print(f"[data] synthesised spoken_words/{config} with espeak-ng under {data_dir} ({time.time() - t0:.1f}s)",
+              flush=True)
     return builder
 
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from teal_jax.data import tfds_build
 from teal_jax.media.text import read_documents
 
 DATASET_NAME = "local_text_corpus"
@@ -116,7 +117,7 @@ def build_text_dataset(files: Sequence[str], data_dir: str, *, text_field: str =
     os.makedirs(data_dir, exist_ok=True)
     builder = LocalTextCorpus(data_dir=data_dir, config=config, file_format="array_record")
     if not builder.is_prepared():
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        tfds_build.prepare(builder)
     return f"{DATASET_NAME}/{config.name}"
 
 

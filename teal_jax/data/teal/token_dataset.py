@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from teal_jax.data import templates as templates_lib
+from teal_jax.data import tfds_build
 from teal_jax.data.teal import sources as sources_lib
 from teal_jax.data.teal.config import log, source_dict
 from teal_jax.data.teal.sources import SPLITS
@@ -115,7 +116,7 @@ def _build(tokens_dir: str, config: TealTokensConfig, stats: dict[str, Any], ext
             return json.load(f)
     if not builder.is_prepared():
         t0 = time.time()
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        tfds_build.prepare(builder)
         log(verbose, f"{DATASET_NAME}/{config.name}: {dict(stats['records'])} records, skipped "
             f"{dict(stats['skipped'])} ({time.time() - t0:.1f}s) under {tokens_dir}")
     else:  # prepared by a run that stopped before writing the manifest: counts from the files, skips unknown
