@@ -37,6 +37,7 @@ from teal_jax.demo_report import (
     plot_training_curves,
     write_report,
 )
+from teal_jax.train.metrics import format_duration
 from teal_jax.vocab import SPAN_MODALITIES
 
 TRAIN_STAGE_NAMES = ("text_lm", "image_tokenizer", "audio_codec", *TEAL_RUNS)
@@ -217,8 +218,11 @@ def _evaluate(workdir: str, variant: str, runs: list[str]) -> dict[str, Any]:
                   "sampling": sampling_plan(evals, teal_cfg.get("sample", {})), "guidance": {}, "timing": {},
                   "notes": []}
     todo = _todo(workdir, runs)
-    for r, run, step in todo:
-        _say(f"evaluate: {r}" + (f" (step {step})" if step else ""))
+    t_runs = time.time()
+    for i, (r, run, step) in enumerate(todo):
+        # ETA: the runs evaluated so far, on average (the first run also compiles: an upper bound after it).
+        eta = f", eta {format_duration((time.time() - t_runs) / i * (len(todo) - i))}" if i else ""
+        _say(f"evaluate: {r} ({i + 1}/{len(todo)}" + (f", step {step}" if step else "") + f"{eta})")
         source = evaluation["guidance"].get(GUIDANCE_FROM)
         given = None
         if r not in GUIDANCE_TUNED and source is not None:
