@@ -42,11 +42,13 @@ def main(argv) -> None:
 
     distributed.initialize(FLAGS.multihost)
     from teal_jax import config as config_lib
+    from teal_jax import paths
 
     config = FLAGS.config
-    if FLAGS.mode not in ("train", "compile") and not os.path.isdir(os.path.join(FLAGS.workdir, "checkpoints")):
+    if FLAGS.mode not in ("train", "compile") and not paths.isdir(paths.join(paths.resolve(FLAGS.workdir),
+                                                                             "checkpoints")):
         # read-only modes never create anything: a missing run is an error before any folder is made
-        sys.exit(f"--mode={FLAGS.mode}: no checkpoint under {os.path.abspath(FLAGS.workdir)} (train first, or check "
+        sys.exit(f"--mode={FLAGS.mode}: no checkpoint under {paths.resolve(FLAGS.workdir)} (train first, or check "
                  "--workdir)")
     if config is None:  # eval / sample on a saved run: the config it was trained with
         if FLAGS.mode in ("train", "compile"):
