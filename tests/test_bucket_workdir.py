@@ -8,6 +8,7 @@ import json
 import logging
 import os
 
+import jax
 import numpy as np
 import pytest
 from _tiny import tiny_lm_config
@@ -85,7 +86,7 @@ def test_gs_workdir_trains_saves_resumes_and_rejects_a_damaged_step(bucket, tmp_
     assert ckpt.all_steps() == [3, 4, 6]
     ckpt.verify(6)
     config, params, _ = C.load_params(run)
-    assert config.train.steps == 6 and all(np.isfinite(x).all() for x in __import__("jax").tree.leaves(params))
+    assert config.train.steps == 6 and all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
     # The same two runs in a local folder: the bucket run's losses are the same, step by step.
     local = tmp_path / "local"
