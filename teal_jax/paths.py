@@ -139,6 +139,20 @@ def size_and_crc32(path) -> tuple[int, int]:
     return size, crc
 
 
+def fingerprint(path) -> dict:
+    """What a checkpoint manifest records of a file: ``{'size', 'crc32c'}`` from the object's metadata where the store
+    keeps a CRC32C per object (GCS: nothing is downloaded), else ``{'size', 'crc32'}`` of the file read once."""
+    if os.fspath(path).startswith("gs://"):
+        from etils.epath import backend
+
+        with contextlib.suppress(ImportError):
+            info = backend.fsspec_backend.fs(os.fspath(path)).info(os.fspath(path))
+            if info.get("crc32c"):
+                return {"size": int(info["size"]), "crc32c": str(info["crc32c"])}
+    size, crc = size_and_crc32(path)
+    return {"size": size, "crc32": crc}
+
+
 def move_tree(src, dst) -> None:
     """Moves a folder (a rename when local; copy then delete on an object store, which has no folders)."""
     if not is_remote(src) and not is_remote(dst):

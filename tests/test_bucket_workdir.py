@@ -112,6 +112,16 @@ def test_gs_workdir_trains_saves_resumes_and_rejects_a_damaged_step(bucket, tmp_
     assert paths.isfile(f"{run}/checkpoints_rejected/{rejected[0]}/{C.MANIFEST}")
     assert not paths.exists(f"{run}/checkpoints/6")
 
+    # The manifest holds GCS's own CRC32C of each object (sealing downloads nothing); a changed object is caught.
+    manifest = json.loads(paths.read_text(f"{run}/checkpoints/4/{C.MANIFEST}"))
+    assert manifest["checksum"] == "crc32c" and all("crc32c" in f for f in manifest["files"].values())
+    rel = max((r for r in manifest["files"] if r.startswith("state/")), key=lambda r: manifest["files"][r]["size"])
+    data = bytearray(paths.read_bytes(f"{run}/checkpoints/4/{rel}"))
+    data[len(data) // 2] ^= 0xFF  # same size, one byte changed
+    paths.Path(f"{run}/checkpoints/4/{rel}").write_bytes(bytes(data))
+    with pytest.raises(C.CheckpointIntegrityError, match="does not match its checksum"):
+        C.Checkpointer(run, read_only=True).verify(4)
+
     # TensorBoard's event files were staged locally and uploaded; nothing went to a local folder named 'gs:'.
     assert any(n.startswith("events.out.tfevents") for n in paths.listdir(f"{run}/tensorboard"))
     assert not any("gs:" in p for p in os.listdir("."))
