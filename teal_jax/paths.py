@@ -1,5 +1,6 @@
 """Run directories on any filesystem ``etils.epath`` supports: local and mounted (NFS) folders, ``gs://`` buckets and
-other fsspec schemes (what Orbax writes checkpoints through).
+the other schemes it registers (``s3://``, ``az://``), which is what Orbax writes checkpoints through. Any other
+scheme is a ValueError naming the path.
 
 Paths stay strings at every API (messages, configs and Orbax take them as they are); the file operations below go
 through ``epath.Path``. A local path is made absolute (``os.path.abspath``, as before); a path with a scheme
@@ -27,7 +28,7 @@ _CHUNK = 1 << 22
 
 
 def is_remote(path: str | os.PathLike) -> bool:
-    """Whether ``path`` has a scheme (``gs://``, ``s3://``, ``memory://``...): not an ``os.path`` path."""
+    """Whether ``path`` has a scheme (``gs://``, ``s3://``...): not an ``os.path`` path."""
     return bool(_SCHEME.match(os.fspath(path)))
 
 
@@ -52,7 +53,12 @@ def dirname(path: str | os.PathLike) -> str:
 
 
 def Path(path: str | os.PathLike) -> epath.Path:  # noqa: N802 (a constructor, like epath.Path)
-    return epath.Path(os.fspath(path))
+    p = os.fspath(path)
+    try:
+        return epath.Path(p)
+    except KeyError:  # etils' registry of URI prefixes
+        raise ValueError(f"{p}: etils.epath has no filesystem for {p.split('://')[0]}:// (it opens gs://, s3://, "
+                         "az://, hf:// and local or mounted paths)") from None
 
 
 def _fresh(path) -> epath.Path:

@@ -136,3 +136,5 @@ def test_paths_keep_local_paths_and_schemes_apart(tmp_path, monkeypatch):
     assert paths.data_dir("gs://b/run") == str(tmp_path / "cache" / "gs" / "b" / "run" / "data")
     with pytest.raises(ValueError, match=r"data.data_dir='gs://b/d': this must be a local or mounted folder"):
         paths.require_local("gs://b/d", "data.data_dir")
+    with pytest.raises(ValueError, match=r"memory://run: etils.epath has no filesystem for memory://"):
+        trainer.Trainer(tiny_lm_config(), "memory://run")
