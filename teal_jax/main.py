@@ -87,10 +87,18 @@ def main(argv) -> None:
         model = teal_jax.load(FLAGS.workdir)
         prompts = FLAGS.prompt or list(config.sample.prompts)
         settings = {k: v for k, v in config.sample.items() if k != "prompts"}
+        from teal_jax import paths
+
+        # PNG/WAV writers need a local folder: a gs:// workdir's samples are written locally, then copied to it.
+        out_dir, local = paths.join(FLAGS.workdir, "samples"), paths.local_cache_dir(FLAGS.workdir, "samples")
         try:
-            outputs = model.sample(prompts, out_dir=os.path.join(FLAGS.workdir, "samples"), **settings)
+            outputs = model.sample(prompts, out_dir=local, **settings)
         except ModeNotSupported as e:
             sys.exit(f"--mode=sample: {e}")
+        if local != paths.resolve(out_dir):
+            paths.copy_tree(local, out_dir)
+            outputs = [paths.join(out_dir, os.path.relpath(o, local)) if isinstance(o, str) and o.startswith(local)
+                       else o for o in outputs]
         for prompt, out in zip(prompts, outputs, strict=True):
             print(f"{prompt!r} -> {out!r}", flush=True)
 

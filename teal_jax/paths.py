@@ -159,16 +159,22 @@ def fingerprint(path) -> dict:
     return {"size": size, "crc32": crc}
 
 
+def copy_tree(src, dst) -> None:
+    """Copies every file under folder ``src`` to the same relative path under ``dst`` (either may be remote),
+    overwriting; ``src`` is left as it is."""
+    for rel in walk_files(src):
+        target = Path(join(dst, rel))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Path(join(src, rel)).copy(target, overwrite=True)
+
+
 def move_tree(src, dst) -> None:
     """Moves a folder (a rename when local; copy then delete on an object store, which has no folders)."""
     if not is_remote(src) and not is_remote(dst):
         os.makedirs(os.path.dirname(os.fspath(dst)), exist_ok=True)
         shutil.move(os.fspath(src), os.fspath(dst))
         return
-    for rel in walk_files(src):
-        target = Path(join(dst, rel))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Path(join(src, rel)).copy(target, overwrite=True)
+    copy_tree(src, dst)
     Path(src).rmtree()
 
 

@@ -128,6 +128,36 @@ def test_gs_workdir_trains_saves_resumes_and_rejects_a_damaged_step(bucket, tmp_
     assert not os.path.exists(os.path.join(os.getcwd(), "gs:"))
 
 
+def test_evaluator_outputs_reach_the_bucket(bucket):
+    """Evaluators write PNG/WAV/JSON through local file APIs: for a gs:// workdir they run on a per-host local
+    stand-in and each one's output folder is copied to the bucket; a dependent evaluator reads its dependency's
+    result there."""
+    from teal_jax.evaluate import evaluators as E
+
+    class Writes(E.Evaluator):
+        KIND = "test_writes"
+        FIELDS = {"reads": ""}
+        DEPENDS = ("reads",)
+
+        def run(self, model, *, workdir, step):
+            assert not paths.is_remote(workdir)
+            out = self.output_dir(workdir, step)
+            os.makedirs(out, exist_ok=True)
+            with open(os.path.join(out, "sample.txt"), "w") as f:
+                f.write(f"{self.name} {model}")
+            before = E.read_result(workdir, self.reads, step)["figure"] if self.reads else 0.0
+            return {"figure": before + 1.0}
+
+    run = f"{bucket}/run"
+    first, second = Writes({}, None, name="first"), Writes({"reads": "first"}, None, name="second")
+    results = E.run_evaluators([first, second], "model", workdir=run, step=3)
+    assert results == {"first": {"figure": 1.0}, "second": {"figure": 2.0}}
+    for name in ("first", "second"):
+        assert paths.read_text(f"{run}/eval/{name}/step_3/sample.txt") == f"{name} model"
+        assert E.read_result(run, name, 3) == results[name]  # read back from the bucket
+    assert not os.path.exists(os.path.join(os.getcwd(), "gs:"))
+
+
 def test_paths_keep_local_paths_and_schemes_apart(tmp_path, monkeypatch):
     monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "cache"))
     assert paths.resolve("gs://b/run/") == "gs://b/run" and paths.resolve("rel") == os.path.abspath("rel")

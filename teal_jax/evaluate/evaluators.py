@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import ml_collections
 import numpy as np
 
+from teal_jax import paths
 from teal_jax.evaluate.common import write_json
 
 _EVALUATORS: dict[str, str] = {
@@ -127,18 +128,17 @@ class Evaluator:
 
 def output_dir(workdir: str, name: str, step: int) -> str:
     """``<workdir>/eval/<name>/step_<step>``: where evaluator ``name`` writes its files and results at ``step``."""
-    return os.path.join(workdir, "eval", name, f"step_{int(step)}")
+    return paths.join(workdir, "eval", name, f"step_{int(step)}")
 
 
 def read_result(workdir: str, name: str, step: int) -> dict[str, Any]:
     """The result evaluator ``name`` wrote at ``step`` (FileNotFoundError naming it when it has not run)."""
     import json
 
-    path = os.path.join(output_dir(workdir, name, step), RESULTS_FILE)
-    if not os.path.exists(path):
+    path = paths.join(output_dir(workdir, name, step), RESULTS_FILE)
+    if not paths.exists(path):
         raise FileNotFoundError(f"{path}: evaluator {name!r} has no result at step {step} (run it first)")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(paths.read_text(path))
 
 
 def make_evaluators(config: ml_collections.ConfigDict, names: Sequence[str] | None = None) -> list[Evaluator]:
@@ -195,11 +195,18 @@ def _ordered(evaluators: Mapping[str, Evaluator]) -> list[Evaluator]:
 def run_evaluators(evaluators: Sequence[Evaluator], model, *, workdir: str, step: int,
                    say=None) -> dict[str, dict[str, Any]]:
     """Runs ``evaluators`` (in the given order) on ``model``; writes each result to
-    ``<workdir>/eval/<name>/step_<step>/results.json`` -> ``{name: result}``."""
+    ``<workdir>/eval/<name>/step_<step>/results.json`` -> ``{name: result}``.
+
+    A workdir with a scheme (``gs://``): evaluators write their files (PNG, WAV, JSON: through local file APIs) into
+    a per-host local stand-in of the workdir (:func:`teal_jax.paths.local_cache_dir`, which also keeps their caches,
+    e.g. FID's reference statistics), and each evaluator's output folder is copied to the workdir when it is done."""
+    local = paths.local_cache_dir(workdir)  # the workdir itself when it is local
     results = {}
     for ev in evaluators:
-        result = ev.run(model, workdir=workdir, step=step)
-        write_json(os.path.join(ev.output_dir(workdir, step), RESULTS_FILE), result)
+        result = ev.run(model, workdir=local, step=step)
+        write_json(os.path.join(ev.output_dir(local, step), RESULTS_FILE), result)
+        if local != paths.resolve(workdir):
+            paths.copy_tree(ev.output_dir(local, step), ev.output_dir(workdir, step))
         results[ev.name] = result
         if say is not None:
             say(f"eval {ev.name} @ step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scalars({ev.name: result},
