@@ -17,13 +17,12 @@ defaults (CLIP's OpenAI mean/std; SigLIP 0.5/0.5).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
 
-from teal_jax.convert.llama import _read_config, _Tensors
+from teal_jax.convert.hf_files import SafetensorsDir, read_config, read_json
 from teal_jax.models.vit import ViTConfig
 
 # transformers' class defaults (a config.json may omit fields equal to them)
@@ -63,21 +62,17 @@ def normalisation(hf_dir: str, family: str) -> tuple[tuple[float, ...], tuple[fl
     """``(mean, std)`` per channel of the checkpoint's image processor."""
     path = os.path.join(hf_dir, "preprocessor_config.json")
     mean, std = _NORMALISATION[family]
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                p = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+    p = read_json(path, what="an image processor config", required=False)
+    if p is not None:
         mean, std = p.get("image_mean", mean), p.get("image_std", std)
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
 def import_vision_tower(hf_dir: str, *, dtype=np.float32) -> tuple[ViTConfig, dict, dict]:
     """Reads a HF CLIP/SigLIP checkpoint directory -> ``(ViTConfig, params, {'family', 'mean', 'std'})``."""
-    hf = _read_config(hf_dir)
+    hf = read_config(hf_dir)
     family, cfg = config_from_hf(hf, os.path.join(hf_dir, "config.json"))
-    t = _Tensors(hf_dir)
+    t = SafetensorsDir(hf_dir)
     anchor = "embeddings.patch_embedding.weight"
     prefixes = sorted(k[: -len(anchor)] for k in t.where if k.endswith(anchor) and "text" not in k)
     if not prefixes:

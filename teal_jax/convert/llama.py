@@ -19,20 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from teal_jax.convert.hf_files import SafetensorsDir, read_config
 from teal_jax.models.transformer import TransformerConfig
 
 _SUPPORTED_ROPE = (None, "default")
-
-
-def _read_config(hf_dir: str) -> dict[str, Any]:
-    path = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: not found (expected a transformers checkpoint directory)")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
 def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides) -> TransformerConfig:
@@ -63,53 +53,11 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides)
     return TransformerConfig(**kw)
 
 
-class _Tensors:
-    """Lazy access to the tensors of one or several safetensors files."""
-
-    def __init__(self, hf_dir: str):
-        from safetensors import safe_open
-
-        self.hf_dir = hf_dir
-        index = os.path.join(hf_dir, "model.safetensors.index.json")
-        single = os.path.join(hf_dir, "model.safetensors")
-        if os.path.isfile(index):
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
-            files = sorted(set(weight_map.values()))
-        elif os.path.isfile(single):
-            files = ["model.safetensors"]
-        else:
-            raise FileNotFoundError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json "
-                                    "(pickled .bin checkpoints are not read; convert them to safetensors)")
-        self.where: dict[str, str] = {}
-        self.handles = {}
-        for name in files:
-            path = os.path.join(hf_dir, name)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path}: listed in the index but missing")
-            # 'flax' reads bf16 too (numpy has no bfloat16); values are converted to numpy below.
-            handle = safe_open(path, framework="flax")
-            self.handles[path] = handle
-            for key in handle.keys():
-                self.where[key] = path
-
-    def get(self, key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-        if key not in self.where:
-            raise KeyError(f"tensor {key!r} is missing from the checkpoint in {self.hf_dir}")
-        arr = np.asarray(self.handles[self.where[key]].get_tensor(key)).astype(dtype)
-        if arr.shape != tuple(shape):
-            raise ValueError(f"tensor {key!r} in {self.where[key]} has shape {arr.shape}, expected {tuple(shape)}")
-        return arr
-
-    def has(self, key: str) -> bool:
-        return key in self.where
-
-
 def import_llama(hf_dir: str, *, dtype=np.float32, **config_overrides) -> tuple[TransformerConfig, dict]:
     """Reads a HF Llama checkpoint directory -> ``(TransformerConfig, params)`` (params unboxed, numpy ``dtype``)."""
-    hf = _read_config(hf_dir)
+    hf = read_config(hf_dir)
     cfg = config_from_hf(hf, os.path.join(hf_dir, "config.json"), **config_overrides)
-    t = _Tensors(hf_dir)
+    t = SafetensorsDir(hf_dir)
     d, h, kv, hd, m, v, n = (cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim,
                              cfg.vocab_size, cfg.num_layers)
 

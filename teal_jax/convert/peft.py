@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from teal_jax.convert.hf_files import read_json
 from teal_jax.models import lora as lora_lib
 from teal_jax.models.transformer import TransformerConfig
 
@@ -54,16 +55,6 @@ def _shapes(cfg: TransformerConfig, module: str) -> tuple[tuple[int, ...], tuple
             "layers/attn/v_proj": ((d,), (kv, hd)), "layers/attn/o_proj": ((h, hd), (d,)),
             "layers/mlp/gate_proj": ((d,), (m,)), "layers/mlp/up_proj": ((d,), (m,)),
             "layers/mlp/down_proj": ((m,), (d,)), "lm_head": ((d,), (v,))}[module]
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: not found (expected a PEFT adapter directory saved by save_pretrained)")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
 def lora_config_from_peft(peft: dict[str, Any], source: str = CONFIG_FILE) -> lora_lib.LoraConfig:
@@ -101,8 +92,9 @@ def import_peft(adapter_dir: str, cfg: TransformerConfig) -> tuple[lora_lib.Lora
     """
     from safetensors import safe_open
 
-    lcfg = lora_config_from_peft(_read_json(os.path.join(adapter_dir, CONFIG_FILE)),
-                                 os.path.join(adapter_dir, CONFIG_FILE))
+    config_path = os.path.join(adapter_dir, CONFIG_FILE)
+    lcfg = lora_config_from_peft(read_json(config_path, what="a PEFT adapter directory saved by save_pretrained"),
+                                 config_path)
     path = os.path.join(adapter_dir, ADAPTER_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: not found (pickled adapter_model.bin files are not read)")

@@ -16,13 +16,12 @@ Only safetensors are read (never pickle); torch is not needed. A ``preprocessor_
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
 
-from teal_jax.convert.llama import _read_config, _Tensors
+from teal_jax.convert.hf_files import SafetensorsDir, read_config, read_json
 from teal_jax.models.whisper import LogMelConfig, WhisperEncoderConfig
 
 _PREFIXES = ("model.encoder.", "encoder.", "")
@@ -47,13 +46,9 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> WhisperEn
 def front_end_config(hf_dir: str, num_mel_bins: int) -> LogMelConfig:
     """The log-mel front end of a checkpoint directory (``preprocessor_config.json`` when present)."""
     path = os.path.join(hf_dir, "preprocessor_config.json")
-    if not os.path.isfile(path):
+    p = read_json(path, what="a feature extractor config", required=False)
+    if p is None:
         return LogMelConfig(n_mels=num_mel_bins)
-    try:
-        with open(path) as f:
-            p = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
     rate = int(p.get("sampling_rate", 16000))
     cfg = LogMelConfig(sample_rate=rate, n_fft=int(p.get("n_fft", 400)), hop_length=int(p.get("hop_length", 160)),
                        n_mels=int(p.get("feature_size", num_mel_bins)),
@@ -67,10 +62,10 @@ def front_end_config(hf_dir: str, num_mel_bins: int) -> LogMelConfig:
 
 def import_whisper_encoder(hf_dir: str, *, dtype=np.float32) -> tuple[WhisperEncoderConfig, LogMelConfig, dict]:
     """Reads a HF Whisper checkpoint directory -> ``(encoder config, front-end config, params)`` (numpy ``dtype``)."""
-    hf = _read_config(hf_dir)
+    hf = read_config(hf_dir)
     source = os.path.join(hf_dir, "config.json")
     cfg = config_from_hf(hf, source)
-    t = _Tensors(hf_dir)
+    t = SafetensorsDir(hf_dir)
     prefix = next((p for p in _PREFIXES if t.has(f"{p}conv1.weight")), None)
     if prefix is None:
         raise KeyError(f"{hf_dir}: no Whisper encoder weights (looked for "
