@@ -118,3 +118,35 @@ def test_errors_name_the_problem(prepared, tmp_path, capsys):
     Librispeech(data_dir=str(plain), file_format="array_record").download_and_prepare()
     assert tfds_decoded.main(["--data_dir", str(plain), "--name", "librispeech", "--out_name", "x"]) == 2
     assert "no Audio feature" in capsys.readouterr().err
+
+
+def test_asr_wer_reads_the_copy_as_the_runs_audio_source(prepared, tmp_path):
+    """The asr_wer evaluator with no data of its own reads the run's audio source, here the TF-free copy (its
+    'dev_clean' split); a stand-in model answers each clip by its length: right for some, wrong for one."""
+    import ml_collections
+
+    from teal_jax.evaluate.evaluators import make_evaluators
+
+    dst = tmp_path / "tfds"
+    tfds_decoded.write_decoded_copy(prepared, "librispeech", "librispeech_decoded", out_data_dir=str(dst))
+    truth = {len(pcm): text for pcm, text in CLIPS["dev_clean"]}
+    wrong = len(CLIPS["dev_clean"][0][0])
+
+    class Model:
+        def transcribe(self, clips, rate, max_new_tokens):
+            assert rate == 16000
+            return ["completely different words" if len(c) == wrong else truth[len(c)] for c in clips]
+
+    config = ml_collections.ConfigDict({
+        "data": {"audio_source": dict(kind="tfds", name="librispeech_decoded", config="", audio_key="speech",
+                                      text_key="text", data_dir=str(dst), train_split="train_clean100",
+                                      eval_split="dev_clean")},
+        "evals": {"wer": {"kind": "asr_wer", "split": "dev_clean", "batch_size": 2}}})
+    (ev,) = make_evaluators(config)
+    result = ev.run(Model(), workdir=str(tmp_path / "run"), step=1)
+    words = sum(len(t.split()) for _, t in CLIPS["dev_clean"])
+    assert result["wer"] == pytest.approx(len(CLIPS["dev_clean"][0][1].split()) / words), result
+    config.data.audio_source.kind = "spoken_words"
+    with pytest.raises(ValueError, match="config.evals.wer.data is empty and the run's data.audio_source is "
+                                         "'spoken_words', not a tfds dataset"):
+        make_evaluators(config)[0].run(Model(), workdir=str(tmp_path / "run"), step=1)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from teal_jax.evaluate.common import open_run_source
 from teal_jax.evaluate.evaluators import Evaluator
 
 # Letters NFKD does not decompose, written as their ASCII spelling.
@@ -424,16 +425,9 @@ class LibriSpeechWerEvaluator(Evaluator):
 
     def _source_utterances(self, where: str) -> list[dict[str, Any]]:
         from teal_jax.data.speech import RecordAdapter
-        from teal_jax.data.teal import sources
-        from teal_jax.data.teal.config import source_dict
 
-        data = (self.run_config or {}).get("data") or {}
-        src = source_dict(data.get("audio_source"), "audio")
-        if src["kind"] != "tfds":
-            raise ValueError(f"{where}.data is empty and the run's data.audio_source is {src['kind']!r}, not a tfds "
-                             "speech dataset: set the data folder or manifest (docs/evaluation.md)")
-        src["eval_split"] = self.split
-        split = sources.open_sources(src, "audio")["test"]
+        src, split = open_run_source(self.run_config, "audio", self.split, empty_field=f"{where}.data",
+                                     instead="set the data folder or manifest")
         rate = int(src.get("source_rate") or 16000)
         adapter = RecordAdapter(src.get("audio_key") or "audio", src.get("text_key") or "text", None, rate, rate)
         n = min(len(split), self.max_utterances) if self.max_utterances else len(split)

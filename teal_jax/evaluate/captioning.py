@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from teal_jax.evaluate.common import open_run_source
 from teal_jax.evaluate.evaluators import Evaluator
 
 # pycocoevalcap's list. Its bracket entries are upper case ("-LRB-") while -lowerCase makes the tokenizer write
@@ -312,15 +313,9 @@ class CocoCaptionEvaluator(Evaluator):
     def _source_records(self, where: str):
         """Records of the run's tfds image source (split ``self.split``) and how to read each one's image."""
         from teal_jax.data.teal import sources
-        from teal_jax.data.teal.config import source_dict
 
-        data = (self.run_config or {}).get("data") or {}
-        src = source_dict(data.get("image_source"), "image")
-        if src["kind"] != "tfds":
-            raise ValueError(f"{where}.annotations is empty and the run's data.image_source is {src['kind']!r}, not a "
-                             "tfds caption dataset: set the annotations file (docs/evaluation.md)")
-        src["eval_split"] = self.split
-        split = sources.open_sources(src, "image")["test"]
+        src, split = open_run_source(self.run_config, "image", self.split, empty_field=f"{where}.annotations",
+                                     instead="set the annotations file")
         n = min(len(split), self.max_images) if self.max_images else len(split)
         image_key = src.get("image_key") or "image"
         records = []
