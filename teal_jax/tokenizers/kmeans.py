@@ -340,16 +340,25 @@ class ImageKMeansTokenizer(_KMeansTokenizer):
 
 
 # ---- building from a config --------------------------------------------------------------------------------------
+DEMO_KINDS = ("mfcc", "vqgan")  # teal_jax/tokenizers/semantic_demo.py
+
+
 def tokenizer_from_config(section: ml_collections.ConfigDict | dict, codebook=None) -> _KMeansTokenizer:
-    """``config.tokenizer`` = ``{kind: 'whisper'|'clip', checkpoint: <transformers dir>, layer, num_codes}``."""
+    """``config.tokenizer`` = ``{kind: 'whisper'|'clip', checkpoint: <transformers dir>, layer, num_codes}``, or a
+    demo-scale kind ('mfcc', 'vqgan': :mod:`teal_jax.tokenizers.semantic_demo`)."""
     s = dict(section)
+    if s.get("kind") in DEMO_KINDS:
+        from teal_jax.tokenizers import semantic_demo
+
+        return semantic_demo.tokenizer_from_section(s, codebook)
     for f in ("kind", "checkpoint", "layer", "num_codes"):
         if f not in s or s[f] in ("", None):
             raise ValueError(f"config.tokenizer.{f} is missing or empty")
     cls = {"whisper": AudioKMeansTokenizer, "clip": ImageKMeansTokenizer}.get(s["kind"])
     if cls is None:
         raise ValueError(f"config.tokenizer.kind={s['kind']!r}: choose 'whisper' (audio) or 'clip' (images: CLIP or "
-                         "SigLIP vision towers)")
+                         "SigLIP vision towers), or at demo scale 'mfcc' (audio frames) or 'vqgan' (the latents of "
+                         "an image_vq run)")
     if not os.path.isdir(s["checkpoint"]):
         raise FileNotFoundError(f"config.tokenizer.checkpoint={s['checkpoint']!r}: no such directory (a "
                                 "transformers checkpoint directory: config.json + model.safetensors)")
@@ -372,9 +381,13 @@ def from_checkpoint(workdir: str, step: int | None = None) -> _KMeansTokenizer:
 
 # ---- the fit -----------------------------------------------------------------------------------------------------
 def _check_same_fit(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict, workdir: str) -> None:
-    """A resumed fit must be the same fit: same encoder checkpoint, layer and number of codes."""
-    for f in ("kind", "checkpoint", "layer", "num_codes"):
-        a, b = saved.get("tokenizer", {}).get(f), config.get("tokenizer", {}).get(f)
+    """A resumed fit must be the same fit: same encoder checkpoint, layer, number of codes and every other field of
+    ``config.tokenizer`` (a demo kind's front end)."""
+    a_sec, b_sec = dict(saved.get("tokenizer", {})), dict(config.get("tokenizer", {}))
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # the saved config went through JSON
+    first = ("kind", "checkpoint", "layer", "num_codes")
+    for f in (*first, *sorted((set(a_sec) | set(b_sec)) - set(first))):
+        a, b = norm(a_sec.get(f)), norm(b_sec.get(f))
         if a != b:
             raise ValueError(f"{workdir} holds a k-means fit with tokenizer.{f}={a!r}; this config has {b!r}: "
                              "use another workdir (or the saved value) to resume")

@@ -3,6 +3,8 @@
   python -m teal_jax.train.kmeans_fit --config=configs/audio/whisper_kmeans.py:checkpoint=/ckpt/whisper-small \\
       --workdir=/runs/whisper_kmeans
   python -m teal_jax.train.kmeans_fit --config=configs/image/clip_kmeans.py:checkpoint=/ckpt/clip-vit-b16 ...
+  python -m teal_jax.train.kmeans_fit --config=configs/audio/speech_kmeans.py:k=256 ...    # demo scale: MFCC frames
+  python -m teal_jax.train.kmeans_fit --config=configs/image/digits_kmeans.py:checkpoint=runs/demo/image_tokenizer ...
 
 The tokenizer comes from ``config.tokenizer`` (``teal_jax.tokenizers.kmeans.tokenizer_from_config``), the rows from
 the train split of ``config.data.audio_source`` / ``image_source`` (the sources TEAL data pre-tokenizes: spoken words,
@@ -29,7 +31,7 @@ from teal_jax.data.teal import sources as sources_lib
 from teal_jax.data.teal.config import source_dict
 from teal_jax.tokenizers import kmeans as kmeans_lib
 
-_MODALITY = {"whisper": "audio", "clip": "image"}
+_MODALITY = {"whisper": "audio", "clip": "image", "mfcc": "audio", "vqgan": "image"}
 
 
 def make_batches(config: ml_collections.ConfigDict, tokenizer: Any, *, data_dir: str | None = None,
@@ -131,7 +133,8 @@ if __name__ == "__main__":
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "A kmeans_tokenizer config (configs/audio/whisper_kmeans.py, "
-                                    "configs/image/clip_kmeans.py), optionally ':variant'.", lock_config=True)
+                                    "configs/image/clip_kmeans.py, configs/audio/speech_kmeans.py, "
+                                    "configs/image/digits_kmeans.py), optionally ':variant'.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Run directory: checkpoints (resumed when present).")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)
