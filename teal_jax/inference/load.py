@@ -7,6 +7,8 @@ What comes back depends on what the workdir trained (``config.objective``); ever
   'image_vq'     -> an ImageTokenizer (:class:`teal_jax.inference.tokenizer_runs.ImageTokenizerRun`)
   'audio_codec'  -> an AudioTokenizer (:class:`teal_jax.inference.tokenizer_runs.AudioTokenizerRun`)
   'teal'         -> :class:`teal_jax.inference.teal.TealModel`
+  'kmeans_tokenizer' -> the fitted semantic input tokenizer
+                    (:class:`teal_jax.inference.tokenizer_runs.KMeansTokenizerRun`)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ _LOADERS = {
     "image_vq": "teal_jax.inference.tokenizer_runs:ImageTokenizerRun",
     "audio_codec": "teal_jax.inference.tokenizer_runs:AudioTokenizerRun",
     "teal": "teal_jax.inference.teal:TealModel",
+    "kmeans_tokenizer": "teal_jax.inference.tokenizer_runs:KMeansTokenizerRun",
 }
 
 
