@@ -61,6 +61,7 @@ class CodecConfig:
     dilation_growth_rate: int = 2
     compress: int = 2
     num_lstm_layers: int = 2
+    lstm_unroll: int = 1  # time steps per lax.scan iteration of the LSTM (speed only; see audio_layers.LSTM)
     use_conv_shortcut: bool = True
     causal: bool = True
     pad_mode: str = "reflect"
@@ -140,6 +141,8 @@ class CodecConfig:
         if self.num_levels < 1 or self.codebook_size < 2:
             raise ValueError(f"model.num_levels={self.num_levels} must be >= 1 and model.codebook_size="
                              f"{self.codebook_size} >= 2")
+        if self.lstm_unroll < 1:
+            raise ValueError(f"model.lstm_unroll={self.lstm_unroll} must be >= 1")
         if self.kmeans_iters < 0:
             raise ValueError(f"model.kmeans_iters={self.kmeans_iters} must be >= 0")
         if self.dtype not in _DTYPES:
@@ -193,7 +196,7 @@ class Encoder(_Stack):
             scale *= 2
         if c.num_lstm_layers > 0:
             i += 1
-            h = LSTM(c.num_lstm_layers, dtype=_DTYPES[c.dtype], name=f"layers_{i}")(h)
+            h = LSTM(c.num_lstm_layers, dtype=_DTYPES[c.dtype], unroll=c.lstm_unroll, name=f"layers_{i}")(h)
         i += 1
         h = self.act(f"layers_{i}")(h)
         i += 1
@@ -210,7 +213,7 @@ class Decoder(_Stack):
         h = self.conv(f"layers_{i}", scale * c.num_filters, c.kernel_size)(z)
         if c.num_lstm_layers > 0:
             i += 1
-            h = LSTM(c.num_lstm_layers, dtype=_DTYPES[c.dtype], name=f"layers_{i}")(h)
+            h = LSTM(c.num_lstm_layers, dtype=_DTYPES[c.dtype], unroll=c.lstm_unroll, name=f"layers_{i}")(h)
         for ratio in c.ratios:
             dim = scale * c.num_filters
             i += 1
