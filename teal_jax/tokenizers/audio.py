@@ -12,10 +12,24 @@ mono after scaling (:func:`teal_jax.media.audio.to_mono_float`, the one waveform
 resampled (windowed sinc) to the codec's. Clips longer than ``chunk_seconds`` are encoded in chunks of whole
 frames (each chunk sees its own padding: with a non-causal model the codes at chunk seams differ slightly from a
 one-pass encoding). Empty audio, NaN/Inf samples, a truncated or non-audio file each raise a ValueError naming it.
+
+Shapes (:mod:`teal_jax.tokenizers.bucketing`): with ``bucket=True`` (default) a batch of ``n`` clips runs padded to
+the next power of two rows, at most ``max_batch``, bigger batches in pieces of ``max_batch``; rows are independent,
+so the codes equal the unpadded call's. With ``length_bucket_frames=k > 0`` the last (shorter) time chunk is also
+zero-padded to a multiple of ``k`` frames (``k * hop`` samples; codes: padding code 0), so a new clip length reuses
+a compiled program; the padded frames are sliced off. Length padding is exact only where the padding is outside a
+frame's receptive field: with a causal codec every code equals the unpadded call's except a partial last frame
+(length not a multiple of hop: unpadded, EnCodec reflects its own edge there; padded, it sees zeros) and the decoded
+samples of real frames are equal within float rounding; a non-causal codec also changes its last few frames (the
+same effect as sharing a ragged batch with a longer clip). It is therefore off by default. ``traces`` counts how
+often each call was traced (= compiled). ``dtype='bfloat16'`` runs the codec in bfloat16 (float32 parameters,
+float32 codebook search, float32 output); the default is float32.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -28,6 +42,7 @@ import numpy as np
 
 from teal_jax.media.audio import read_wav, resample, to_mono_float
 from teal_jax.models.codec import Codec, CodecConfig
+from teal_jax.tokenizers import bucketing
 
 
 class AudioTokenizer:
@@ -39,13 +54,27 @@ class AudioTokenizer:
       model_state: non-parameter collections (``{'quantizer_state': ...}``: EMA codebooks, restart offsets).
       num_levels: RVQ levels to emit (a bitrate choice; default all).
       chunk_seconds: longest audio encoded in one pass.
+      dtype: compute dtype ('float32', 'bfloat16', 'float16'); None: float32 for a ConfigDict, a CodecConfig's own.
+      bucket: pad batches to power-of-two shape buckets (module docstring) so new batch sizes do not recompile.
+      max_batch: the largest batch bucket; bigger batches run in pieces of this many clips.
+      length_bucket_frames: pad the last time chunk to a multiple of this many frames (0: off; see the module
+        docstring for what it changes).
     """
 
     def __init__(self, config: CodecConfig | ml_collections.ConfigDict | dict, params: Any,
-                 model_state: dict | None = None, *, num_levels: int | None = None, chunk_seconds: float = 30.0):
+                 model_state: dict | None = None, *, num_levels: int | None = None, chunk_seconds: float = 30.0,
+                 dtype: str | None = None, bucket: bool = True, max_batch: int = 64, length_bucket_frames: int = 0):
         if not isinstance(config, CodecConfig):
-            config = CodecConfig.from_config(config, dtype="float32")
+            config = CodecConfig.from_config(config, dtype=dtype or "float32")
+        elif dtype is not None:
+            config = dataclasses.replace(config, dtype=dtype)
+        config.validate()  # names a bad dtype
+        if int(max_batch) < 1 or int(length_bucket_frames) < 0:
+            raise ValueError(f"AudioTokenizer: max_batch={max_batch} must be >= 1 and length_bucket_frames="
+                             f"{length_bucket_frames} >= 0")
         self.config = config
+        self.bucket, self.max_batch, self.length_bucket_frames = bool(bucket), int(max_batch), int(length_bucket_frames)
+        self.traces: collections.Counter = collections.Counter()
         self.model = Codec(config)
         self.variables = {"params": params, **(model_state or {})}
         self.num_levels = config.num_levels if num_levels is None else int(num_levels)
@@ -54,8 +83,17 @@ class AudioTokenizer:
         hop = config.hop_length
         self.chunk_samples = max(1, int(chunk_seconds * config.sample_rate) // hop) * hop
         n = self.num_levels
-        self._encode = jax.jit(lambda v, x: self.model.apply(v, x[..., None], n, method=Codec.encode))
-        self._decode = jax.jit(lambda v, c: self.model.apply(v, c, method=Codec.decode_codes)[..., 0])
+
+        def encode(v, x):
+            self.traces["encode"] += 1  # runs only while tracing
+            return self.model.apply(v, x[..., None], n, method=Codec.encode)
+
+        def decode(v, c):
+            self.traces["decode"] += 1
+            return self.model.apply(v, c, method=Codec.decode_codes)[..., 0]
+
+        self._encode = jax.jit(encode)
+        self._decode = jax.jit(decode)
 
     @classmethod
     def from_checkpoint(cls, workdir: str, step: int | None = None, **kwargs) -> AudioTokenizer:
@@ -128,11 +166,34 @@ class AudioTokenizer:
     def encode(self, waveform, sample_rate: int, *, channels_last: bool = True) -> tuple[jax.Array, np.ndarray]:
         """Waveform(s) -> (codes ``int32 [batch, frames, levels]``, real frames per clip ``int32 [batch]``)."""
         x, lengths = self.prepare(waveform, sample_rate, channels_last=channels_last)
-        frames = np.asarray([math.ceil(n / self.config.hop_length) for n in lengths], np.int32)
-        pieces = [self._encode(self.variables, jnp.asarray(x[:, s : s + self.chunk_samples]))
-                  for s in range(0, x.shape[1], self.chunk_samples)]
-        codes = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
-        return codes, frames
+        hop = self.config.hop_length
+        frames = np.asarray([math.ceil(n / hop) for n in lengths], np.int32)
+        return self._run(self._encode, x, self.chunk_samples, hop * self.length_bucket_frames, (1, hop)), frames
+
+    def _batch_rows(self, x) -> list[tuple[int, int, int]]:
+        n = x.shape[0]
+        if not self.bucket or bucketing.spans_devices(x):
+            return [(0, n, n)]
+        return bucketing.batch_pieces(n, self.max_batch)
+
+    def _run(self, fn, x, chunk: int, length_bucket: int, ratio: tuple[int, int]) -> jax.Array:
+        """``fn(variables, piece)`` over batch buckets x time chunks of ``x [batch, time, ...]`` (numpy pieces are
+        padded on the host), each output piece cut to ``ceil(time * ratio[0] / ratio[1])`` steps and the padding rows
+        dropped; all calls are dispatched before anything is read back."""
+        rows_out = []
+        for start, stop, rows in self._batch_rows(x):
+            xb = bucketing.pad_axis(x[start:stop], rows, 0)
+            cols = []
+            for s in range(0, x.shape[1], chunk):
+                part = xb[:, s : s + chunk]
+                t = part.shape[1]
+                part = bucketing.pad_axis(part, bucketing.round_up(t, length_bucket, cap=chunk), 1)
+                y = fn(self.variables, jnp.asarray(part))
+                keep = -(-t * ratio[0] // ratio[1])
+                cols.append(y if y.shape[1] == keep else y[:, :keep])
+            y = bucketing.concat(cols, 1)
+            rows_out.append(y if rows == stop - start else y[: stop - start])
+        return bucketing.concat(rows_out, 0)
 
     def decode(self, codes, frame_lengths: Sequence[int] | None = None) -> tuple[jax.Array, np.ndarray]:
         """Codes ``int [batch, frames, n<=levels]`` -> (float32 ``[batch, frames * hop]``, real samples per clip).
@@ -145,17 +206,28 @@ class AudioTokenizer:
             raise ValueError(f"codes have {c.shape[2]} levels; this codec has {self.config.num_levels}")
         if c.shape[1] == 0:
             raise ValueError("codes have 0 frames")
-        lo, hi = int(jnp.min(c)), int(jnp.max(c))
-        if lo < 0 or hi >= self.codebook_size:
-            raise ValueError(f"codes must lie in [0, {self.codebook_size}); got [{lo}, {hi}]")
+        def range_error(lo, hi):
+            return ValueError(f"codes must lie in [0, {self.codebook_size}); got [{lo}, {hi}]")
+
+        on_device = isinstance(c, jax.Array)
+        if on_device:  # checked on the device; read back once, after every chunk is dispatched
+            bounds = jnp.stack([jnp.min(c), jnp.max(c)])
+            c = c.astype(jnp.int32)
+        else:
+            lo, hi = int(c.min()), int(c.max())
+            if lo < 0 or hi >= self.codebook_size:
+                raise range_error(lo, hi)
+            c = c.astype(np.int32)
         hop = self.config.hop_length
         fl = np.full((c.shape[0],), c.shape[1], np.int32) if frame_lengths is None else np.asarray(frame_lengths)
-        chunk = self.chunk_samples // hop
-        c = jnp.asarray(c, jnp.int32)
-        pieces = [self._decode(self.variables, c[:, s : s + chunk]) for s in range(0, c.shape[1], chunk)]
-        y = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=1)
+        y = self._run(self._decode, c, self.chunk_samples // hop, self.length_bucket_frames, (hop, 1))
         mask = jnp.arange(y.shape[1])[None, :] < jnp.asarray(fl * hop)[:, None]
-        return jnp.where(mask, y, 0.0), (fl * hop).astype(np.int32)
+        out = jnp.where(mask, y, 0.0)
+        if on_device:
+            lo, hi = (int(b) for b in np.asarray(bounds))
+            if lo < 0 or hi >= self.codebook_size:
+                raise range_error(lo, hi)
+        return out, (fl * hop).astype(np.int32)
 
     def encode_files(self, paths: Sequence[str | os.PathLike]) -> tuple[jax.Array, np.ndarray]:
         """Reads WAV files (any PCM rate/channels) and encodes them as one ragged batch."""

@@ -7,10 +7,19 @@ Accepted images: ``[batch, H, W]`` or ``[batch, H, W, 1|3|4]``, uint8 in [0, 255
 converted to the model's by :func:`teal_jax.media.image.mix_channels` (gray -> RGB repeats, RGB -> gray is ITU-R
 601 luma, RGBA is composited over black). Images whose size differs from ``config.image_size`` are center-cropped
 to a square and resized (bicubic) when ``resize=True``, otherwise rejected with a ValueError naming both sizes.
+
+Shapes: with ``bucket=True`` (default) a batch of ``n`` images (or code grids) runs padded to the next power of two,
+at most ``max_batch``, and bigger batches in pieces of ``max_batch`` (:mod:`teal_jax.tokenizers.bucketing`), so a
+new batch size reuses a compiled program; the padding rows are sliced off (rows are independent: the codes equal the
+unpadded call's). A batch already laid out over several devices runs as given. ``traces`` counts how often each
+call was traced (= compiled). ``dtype='bfloat16'`` computes the VQGAN in bfloat16 (parameters stay float32; the
+codebook search is float32 either way); the default keeps the config's dtype.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +31,9 @@ import numpy as np
 
 from teal_jax.media.image import check_pixels, mix_channels, read_image
 from teal_jax.models.vqgan import VQGAN, VQGANConfig
+from teal_jax.tokenizers import bucketing
+
+_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _prepare(images: jax.Array, channels: int, size: int, resize: bool) -> jax.Array:
@@ -52,13 +64,25 @@ class ImageTokenizer:
       params: the VQGAN's parameters (``params['model']`` of a train state, or a converter's output).
       model_state: non-parameter collections (e.g. ``{'quantizer_state': ...}`` for an EMA codebook).
       resize: resize mismatching images (True) or raise (False).
+      dtype: compute dtype ('float32', 'bfloat16', 'float16'); None keeps the config's.
+      bucket: pad batches to shape buckets (see the module docstring) so new batch sizes do not recompile.
+      max_batch: the largest bucket; bigger batches run in pieces of this many rows.
     """
 
     def __init__(self, config: VQGANConfig | ml_collections.ConfigDict | dict, params: Any,
-                 model_state: dict | None = None, *, resize: bool = True):
+                 model_state: dict | None = None, *, resize: bool = True, dtype: str | None = None,
+                 bucket: bool = True, max_batch: int = 64):
         if not isinstance(config, VQGANConfig):
             config = VQGANConfig.from_config(config)
+        if dtype is not None:
+            if dtype not in _DTYPES:
+                raise ValueError(f"ImageTokenizer: dtype={dtype!r}; choose one of {_DTYPES}")
+            config = dataclasses.replace(config, dtype=dtype)
+        if int(max_batch) < 1:
+            raise ValueError(f"ImageTokenizer: max_batch={max_batch} must be >= 1")
         self.config = config
+        self.bucket, self.max_batch = bool(bucket), int(max_batch)
+        self.traces: collections.Counter = collections.Counter()
         self.model = VQGAN(config)
         self.variables = {"params": params, **(model_state or {})}
         self.resize = resize
@@ -66,10 +90,12 @@ class ImageTokenizer:
         cfg = config
 
         def encode(variables, images):
+            self.traces["encode"] += 1  # runs only while tracing
             x = _prepare(images, cfg.in_channels, cfg.image_size, self.resize)
             return self.model.apply(variables, x, method=VQGAN.encode).codes
 
         def decode(variables, codes):
+            self.traces["decode"] += 1
             y = self.model.apply(variables, codes, method=VQGAN.decode_codes).astype(jnp.float32)
             return jnp.clip(jnp.round((y + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
@@ -102,11 +128,22 @@ class ImageTokenizer:
         out = self.model.apply(self.variables, codes, method=lambda m, c: m.quantizer.decode_codes(c))
         return np.asarray(out, np.float32)
 
+    def _bucketed(self, fn, x) -> jax.Array:
+        """``fn(variables, x)`` on shape buckets of x's batch axis, padding rows sliced off."""
+        if not self.bucket or x.ndim == 0 or x.shape[0] == 0 or bucketing.spans_devices(x):
+            return fn(self.variables, x)
+        n = x.shape[0]
+        out = []
+        for start, stop, rows in bucketing.batch_pieces(n, self.max_batch):
+            y = fn(self.variables, bucketing.pad_axis(x[start:stop], rows, 0))
+            out.append(y if rows == stop - start else y[: stop - start])
+        return bucketing.concat(out, 0)
+
     def encode(self, images) -> jax.Array:
         """Images (see module docstring) -> codes ``int32 [batch, h, w]``."""
         images = images if isinstance(images, jax.Array) else np.asarray(images)
         check_pixels(images)
-        return self._encode(self.variables, images)
+        return self._bucketed(self._encode, images)
 
     def decode(self, codes) -> jax.Array:
         """Codes ``int32 [batch, h, w]`` -> images ``uint8 [batch, H, W, C]``."""
@@ -118,8 +155,8 @@ class ImageTokenizer:
             raise ValueError(f"codes must be integer [batch, h, w], got {codes.dtype} {codes.shape}")
         if not isinstance(codes, jax.Array) and codes.size and (codes.min() < 0 or codes.max() >= self.vocab_size):
             raise ValueError(f"codes must lie in [0, {self.vocab_size}); got [{codes.min()}, {codes.max()}]")
-        return self._decode(self.variables, codes.astype(np.int32) if not isinstance(codes, jax.Array)
-                            else codes.astype(jnp.int32))
+        return self._bucketed(self._decode, codes.astype(np.int32) if not isinstance(codes, jax.Array)
+                              else codes.astype(jnp.int32))
 
     def encode_files(self, paths: Sequence[str | os.PathLike]) -> jax.Array:
         """Reads image files (PNG, JPEG, ...) with Pillow and encodes them as one batch.
