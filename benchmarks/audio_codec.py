@@ -4,9 +4,11 @@ codebooks filled), with the ratio printed.
 
     python benchmarks/audio_codec.py --config=configs/audio/encodec_24khz.py --seconds=2 --batch=4
 
-The JAX model runs at float32 with random parameters of the config's shape (throughput does not depend on the
-values). Each figure is the best of ``--repeats`` timed calls after one compile/warm-up call. The torch peer runs on
-the same device as JAX (CUDA when torch sees a GPU) and first (JAX reserves most of the GPU's memory once started).
+The JAX model runs at ``--dtype`` (float32 by default; ``bfloat16`` keeps float32 parameters and the float32 codebook
+search) with random parameters of the config's shape (throughput does not depend on the values); ``--lstm_unroll``
+sets the LSTM's scan unroll (CodecConfig.lstm_unroll). Each figure is the best of ``--repeats`` timed calls after one
+compile/warm-up call. The torch peer runs on the same device as JAX (CUDA when torch sees a GPU) and first (JAX
+reserves most of the GPU's memory once started).
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ def _best(fn, repeats):
     return min(times)
 
 
-def bench_jax(config_path, seconds, batch, repeats):
+def bench_jax(config_path, seconds, batch, repeats, dtype="float32", lstm_unroll=1):
+    import dataclasses
+
     from teal_jax.models.codec import Codec, CodecConfig
 
-    cfg = CodecConfig.from_config(_load_config(config_path).model, dtype="float32")
+    cfg = CodecConfig.from_config(_load_config(config_path).model, dtype=dtype)
+    cfg = dataclasses.replace(cfg, lstm_unroll=lstm_unroll)
     model = Codec(cfg)
     n = int(seconds * cfg.sample_rate)
     x = jnp.asarray(0.1 * np.random.default_rng(0).standard_normal((batch, n, 1)), jnp.float32)
@@ -93,17 +98,21 @@ def main():
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no_torch", action="store_true")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="JAX compute dtype")
+    p.add_argument("--lstm_unroll", type=int, default=1, help="time steps per LSTM scan iteration")
     a = p.parse_args()
     cfg_model = _load_config(a.config).model
     # the same number of levels as ours where transformers offers it (24 kbit/s = 32 levels)
     bw = 24.0 if int(cfg_model.get("num_levels", 0)) >= 32 else 6.0
     peer = None if a.no_torch else bench_torch(a.seconds, a.batch, a.repeats, bw)  # first: before JAX's pool
-    cfg, je, jd = bench_jax(a.config, a.seconds, a.batch, a.repeats)
+    cfg, je, jd = bench_jax(a.config, a.seconds, a.batch, a.repeats, a.dtype, a.lstm_unroll)
     dev = jax.devices()[0]
     print(f"backend {jax.default_backend()} ({dev.device_kind}); {a.batch} clips x {a.seconds} s")
     print(f"teal_jax {a.config}: {cfg.sample_rate} Hz, hop {cfg.hop_length}, {cfg.num_levels} levels x "
-          f"{cfg.codebook_size}: encode {je:.1f} audio-s/s, decode {jd:.1f} audio-s/s")
-    line = {"bench": "audio_codec", "config": a.config, "device": dev.device_kind, "jax_encode": je, "jax_decode": jd}
+          f"{cfg.codebook_size}, {cfg.dtype}, lstm_unroll {cfg.lstm_unroll}: encode {je:.1f} audio-s/s, "
+          f"decode {jd:.1f} audio-s/s")
+    line = {"bench": "audio_codec", "config": a.config, "device": dev.device_kind, "jax_encode": je,
+            "jax_decode": jd, "dtype": cfg.dtype, "lstm_unroll": cfg.lstm_unroll}
     if peer is not None:
         te, td, where = peer
         print(f"transformers EncodecModel 24 kHz ({where}, {bw} kbit/s): encode {te:.1f} "

@@ -47,9 +47,9 @@ def _time(fn, *args, iters: int) -> float:
 
 
 def bench_config(config_path: str, arg: str | None, batch: int, iters: int, dtype: str | None,
-                 workdir: str | None) -> dict[str, float]:
+                 workdir: str | None, bucket: bool = True, max_batch: int = 64) -> dict[str, float]:
     if workdir:
-        tok = ImageTokenizer.from_checkpoint(workdir)
+        tok = ImageTokenizer.from_checkpoint(workdir, dtype=dtype, bucket=bucket, max_batch=max_batch)
         cfg = tok.config
     else:
         c = _load_config(config_path, arg)
@@ -58,7 +58,7 @@ def bench_config(config_path: str, arg: str | None, batch: int, iters: int, dtyp
 
         x0 = jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.in_channels))
         variables = nn.unbox(jax.jit(VQGAN(cfg).init)(jax.random.key(0), x0))
-        tok = ImageTokenizer(cfg, variables.pop("params"), variables)
+        tok = ImageTokenizer(cfg, variables.pop("params"), variables, bucket=bucket, max_batch=max_batch)
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, cfg.image_size, cfg.image_size,
                                                                      cfg.in_channels), dtype=np.uint8))
     codes = tok.encode(images)
@@ -67,7 +67,8 @@ def bench_config(config_path: str, arg: str | None, batch: int, iters: int, dtyp
     name = f"checkpoint {workdir}" if workdir else f"{config_path}{':' + arg if arg else ''}"
     print(f"[ours] {name} {cfg.image_size}x{cfg.image_size}x{cfg.in_channels} "
           f"-> {cfg.token_grid} tokens, dtype {cfg.dtype}, batch {batch} on {jax.devices()[0].device_kind}: "
-          f"encode {batch / t_enc:.1f} images/s, decode {batch / t_dec:.1f} images/s")
+          f"encode {batch / t_enc:.1f} images/s, decode {batch / t_dec:.1f} images/s "
+          f"(bucket={bucket}, max_batch={max_batch}; programs traced: {dict(tok.traces)})")
     return {"encode_images_per_s": batch / t_enc, "decode_images_per_s": batch / t_dec}
 
 
@@ -121,13 +122,15 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--dtype", default=None, help="compute dtype override (default: the config's)")
+    p.add_argument("--no_bucket", action="store_true", help="run the exact batch shape (no power-of-two padding)")
+    p.add_argument("--max_batch", type=int, default=64, help="largest batch bucket; bigger batches run in pieces")
     p.add_argument("--chameleon_batch", type=int, default=1)
     p.add_argument("--chameleon_iters", type=int, default=2)
     p.add_argument("--chameleon_dtype", default="float32")
     p.add_argument("--skip_chameleon", action="store_true")
     a = p.parse_args(argv)
     path, _, arg = a.config.partition(":")
-    ours = bench_config(path, arg or None, a.batch, a.iters, a.dtype, a.workdir)
+    ours = bench_config(path, arg or None, a.batch, a.iters, a.dtype, a.workdir, not a.no_bucket, a.max_batch)
     cham = None if a.skip_chameleon else bench_chameleon(a.chameleon_batch, a.chameleon_iters, a.chameleon_dtype)
     if cham:
         print(f"[ratio] {path} encode images/s / torch ChameleonVQVAE encode images/s = "
