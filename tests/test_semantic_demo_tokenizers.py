@@ -143,13 +143,15 @@ def test_speech_kmeans_fits_resumes_loads_and_pretokenizes(data_dir, tmp_path):
 # ---- images: the demo image tokenizer's encoder ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def image_vq_run(tmp_path_factory):
-    """An image_vq workdir (digits_tiny.py:coarse,smoke; random init, saved as a run saves)."""
+    """An image_vq workdir (digits_tiny.py:coarse,smoke, narrowed and without attention to compile fast; random
+    init, saved as a run saves)."""
     from configs.image import digits_tiny
     from teal_jax import checkpoint
     from teal_jax.models.vqgan import VQGAN, VQGANConfig
 
     d = str(tmp_path_factory.mktemp("image_vq"))
     cfg = digits_tiny.get_config("coarse,smoke")
+    cfg.model.base_channels, cfg.model.attn_levels, cfg.model.mid_attention = 8, (), False
     from flax import linen as nn
 
     shapes = nn.unbox(jax.eval_shape(VQGAN(VQGANConfig.from_config(cfg.model)).init, jax.random.key(0),
