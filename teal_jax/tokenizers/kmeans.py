@@ -330,13 +330,12 @@ class ImageKMeansTokenizer(_KMeansTokenizer):
         return self._need_codebook()
 
     def encode(self, images) -> jax.Array:
-        """Images (``[batch, H, W(, C)]`` uint8 or float in [0, 1]) -> codes ``int32 [batch, grid, grid]``."""
+        """Images (``[batch, H, W(, C)]`` uint8 or float in [0, 1]) -> codes ``int32 [batch, *token_grid]``."""
         codebook = self._need_codebook()
         images = images if isinstance(images, jax.Array) else np.asarray(images)
         check_pixels(images)
         feats, _ = self._features(self.encoder_params, images, None)
-        g = self.config.encoder.grid
-        return self._assign(codebook, feats).reshape(feats.shape[0], g, g)
+        return self._assign(codebook, feats).reshape(feats.shape[0], *self.token_grid)
 
 
 # ---- building from a config --------------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ checkpoint, ``from_checkpoint`` and pre-tokenization paths).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -34,12 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from teal_jax.media.image import check_pixels
 from teal_jax.models.audio_layers import stft
 from teal_jax.models.vqgan import VQGAN, Encoder, VQGANConfig
 from teal_jax.models.whisper import mel_filters
 from teal_jax.tokenizers.image import ImageTokenizer, _prepare
-from teal_jax.tokenizers.kmeans import AudioKMeansTokenizer, _KMeansTokenizer
+from teal_jax.tokenizers.kmeans import AudioKMeansTokenizer, ImageKMeansTokenizer, _KMeansTokenizer
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # the judges' file names (teal_jax.evaluate.digit_classifier.FILENAME / speech_classifier.FILENAME; a test checks
@@ -120,6 +118,7 @@ class FrameKMeansTokenizer(_KMeansTokenizer):
     _clip = AudioKMeansTokenizer._clip
     encode_files = AudioKMeansTokenizer.encode_files
     code_vectors = AudioKMeansTokenizer.code_vectors
+    encode = AudioKMeansTokenizer.encode  # (codes int32 [batch, frames, 1], real frames)
 
     def __init__(self, config: FrameFeatureConfig, encoder_params: Any = None, codebook: np.ndarray | None = None):
         super().__init__(config, {} if encoder_params is None else encoder_params, codebook)
@@ -164,13 +163,6 @@ class FrameKMeansTokenizer(_KMeansTokenizer):
         h = jnp.concatenate([_edge_gather(f, o, frames) for o in range(-ctx, ctx + 1)], axis=-1)
         return h, jnp.arange(f.shape[1])[None, :] < frames[:, None]
 
-    def encode(self, waveform, sample_rate: int, *, channels_last: bool = True) -> tuple[jax.Array, np.ndarray]:
-        """Waveform(s) (as :meth:`AudioTokenizer.encode`) -> (codes ``int32 [batch, frames, 1]``, real frames)."""
-        codebook = self._need_codebook()
-        x, lengths = self.prepare(waveform, sample_rate, channels_last=channels_last)
-        feats, _ = self._features(self.encoder_params, jnp.asarray(x), jnp.asarray(lengths))
-        frames = np.asarray([math.ceil(n / self.config.hop_length) for n in lengths], np.int32)
-        return self._assign(codebook, feats)[..., None], frames
 
 
 # ---- images: the demo image tokenizer's own encoder --------------------------------------------------------------
@@ -209,6 +201,8 @@ class LatentKMeansTokenizer(_KMeansTokenizer):
     kind = "vqgan"
     has_decoder = False
     encode_files = ImageTokenizer.encode_files  # the one file rule (read_image, crop/resize, mixed channels)
+    code_vectors = ImageKMeansTokenizer.code_vectors
+    encode = ImageKMeansTokenizer.encode  # codes int32 [batch, h, w] (token_grid)
     encoder_module = Encoder  # what computes the features (tests assert it is no judge)
 
     def __init__(self, config: LatentKMeansConfig, encoder_params: Any, codebook: np.ndarray | None = None,
@@ -265,18 +259,6 @@ class LatentKMeansTokenizer(_KMeansTokenizer):
         h = h.reshape(h.shape[0], -1, h.shape[-1]).astype(jnp.float32)
         return h, jnp.ones(h.shape[:2], bool)
 
-    def code_vectors(self) -> np.ndarray:
-        """float32 ``[num_codes, D]``: the centres."""
-        return self._need_codebook()
-
-    def encode(self, images) -> jax.Array:
-        """Images (``[batch, H, W(, C)]`` uint8 or float in [0, 1]) -> codes ``int32 [batch, h, w]``."""
-        codebook = self._need_codebook()
-        images = images if isinstance(images, jax.Array) else np.asarray(images)
-        check_pixels(images)
-        feats, _ = self._features(self.encoder_params, images, None)
-        h, w = self.token_grid
-        return self._assign(codebook, feats).reshape(feats.shape[0], h, w)
 
 
 # ---- building from a config section ----------------------------------------------------------------------------
