@@ -199,8 +199,8 @@ def missed_targets_section(figures: dict[str, dict[str, Any]], main: str,
     if "lm_sum_answers" in row and not all(
             _met(row.get(k, 1.0), 0.80, True) for k in ("reasoning_image_accuracy", "reasoning_speech_accuracy")):
         lines.append(
-            f"- Reasoning: the text LM's own greedy answer after each held-out sum question is right for "
-            f"{_fmt(row['lm_sum_answers'])} of them, while the generated images / speech are judged right for "
+            f"- Reasoning: the text LM's own greedy answer after each held-out sum question is right for a "
+            f"fraction {_fmt(row['lm_sum_answers'])} of them, while the generated images / speech are judged right for "
             f"{_fmt(row.get('reasoning_image_accuracy', float('nan')))} / "
             f"{_fmt(row.get('reasoning_speech_accuracy', float('nan')))}: where the LM knows the answer, what is "
             "missing is the span reading the answer off the LM's state at 'is'.")
@@ -345,7 +345,7 @@ def write_report(workdir: str, variant: str, stage_results: dict[str, dict], eva
     if figures:
         keys = [t for t in TARGETS if any(t[0] in f for f in figures.values())]
         extra = sorted({k for f in figures.values() for k in f} - {t[0] for t in TARGETS})
-        lines += ["## Every TEAL run (ablations at equal steps: stage 2, full fine-tuning, codebook init against "
+        lines += ["## Every TEAL run (ablations at equal steps: stage 2, full fine-tuning, LoRA, codebook init against "
                   "stage 1 at their step count)", "",
                   "| run | " + " | ".join(k for k, *_ in keys) + (" | " + " | ".join(extra) if extra else "") + " |",
                   "| --- " * (1 + len(keys) + len(extra)) + "|"]
