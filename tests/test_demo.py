@@ -114,6 +114,7 @@ def _main(workdir, mode, env, *extra):
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # ~45 s; CI covers --mode=eval/sample in test_evaluators.py / test_inference_protocol.py
 def test_eval_and_sample_modes_on_every_run_kind_of_the_demo(demo):
     """``main --mode=eval|sample`` on the demo's runs, with no --config (each run's own): the LM and the two
     tokenizer runs evaluate (their loss metrics in eval/results.json); the LM and TEAL sample; the tokenizer runs

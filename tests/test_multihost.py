@@ -9,6 +9,7 @@ import json
 
 import _multiprocess as mp
 import numpy as np
+import pytest
 
 BODY = """
     from _tiny import tiny_lm_config
@@ -21,6 +22,7 @@ BODY = """
 """
 
 
+@pytest.mark.slow  # CI runs the same comparison through the launcher (tests/test_launch_local.py); time budget
 def test_two_processes_match_one_process(tmp_path):
     script = mp.write_worker(tmp_path / "worker.py", BODY)
     workdir = tmp_path / "run"

@@ -33,6 +33,7 @@ def _loss_and_grads(cfg):
 
 @pytest.mark.parametrize("change", [dict(remat_policy="dots_no_batch_names"), dict(scan_unroll=3),
                                     dict(scan_unroll=2, remat_policy="dots_no_batch_names")])
+@pytest.mark.slow  # non-default options (~10 s each on 2 cores); run with -m slow (CI time budget)
 def test_policy_and_unroll_equal_the_default_path(change):
     l0, g0 = _loss_and_grads(CFG)
     l1, g1 = _loss_and_grads(dataclasses.replace(CFG, **change))

@@ -68,7 +68,8 @@ def _masked_steps(model, params, steps=3, stage="frozen_stage1", toks=None):
     return params
 
 
-@pytest.mark.parametrize("tie", [False, True])
+# Untied embeddings (~20 s) run with -m slow; CI checks the tied case (CI time budget).
+@pytest.mark.parametrize("tie", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_text_logits_bitwise_equal_to_base_lm(tie):
     base_cfg = _lm_config(tie_embeddings=tie)
     base = TransformerLM(base_cfg)
@@ -211,7 +212,7 @@ def test_config_and_merge_errors():
         T.merge_lm_params(params, biased)
 
 
-@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("tie", [pytest.param(False, marks=pytest.mark.slow), True])  # as above
 def test_modality_experts_keep_text_logits_bitwise_and_route_nontext_positions(tie):
     base = TransformerLM(_lm_config(tie_embeddings=tie))
     toks = _text_tokens()

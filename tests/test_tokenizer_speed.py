@@ -120,6 +120,7 @@ def _clips(lengths, seed=0):
             for n in lengths]
 
 
+@pytest.mark.slow  # opt-in length bucketing (~12 s on 2 cores); run with -m slow (CI time budget)
 def test_audio_buckets_equal_unbucketed_and_bound_compiles(aud):
     plain, tok, _ = aud
     # 3 clips -> 4 rows; 1004 samples -> chunks of 800 + 204 samples, the second padded to 256 (32 frames)

@@ -215,6 +215,7 @@ def _wait_for_step(proc, workdir, step, timeout=120):
     raise AssertionError("timed out waiting for training progress")
 
 
+@pytest.mark.slow  # CI covers kill + resume with tests/test_fault_injection.py (CI time budget)
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
     """SIGKILL after step >= 4 (checkpoint at 3), then SIGTERM during the resumed run (graceful save), then resume
     again: every step's loss is bit-identical to an uninterrupted run on CPU."""

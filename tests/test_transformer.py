@@ -129,7 +129,7 @@ def _loss_and_grads(cfg):
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
-@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+@pytest.mark.parametrize("policy", [pytest.param("full", marks=pytest.mark.slow), "dots", "dots_no_batch"])
 def test_remat_policies_give_the_same_loss_and_grads(policy):
     l0, g0 = _loss_and_grads(CFG)  # 'none', computed once for the three policies
     l1, g1 = _loss_and_grads(dataclasses.replace(CFG, remat_policy=policy))
