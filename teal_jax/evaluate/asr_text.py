@@ -311,14 +311,10 @@ class EnglishNormalizer:
     @classmethod
     def from_file(cls, path: str) -> EnglishNormalizer:
         """With the spelling table of Whisper's ``normalizer.json`` (a JSON object {british: american})."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: spelling table not found (Whisper's normalizer.json)")
-        try:
-            with open(path) as f:
-                table = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
-        if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+        from teal_jax.convert.hf_files import read_json
+
+        table = read_json(path, what="a spelling table (Whisper's normalizer.json)")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
             raise ValueError(f"{path}: expected a JSON object of British -> American spellings")
         return cls(table)
 
