@@ -5,9 +5,20 @@ Layout (offsets grow left to right; every range is contiguous)::
     [0, text_size)                      text ids (the LM's own vocabulary; SentencePiece)
     [special_offset, image_offset)      specials: <boi> <eoi> <boa> <eoa> <null> task markers ... (configurable)
     [image_offset, audio_offset)        image codes 0..K_img-1            (id = image_offset + code)
-    [audio_offset, used_size)           audio codes, one range per kept RVQ level
+    [audio_offset, output_size)         audio codes, one range per kept RVQ level
                                         (id = audio_offset + level * K_audio + code)
+    [image_in_offset, audio_in_offset)  input-only image ids (0 = none): a semantic tokenizer's codes, or the
+                                        positions of continuous features (``image_in_size`` of them)
+    [audio_in_offset, used_size)        input-only audio ids (0 = none), the same for audio
     [used_size, size)                   padding ids: never valid; the model masks their logits to -inf
+
+Input-only ranges (TEAL's separate input and output tokenizers per modality, docs/semantic_tokenizers.md): the
+condition side of caption / asr is written with the *input* tokenizer's ids, the generated side of t2i / tts with the
+output tokenizer's. Input ids have embedding rows but no output head: their logits are -inf like padding, so no
+sampler can emit them. :meth:`UnifiedVocab.modality_of` gives them their modality (``IMAGE`` / ``AUDIO``, so
+per-modality statistics and modality experts see them as image / audio); ``modality_mask`` and ``valid_mask`` hold
+only ids a model can emit. With both input sizes 0 (a config with one tokenizer per modality) the layout, and every
+id, are exactly what they were.
 
 ``size`` is ``used_size`` rounded up to a multiple of ``pad_multiple`` (128, as Unified-IO 2 does for TPU-friendly
 tables). Because every audio level owns its own id range, the level of an audio id is recoverable from the id alone.
@@ -58,6 +69,8 @@ class UnifiedVocab:
     audio_keep_levels: levels kept by 'first_levels' (ignored by 'interleave', which keeps all L).
     specials: names of the special tokens, in id order; must contain <boi> <eoi> <boa> <eoa> <null>.
     pad_multiple: the total size is rounded up to a multiple of this.
+    image_in_size / audio_in_size: ids of the input-only image / audio tokenizer (k-means codes, or span positions of
+      continuous features); 0 = the output tokenizer reads the condition too.
     """
 
     text_size: int
@@ -68,11 +81,13 @@ class UnifiedVocab:
     audio_keep_levels: int = 1
     specials: tuple[str, ...] = DEFAULT_SPECIALS
     pad_multiple: int = 128
+    image_in_size: int = 0
+    audio_in_size: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "specials", tuple(self.specials))
         for name in ("text_size", "image_codebook_size", "audio_codebook_size", "audio_num_levels",
-                     "audio_keep_levels", "pad_multiple"):
+                     "audio_keep_levels", "pad_multiple", "image_in_size", "audio_in_size"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"vocab.{name}={value!r} must be a non-negative int")
@@ -132,8 +147,32 @@ class UnifiedVocab:
         return self.audio_levels_used * self.audio_codebook_size
 
     @property
-    def used_size(self) -> int:
+    def output_size(self) -> int:
+        """End of the ids a model can emit (text, specials, output image and audio codes)."""
         return self.audio_offset + self.audio_ids
+
+    @property
+    def image_in_offset(self) -> int:
+        return self.output_size
+
+    @property
+    def audio_in_offset(self) -> int:
+        return self.image_in_offset + self.image_in_size
+
+    @property
+    def used_size(self) -> int:
+        return self.audio_in_offset + self.audio_in_size
+
+    def input_range(self, modality: int) -> tuple[int, int]:
+        """[start, stop) of the input ids of ``modality`` (IMAGE or AUDIO): its input-only range when it has
+        one, else its output range (one tokenizer reads and writes)."""
+        if modality == IMAGE:
+            return ((self.image_in_offset, self.audio_in_offset) if self.image_in_size
+                    else (self.image_offset, self.audio_offset))
+        if modality == AUDIO:
+            return (self.audio_in_offset, self.used_size) if self.audio_in_size else (self.audio_offset,
+                                                                                      self.output_size)
+        raise ValueError(f"input_range: modality={modality!r} must be IMAGE ({IMAGE}) or AUDIO ({AUDIO})")
 
     @property
     def size(self) -> int:
@@ -142,8 +181,13 @@ class UnifiedVocab:
 
     @property
     def nontext_size(self) -> int:
-        """Ids after the text range that are real tokens (specials + image + audio)."""
+        """Ids after the text range that are real tokens (specials + image + audio, output and input)."""
         return self.used_size - self.text_size
+
+    @property
+    def head_size(self) -> int:
+        """Columns of the non-text output head (specials + output image + output audio)."""
+        return self.output_size - self.text_size
 
     def special_id(self, name: str) -> int:
         try:
@@ -179,9 +223,10 @@ class UnifiedVocab:
         return start, start + self.audio_codebook_size
 
     def ranges(self) -> dict[int, tuple[int, int]]:
-        """Modality -> [start, stop) of its ids."""
+        """Modality -> [start, stop) of its ids a model emits (image/audio: the output tokenizer's; the input-only
+        ranges are :meth:`input_range`)."""
         return {TEXT: (0, self.text_size), SPECIAL: (self.special_offset, self.image_offset),
-                IMAGE: (self.image_offset, self.audio_offset), AUDIO: (self.audio_offset, self.used_size),
+                IMAGE: (self.image_offset, self.audio_offset), AUDIO: (self.audio_offset, self.output_size),
                 PADDING: (self.used_size, self.size)}
 
     # ---- masks (numpy bool [size]) -----------------------------------------------------------------------------
@@ -202,8 +247,10 @@ class UnifiedVocab:
         return m
 
     def valid_mask(self) -> np.ndarray:
-        """bool [size]: every non-padding id."""
-        return ~self.modality_mask(PADDING)
+        """bool [size]: every id a model can emit (not padding, not an input-only id)."""
+        m = np.zeros(self.size, bool)
+        m[: self.output_size] = True
+        return m
 
     # ---- validation --------------------------------------------------------------------------------------------
     @staticmethod
@@ -229,11 +276,16 @@ class UnifiedVocab:
         return np.asarray(self.modality_of_jax(a, xp=np))
 
     def modality_of_jax(self, ids: Any, xp=jnp) -> jax.Array:
-        """Traceable version of :meth:`modality_of` (no validation): the number of range starts at or below id."""
+        """Traceable version of :meth:`modality_of` (no validation). Without input-only ranges: the number of range
+        starts at or below id; input-only image / audio ids are IMAGE / AUDIO."""
         ids = xp.asarray(ids)
         out = xp.zeros(ids.shape, xp.int32)
-        for start in (self.special_offset, self.image_offset, self.audio_offset, self.used_size):
+        for start in (self.special_offset, self.image_offset, self.audio_offset, self.output_size):
             out = out + (ids >= start).astype(xp.int32)
+        if self.image_in_size or self.audio_in_size:
+            out = xp.where((ids >= self.image_in_offset) & (ids < self.audio_in_offset), IMAGE, out)
+            out = xp.where((ids >= self.audio_in_offset) & (ids < self.used_size), AUDIO, out)
+            out = xp.where(ids >= self.used_size, PADDING, out).astype(xp.int32)
         return out
 
     # ---- images ------------------------------------------------------------------------------------------------
@@ -293,8 +345,21 @@ class UnifiedVocab:
     def audio_level_of(self, ids: Any) -> np.ndarray:
         """Audio ids (any shape) -> their kept level index."""
         a = self._as_int_array(ids, "audio_level_of(ids)")
-        self._check_range(a, self.audio_offset, self.used_size, "audio_level_of(ids) (audio id range)")
+        self._check_range(a, self.audio_offset, self.output_size, "audio_level_of(ids) (audio id range)")
         return ((a - self.audio_offset) // self.audio_codebook_size).astype(np.int32)
+
+    # ---- input-only ids ----------------------------------------------------------------------------------------
+    def input_to_unified(self, modality: int, codes: Any) -> np.ndarray:
+        """Codes of the input-only tokenizer of ``modality`` (IMAGE / AUDIO), int ``[..., n]`` (already flat: image
+        cells row-major, audio frames in order) in [0, size of its range) -> unified ids int32 ``[..., n]``. For
+        continuous features the codes are the span positions ``arange(n)``."""
+        if (modality == IMAGE and not self.image_in_size) or (modality == AUDIO and not self.audio_in_size):
+            raise ValueError(f"input_to_unified: the vocabulary has no input-only "
+                             f"{MODALITY_NAMES[modality]} range (vocab.{MODALITY_NAMES[modality]}_in_size=0)")
+        lo, hi = self.input_range(modality)
+        a = self._as_int_array(codes, "input_to_unified(codes)")
+        self._check_range(a, 0, hi - lo, "input_to_unified(codes)")
+        return (a + lo).astype(np.int32)
 
     # ---- text --------------------------------------------------------------------------------------------------
     def check_text(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:

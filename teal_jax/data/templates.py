@@ -37,11 +37,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from teal_jax.vocab import SPAN_MODALITIES, TASK_SPANS, UnifiedVocab
+from teal_jax.vocab import AUDIO, IMAGE, SPAN_MODALITIES, TASK_SPANS, UnifiedVocab
 
 # The task names and their span modalities are stated once, in teal_jax/vocab.py (TASK_SPANS); the layouts are here.
 TASKS = tuple(TASK_SPANS)
 SPAN_TASKS = tuple(t for t in TASKS if TASK_SPANS[t] != "text")  # caption t2i asr tts: an image/audio span each
+CONDITION_TASKS = ("caption", "asr")  # condition = an image/audio span (an input-only tokenizer's ids when there is one)
 GENERATION_TASKS = ("t2i", "tts")  # condition = text, target = a modality span: condition dropout applies
 # Reasoning tasks of the task stream: a t2i/tts example whose text is a sum question (see sum_question).
 REASONING_TASKS = {"reason_t2i": "t2i", "reason_tts": "tts"}  # task -> its layout
@@ -109,11 +110,15 @@ class Templates:
             if not 0 <= v < self.vocab.text_size:
                 raise ValueError(f"Templates.{name}={v} is not a text id [0, {self.vocab.text_size})")
 
-    def _check(self, ids: Sequence[int], modality: str, what: str) -> list[int]:
+    def _check(self, ids: Sequence[int], modality: str, what: str, condition: bool = False) -> list[int]:
+        """``ids`` must lie in the modality's output range; a ``condition`` span in its input range (the input-only
+        tokenizer's ids when the vocabulary has them, else the output range: ``vocab.input_range``)."""
         ids = [int(i) for i in np.asarray(ids).reshape(-1)]
         v = self.vocab
         lo, hi = {"text": (0, v.text_size), "image": (v.image_offset, v.audio_offset),
-                  "audio": (v.audio_offset, v.used_size)}[modality]
+                  "audio": (v.audio_offset, v.output_size)}[modality]
+        if condition and modality != "text":
+            lo, hi = v.input_range(IMAGE if modality == "image" else AUDIO)
         bad = [i for i in ids if not lo <= i < hi]
         if bad:
             raise ValueError(f"{what}: {modality} ids must be in [{lo}, {hi}), got {bad[:5]}")
@@ -128,9 +133,9 @@ class Templates:
         caption/asr, text ids for lm)."""
         v = self.vocab
         if task == "caption":
-            return [self.bos, self.marker(task), v.boi, *self._check(condition, "image", "caption image"), v.eoi]
+            return [self.bos, self.marker(task), v.boi, *self._check(condition, "image", "caption image", True), v.eoi]
         if task == "asr":
-            return [self.bos, self.marker(task), v.boa, *self._check(condition, "audio", "asr audio"), v.eoa]
+            return [self.bos, self.marker(task), v.boa, *self._check(condition, "audio", "asr audio", True), v.eoa]
         if task == "t2i":
             return [self.bos, self.marker(task), *self._check(condition, "text", "t2i text"), v.boi]
         if task == "tts":

@@ -224,6 +224,8 @@ class MultipleChoiceEvaluator(Evaluator):
 
         img = read_image(os.path.join(self.image_root, relative))
         img = center_crop_resize(img if img.ndim == 3 else img[..., None], model.image_size)
-        codes = np.asarray(model.image_tokenizer.encode(img[None]))
-        ids = model.vocab.image_to_unified(codes)[0].reshape(-1)
-        return [model.vocab.boi, *ids.tolist(), model.vocab.eoi]
+        ids, feats = model.condition_ids("image", img[None])  # the input tokenizer's ids when the model has one
+        if feats is not None:
+            raise ValueError(f"config.evals.{self.name}: a model fed continuous image features (config.data."
+                             "image_in_features) has no image ids to put in a question prompt")
+        return [model.vocab.boi, *ids[0].tolist(), model.vocab.eoi]

@@ -85,14 +85,17 @@ def caption_forced_choice(model, images, labels, *, batch_size: int = 64) -> dic
     """Caption forced choice over the ten digit words (see the module docstring) -> {'accuracy', 'n',
     'predictions'}. The words' first text ids must differ."""
     y = check_labels(labels, len(images), "caption_forced_choice")
-    ids = _image_ids(model, images)
+    x = np.asarray(images)
+    ids, feats = model.condition_ids("image", x[None] if x.ndim == 2 else x)  # the input tokenizer's, if any
     first = [model.text_tokenizer.encode(w)[0] for w in DIGITS]
     if len(set(first)) != len(first):
         raise ValueError("caption_forced_choice: the digit words do not start with ten different text ids")
     preds = []
     for s in range(0, len(ids), batch_size):
-        prompts = np.asarray([model.templates.prompt("caption", row) for row in ids[s : s + batch_size]])
-        preds.append(np.argmax(model.logits(prompts)[:, -1, first], -1))
+        prompts, prefill = model.condition_prompts("caption", ids[s : s + batch_size],
+                                                   None if feats is None else feats[s : s + batch_size])
+        extra = {k: np.stack(v) for k, v in (prefill or {}).items()}
+        preds.append(np.argmax(model.logits(np.asarray(prompts), **extra)[:, -1, first], -1))
     p = np.concatenate(preds)
     return {"accuracy": float((p == y).mean()), "n": int(len(y)), "predictions": p.tolist()}
 

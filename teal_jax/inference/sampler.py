@@ -159,9 +159,11 @@ class LinenDecoder:
 
 @functools.partial(jax.jit, static_argnames=("step_fn", "sampling", "constraints"))
 def decode(params, tokens: jax.Array, positions: jax.Array, segments: jax.Array, rng: jax.Array,
-           constraint_states: tuple, *, step_fn, sampling: SamplingConfig, constraints: tuple = ()) -> jax.Array:
+           constraint_states: tuple, prefill: dict | None = None, *, step_fn, sampling: SamplingConfig,
+           constraints: tuple = ()) -> jax.Array:
     """The decode loop. tokens/positions/segments: int32 [R, P] left-padded model rows (:func:`left_pad`);
     ``constraint_states``: ``c.init(prompts)`` for each constraint -> int32 [B, sampling.max_new_tokens].
+    ``prefill``: extra step-function inputs of the prompt only (``{name: [R, P, ...]}``, e.g. continuous features).
 
     ``step_fn``'s cache must hold at least P + max_new_tokens positions. Stops early once every row has emitted
     ``sampling.eos_id``; without an eos id the loop has a fixed trip count (no per-token stop test). ``params`` go
@@ -169,7 +171,7 @@ def decode(params, tokens: jax.Array, positions: jax.Array, segments: jax.Array,
     """
     rows = tokens.shape[0]
     b = rows // int(np.prod([c.row_factor for c in constraints], dtype=int))
-    logits, cache = step_fn(params, tokens, positions, segments, step_fn.init_cache(rows), {})
+    logits, cache = step_fn(params, tokens, positions, segments, step_fn.init_cache(rows), dict(prefill or {}))
 
     def widen(x):  # [B, ...] -> [R, ...]: what every model row receives
         for c in reversed(constraints):
@@ -213,22 +215,36 @@ def prepare_params(step_fn, params):
 
 
 def generate(decoder: Callable[[int], Any], params, prompts: Sequence[Sequence[int]], sampling: SamplingConfig, *,
-             constraints: Sequence = (), rng: jax.Array | None = None, pad_multiple: int = 1) -> np.ndarray:
+             constraints: Sequence = (), rng: jax.Array | None = None, pad_multiple: int = 1,
+             prefill: dict[str, Sequence[np.ndarray]] | None = None) -> np.ndarray:
     """Generates ``sampling.max_new_tokens`` ids after each prompt -> int32 [B, max_new_tokens] (pad after eos).
 
     ``decoder(cache_length) -> step function`` (e.g. a :class:`LinenDecoder` for that length); ``constraints`` run in
     order (each may add model rows: ``c.model_rows(rows)``); ``pad_multiple`` rounds the padded prompt length.
-    ``rng`` defaults to ``jax.random.key(0)``.
+    ``rng`` defaults to ``jax.random.key(0)``. ``prefill``: per-token inputs of the prompts only, ``{name: one
+    [len(prompt), ...] array per prompt}`` (left-padded with zeros like the prompts; the decode steps do not get them),
+    e.g. the continuous features of a condition; not with constraints that add model rows (guidance).
     """
     constraints = tuple(constraints)
+    if prefill and any(getattr(c, "row_factor", 1) != 1 for c in constraints):
+        raise ValueError("prefill inputs cannot be combined with a constraint that adds model rows (guidance)")
     rows = [list(p) for p in prompts]
     for c in constraints:
         rows = c.model_rows(rows)
     states = tuple(c.init(prompts) for c in constraints)
     tokens, segments, positions = left_pad(rows, sampling.pad_id, multiple=pad_multiple)
+    padded = {}
+    for name, arrays in (prefill or {}).items():
+        if len(arrays) != len(rows) or any(len(a) != len(p) for a, p in zip(arrays, rows, strict=False)):
+            raise ValueError(f"prefill[{name!r}]: one array per prompt, as long as its prompt")
+        first = np.asarray(arrays[0])
+        out = np.zeros((len(rows), tokens.shape[1], *first.shape[1:]), first.dtype)
+        for i, a in enumerate(arrays):
+            out[i, tokens.shape[1] - len(a):] = a
+        padded[name] = out
     step_fn = decoder(cache_length(tokens.shape[1], sampling.max_new_tokens))
     rng = jax.random.key(0) if rng is None else rng
     # Cast once here, outside the loop: inside it XLA would re-read (and re-cast) float32 weights every token.
     params = prepare_params(step_fn, params)
-    return np.asarray(decode(params, tokens, positions, segments, rng, states, step_fn=step_fn, sampling=sampling,
-                             constraints=constraints))
+    return np.asarray(decode(params, tokens, positions, segments, rng, states, padded or None, step_fn=step_fn,
+                             sampling=sampling, constraints=constraints))

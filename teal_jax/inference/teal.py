@@ -25,6 +25,11 @@ Audio spans have a fixed length (``templates.audio_span``: ``config.data.audio_s
 clips: the model never saw speech past the span) is cut to the span, and a ``UserWarning`` names it, so a batch of
 held-out clips still runs; check the warning when evaluating.
 
+Separate input tokenizers (``config.data.image_in_tokenizer`` / ``audio_in_tokenizer``: an input-only k-means
+tokenizer, docs/semantic_tokenizers.md) write the condition of ``caption`` / ``transcribe``; with
+``*_in_features`` its encoder features go in unquantised (the continuous baseline: the prompt holds span positions
+and the features reach the prefill). Generation always uses the output tokenizers.
+
 Large batches run in chunks of ``max_batch`` prompts; when there is more than one chunk, the last one is padded with
 copies of its last prompt so that every chunk has one shape (one compilation).
 """
@@ -32,6 +37,7 @@ copies of its last prompt so that every chunk has one shape (one compilation).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import warnings
 from collections.abc import Sequence
@@ -58,6 +64,7 @@ from teal_jax.models.teal import TealConfig, TealLM
 from teal_jax.models.transformer import cast_for_compute
 
 SAMPLE_TASKS = ("text", "image", "speech")
+FEATURE_KEYS = ("features_image", "features_audio")  # TealLM's continuous inputs (batch keys of the task stream)
 NO_SPANS = SpanConfig()  # image/audio spans disabled: text ids only
 
 
@@ -74,24 +81,33 @@ def cast_teal_params(config: TealConfig, params):
     return params
 
 
+@functools.lru_cache(maxsize=16)
+def _logits_with_features(config: TealConfig):
+    """The jitted forward with continuous inputs, one per model config."""
+    model = TealLM(config)
+    return jax.jit(lambda p, t, fi, fa: model.apply({"params": p}, t, None, None, None, fi, fa))
+
+
 def decoder(config: TealConfig):
     """``cache_length -> step function`` of a :class:`TealLM` (the step feeds each code's ``span_index``)."""
     return lambda length: sampler.LinenDecoder(
         TealLM, dataclasses.replace(config, lm=dataclasses.replace(config.lm, max_decode_len=length,
                                                                     scan_unroll=config.lm.num_layers)),
-        extra_inputs=("span_index",), cast_params=cast_teal_params)
+        extra_inputs=("span_index", *FEATURE_KEYS), cast_params=cast_teal_params)
 
 
 def sample_ids(config: TealConfig, params, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
            spans: SpanConfig = NO_SPANS, rng: jax.Array | None = None,
-           uncond_prompts: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+           uncond_prompts: Sequence[Sequence[int]] | None = None,
+           prefill: dict[str, Sequence[np.ndarray]] | None = None) -> np.ndarray:
     """Generates after each unified-id prompt -> int32 [B, sampling.max_new_tokens] (pad_id after eos_id).
 
     ``params``: TealLM params (unboxed). The modality constraint always runs (``spans``); guidance runs when
     ``spans.guidance_scale != 1`` or ``uncond_prompts`` is given (default unconditional prompts:
     :func:`constraints.null_prompt`), with the scale traced (one compilation for every scale). Set
     ``sampling.eos_id = vocab.eoi`` to stop after one image. Prompts are padded to a multiple of 16 ids (few
-    compiled shapes). Raises ValueError on ids outside the vocabulary or a malformed open span.
+    compiled shapes). ``prefill``: continuous features of the prompts (``{'features_image': one [len(prompt), D]
+    array per prompt}``). Raises ValueError on ids outside the vocabulary or a malformed open span.
     """
     vocab = config.vocab
     for i, p in enumerate(prompts):
@@ -106,7 +122,8 @@ def sample_ids(config: TealConfig, params, prompts: Sequence[Sequence[int]], sam
                   else uncond_prompts)
         rules = (constraints_lib.Guidance(modality, float(spans.guidance_scale),
                                           tuple(tuple(int(t) for t in u) for u in uncond)), modality)
-    return sampler.generate(decoder(config), params, prompts, sampling, constraints=rules, rng=rng, pad_multiple=16)
+    return sampler.generate(decoder(config), params, prompts, sampling, constraints=rules, rng=rng, pad_multiple=16,
+                            prefill=prefill)
 
 
 
@@ -132,7 +149,7 @@ class TealModel:
     def __init__(self, config: TealConfig | ml_collections.ConfigDict, params: Any, text_tokenizer,
                  image_tokenizer=None, audio_tokenizer=None, audio_frames: int = 0, *,
                  run_config: ml_collections.ConfigDict | None = None, max_batch: int = 64,
-                 workdir: str | None = None):
+                 workdir: str | None = None, image_in_tokenizer=None, audio_in_tokenizer=None):
         self.workdir = workdir
         if isinstance(config, ml_collections.ConfigDict):
             run_config = config if run_config is None else run_config
@@ -174,10 +191,25 @@ class TealModel:
                 raise ValueError(f"audio_frames={audio_frames}: an audio tokenizer needs the span length in frames "
                                  "(templates.audio_span(config.data.audio_seconds, ...))")
         self.audio_tokenizer = audio_tokenizer
+        self.in_tokenizers = {}
+        for m, tok in (("image", image_in_tokenizer), ("audio", audio_in_tokenizer)):
+            size, dim = getattr(v, f"{m}_in_size"), getattr(config, f"{m}_in_dim")
+            if tok is None:
+                continue
+            if not size:
+                raise ValueError(f"an input {m} tokenizer was given but config.model.vocab.{m}_in_size=0")
+            if not dim and tok.vocab_size != size:
+                raise ValueError(f"the input {m} tokenizer has {tok.vocab_size} codes but "
+                                 f"config.model.vocab.{m}_in_size={size}")
+            if dim and tok.feature_dim != dim:
+                raise ValueError(f"the input {m} tokenizer's features are {tok.feature_dim} wide but "
+                                 f"config.model.{m}_in_dim={dim}")
+            self.in_tokenizers[m] = tok
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} must be >= 1")
         self.max_batch = int(max_batch)
         self._logits = jitted_apply(TealLM(config))  # (params, tokens) -> logits, shared per config
+        self._logits_features = _logits_with_features(config)
 
     # ---- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -215,6 +247,15 @@ class TealModel:
                                  f"{seconds!r}; it must be the (positive) audio span length in seconds")
             frames, _ = templates_lib.audio_span(float(seconds), audio.sample_rate, audio.config.hop_length)
         kwargs.setdefault("workdir", workdir)
+        for m in ("image", "audio"):
+            path = config_path(config, f"{m}_in_tokenizer")
+            if path and f"{m}_in_tokenizer" not in kwargs:
+                from teal_jax.tokenizers import kmeans
+
+                try:
+                    kwargs[f"{m}_in_tokenizer"] = kmeans.from_checkpoint(path)
+                except (FileNotFoundError, ValueError, KeyError) as e:
+                    raise type(e)(f"config.data.{m}_in_tokenizer={path!r}: cannot load the input tokenizer: {e}") from e
         return cls(teal_config, params, text, image, audio, frames, run_config=config, **kwargs)
 
     # ---- properties --------------------------------------------------------------------------------------------
@@ -251,18 +292,22 @@ class TealModel:
 
     # ---- the sampler -------------------------------------------------------------------------------------------
     def _sample(self, prompts: list[list[int]], sampling: SamplingConfig, spans: SpanConfig,
-                seed: int, uncond: list[int] | None = None) -> np.ndarray:
+                seed: int, uncond: list[int] | None = None,
+                prefill: dict[str, list[np.ndarray]] | None = None) -> np.ndarray:
         """Runs :func:`sample_ids` in chunks of ``max_batch``; int32 [B, max_new_tokens]."""
         key = jax.random.key(seed)
         n, size = len(prompts), self.max_batch
         outs = []
         for c, start in enumerate(range(0, n, size)):
             chunk = prompts[start : start + size]
+            extra = {k: list(a[start : start + size]) for k, a in (prefill or {}).items()}
             real = len(chunk)
             if n > size and real < size:  # same shape for every chunk: one compilation
                 chunk = chunk + [chunk[-1]] * (size - real)
+                extra = {k: a + [a[-1]] * (size - real) for k, a in extra.items()}
             out = sample_ids(self.config, self.params, chunk, sampling, spans, rng=jax.random.fold_in(key, c),
-                             uncond_prompts=None if uncond is None else [uncond] * len(chunk))
+                             uncond_prompts=None if uncond is None else [uncond] * len(chunk),
+                             **({"prefill": extra} if extra else {}))
             outs.append(np.asarray(out)[:real])
         return np.concatenate(outs, axis=0)
 
@@ -276,12 +321,52 @@ class TealModel:
             out.append(self.text_tokenizer.decode(ids))
         return out
 
-    def _text_task(self, prompts, max_new_tokens, temperature, top_k, top_p, seed) -> list[str]:
+    def _text_task(self, prompts, max_new_tokens, temperature, top_k, top_p, seed, prefill=None) -> list[str]:
         sampling = SamplingConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                                   top_k=int(top_k), top_p=float(top_p), eos_id=self.templates.eos,
                                   pad_id=self.text_tokenizer.pad_id)
         # Spans disabled: only text ids may be sampled, so the answer is text.
-        return self._decode_text(self._sample(prompts, sampling, SpanConfig(), seed))
+        return self._decode_text(self._sample(prompts, sampling, SpanConfig(), seed, prefill=prefill))
+
+    # ---- conditions (input tokenizers) -------------------------------------------------------------------------
+    def condition_ids(self, modality: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The condition span of ``caption`` ('image': prepared images [B, H, W(, C)]) or ``transcribe`` ('audio':
+        float32 [B, audio_samples] at the codec's rate, :meth:`fit_waveforms`) -> (unified ids int32 [B, n],
+        continuous features float32 [B, n, D] or None). The input-only tokenizer writes it when the model has
+        one; else the output tokenizer."""
+        tok = self.in_tokenizers.get(modality)
+        m = vocab_lib.IMAGE if modality == "image" else vocab_lib.AUDIO
+        if tok is None:
+            if modality == "image":
+                return self.vocab.image_to_unified(np.asarray(self._image().encode(x))), None
+            return self._codec_ids(x), None
+        if getattr(self.config, f"{modality}_in_dim"):
+            feats = (tok.encode_features(x) if modality == "image"
+                     else tok.encode_features(x, self._audio().sample_rate)[0])
+            feats = np.asarray(feats, np.float32)
+            positions = np.broadcast_to(np.arange(feats.shape[1]), feats.shape[:2])
+            return self.vocab.input_to_unified(m, positions), feats
+        codes = tok.encode(x) if modality == "image" else tok.encode(x, self._audio().sample_rate)[0]
+        codes = np.asarray(codes)
+        return self.vocab.input_to_unified(m, codes.reshape(codes.shape[0], -1)), None
+
+    def condition_prompts(self, task: str, ids: np.ndarray,
+                          feats: np.ndarray | None) -> tuple[list[list[int]], dict[str, list[np.ndarray]] | None]:
+        """Prompts of ``task`` ('caption' | 'asr') over condition ids, and the prefill features placed at their
+        input ids (``{'features_<m>': one [len(prompt), D] array per prompt}``; None without features)."""
+        prompts = [self.templates.prompt(task, row) for row in ids]
+        if feats is None:
+            return prompts, None
+        m = "image" if task == "caption" else "audio"
+        lo, hi = self.vocab.input_range(vocab_lib.IMAGE if m == "image" else vocab_lib.AUDIO)
+        arrays = []
+        for p, f in zip(prompts, feats, strict=True):
+            t = np.asarray(p)
+            a = np.zeros((len(p), f.shape[-1]), np.float32)
+            inside = (t >= lo) & (t < hi)
+            a[inside] = f[t[inside] - lo]
+            arrays.append(a)
+        return prompts, {f"features_{m}": arrays}
 
     # ---- image -> text -----------------------------------------------------------------------------------------
     def caption(self, images, *, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
@@ -297,10 +382,8 @@ class TealModel:
         if x.shape[0] == 0:
             raise ValueError("caption: empty batch of images")
         check_pixels(x, name="caption: images")
-        codes = np.asarray(tok.encode(x))  # [B, h, w]
-        ids = self.vocab.image_to_unified(codes)
-        prompts = [self.templates.prompt("caption", row) for row in ids]
-        return self._text_task(prompts, max_new_tokens, temperature, top_k, top_p, seed)
+        prompts, prefill = self.condition_prompts("caption", *self.condition_ids("image", x))
+        return self._text_task(prompts, max_new_tokens, temperature, top_k, top_p, seed, prefill)
 
     # ---- speech -> text ----------------------------------------------------------------------------------------
     def fit_waveforms(self, waveforms, sample_rate: int) -> np.ndarray:
@@ -334,8 +417,11 @@ class TealModel:
 
     def audio_to_ids(self, waveforms, sample_rate: int) -> np.ndarray:
         """Clips (see :meth:`fit_waveforms`) -> unified audio ids int32 [B, audio_frames * kept_levels]."""
+        return self._codec_ids(self.fit_waveforms(waveforms, sample_rate))
+
+    def _codec_ids(self, x: np.ndarray) -> np.ndarray:
+        """Fitted clips float32 [B, audio_samples] -> the codec's unified ids."""
         tok = self._audio()
-        x = self.fit_waveforms(waveforms, sample_rate)
         codes, _ = tok.encode(x, tok.sample_rate)
         codes = np.asarray(codes)
         if codes.shape[1] != self.audio_frames:
@@ -346,9 +432,9 @@ class TealModel:
     def transcribe(self, waveforms, sample_rate: int, *, max_new_tokens: int = 32, temperature: float = 0.0,
                    top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[str]:
         """Speech -> B transcripts (greedy by default). Input forms: see :meth:`fit_waveforms`."""
-        ids = self.audio_to_ids(waveforms, sample_rate)
-        prompts = [self.templates.prompt("asr", row) for row in ids]
-        return self._text_task(prompts, max_new_tokens, temperature, top_k, top_p, seed)
+        x = self.fit_waveforms(waveforms, sample_rate)
+        prompts, prefill = self.condition_prompts("asr", *self.condition_ids("audio", x))
+        return self._text_task(prompts, max_new_tokens, temperature, top_k, top_p, seed, prefill)
 
     # ---- text -> image / speech --------------------------------------------------------------------------------
     def _span_task(self, task: str, texts, guidance_scale, temperature, top_k, top_p, seed) -> np.ndarray:
@@ -408,12 +494,16 @@ class TealModel:
         ids = [self.templates.prompt("lm", self.text_tokenizer.encode(p)) for p in prompts]
         return self._text_task(ids, max_new_tokens, temperature, top_k, top_p, seed)
 
-    def logits(self, tokens) -> np.ndarray:
-        """Unified ids int [B, T] -> float32 logits [B, T, vocab.size] (full forward, no cache)."""
+    def logits(self, tokens, features_image=None, features_audio=None) -> np.ndarray:
+        """Unified ids int [B, T] -> float32 logits [B, T, vocab.size] (full forward, no cache). ``features_*``
+        [B, T, D]: continuous inputs at input-only ids (:meth:`condition_prompts`)."""
         t = np.asarray(tokens)
         if t.ndim != 2 or t.dtype.kind not in "iu":
             raise ValueError(f"tokens must be integer [B, T], got {t.dtype} {t.shape}")
-        return np.asarray(self._logits(self.params, jnp.asarray(t, jnp.int32)))
+        if features_image is None and features_audio is None:
+            return np.asarray(self._logits(self.params, jnp.asarray(t, jnp.int32)))
+        f = [None if a is None else jnp.asarray(a, jnp.float32) for a in (features_image, features_audio)]
+        return np.asarray(self._logits_features(self.params, jnp.asarray(t, jnp.int32), *f))
 
     # ---- the protocol ------------------------------------------------------------------------------------------
     def sample(self, prompts: Sequence[str], *, out_dir: str | None = None, task: str = "text", **settings) -> list:

@@ -11,8 +11,14 @@ its own layout (an imported HF Llama drops in unchanged). Around it:
   tokenizer's code vectors (a constant, frozen in every stage), ``{m}_proj`` is a learned projection
   code_dim -> embed_dim and ``{m}_embed`` is a zero-initialised learned residual; at init the rows are exactly
   projection(codebook), and with training they may move away from the projection's span (the paper's ablation).
+- input-only ids (``vocab.image_in_size`` / ``audio_in_size``: a semantic tokenizer on the condition side,
+  docs/semantic_tokenizers.md): their own learned rows ``{m}_in_embed``. With ``model.{m}_in_dim > 0`` the input is
+  continuous instead (the LLaVA / LLaMA-Adapter-style baseline TEAL compares against): the ids are span positions,
+  row ``i`` is a learned position embedding, and ``{m}_in_proj(features)`` (a Dense ``in_dim -> embed_dim``) is
+  added to it; the features come with the tokens (``features_image`` / ``features_audio`` ``[B, T, in_dim]``, zero
+  elsewhere).
 - output: logits over the whole unified vocabulary = concat(LM text head logits, h @ [special | image | audio] head,
-  -inf for the padding ids). The text part is the LM's own ``logits_from_hidden``: for text-only inputs and an
+  -inf for the input-only and padding ids). The text part is the LM's own ``logits_from_hidden``: for text-only inputs and an
   untouched LM, the text logits are bitwise those of the original LM.
 
 Stage-2 bias tuning: build the inner LM with ``use_bias=True`` (zero-initialised biases on every linear layer), so
@@ -32,7 +38,7 @@ import numpy as np
 from flax import linen as nn
 
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
-from teal_jax.vocab import SPAN_MODALITIES, UnifiedVocab
+from teal_jax.vocab import AUDIO, IMAGE, SPAN_MODALITIES, UnifiedVocab
 
 Array = jax.Array
 EMBEDDING_INITS = ("random", "codebook")
@@ -56,6 +62,9 @@ class TealConfig:
     # tells the LM how far apart two tokens are, not where in the 2-D grid / the clip a code sits.
     image_span_len: int = 0
     audio_span_len: int = 0
+    # Continuous input features (the baseline): width of the features at the input-only ids; 0 = token ids.
+    image_in_dim: int = 0
+    audio_in_dim: int = 0
 
     def __post_init__(self):
         if self.vocab.text_size != self.lm.vocab_size:
@@ -65,6 +74,11 @@ class TealConfig:
             raise ValueError(f"model.embedding_init={self.embedding_init!r}: choose one of {EMBEDDING_INITS}")
         if self.image_span_len < 0 or self.audio_span_len < 0:
             raise ValueError("model.image_span_len / model.audio_span_len must be >= 0")
+        for m in NONTEXT_MODALITIES:
+            dim = getattr(self, f"{m}_in_dim")
+            if dim < 0 or (dim and not self.in_rows(m)):
+                raise ValueError(f"model.{m}_in_dim={dim} needs model.vocab.{m}_in_size > 0 (the span positions of "
+                                 "the continuous features) and must be >= 0")
         if self.embedding_init == "codebook":
             for m in NONTEXT_MODALITIES:
                 if self.rows(m) and getattr(self, f"{m}_code_dim") < 1:
@@ -84,12 +98,18 @@ class TealConfig:
                    image_code_dim=int(m.get("image_code_dim", 0) or 0),
                    audio_code_dim=int(m.get("audio_code_dim", 0) or 0),
                    image_span_len=int(m.get("image_span_len", 0) or 0),
-                   audio_span_len=int(m.get("audio_span_len", 0) or 0))
+                   audio_span_len=int(m.get("audio_span_len", 0) or 0),
+                   image_in_dim=int(m.get("image_in_dim", 0) or 0),
+                   audio_in_dim=int(m.get("audio_in_dim", 0) or 0))
 
     def rows(self, modality: str) -> int:
         """Number of unified ids of a non-text modality ('special', 'image' or 'audio')."""
         v = self.vocab
         return {"special": v.num_specials, "image": v.image_codebook_size, "audio": v.audio_ids}[modality]
+
+    def in_rows(self, modality: str) -> int:
+        """Number of input-only ids of 'image' or 'audio' (0: the output tokenizer reads the condition too)."""
+        return {"image": self.vocab.image_in_size, "audio": self.vocab.audio_in_size}[modality]
 
 
 class TealLM(nn.Module):
@@ -135,6 +155,21 @@ class TealLM(nn.Module):
             else:
                 embeds[m] = self.param(f"{m}_embed", part(normal, ("vocab", "embed")), (n, d), pdt)
         self.embeds, self.heads, self.codebooks, self.projs = embeds, heads, codebooks, projs
+        in_embeds, in_projs = {}, {}
+        for m in NONTEXT_MODALITIES:
+            n = cfg.in_rows(m)
+            if not n:
+                continue
+            in_embeds[m] = self.param(f"{m}_in_embed", part(normal, ("vocab", "embed")), (n, d), pdt)
+            dim = getattr(cfg, f"{m}_in_dim")
+            if dim:
+                proj = nn.Dense(d, use_bias=True, param_dtype=pdt, dtype=jnp.float32,
+                                kernel_init=part(nn.initializers.variance_scaling(std**2, "fan_in", "normal"),
+                                                 (None, "embed")),
+                                bias_init=part(nn.initializers.zeros, ("embed",)))
+                setattr(self, f"{m}_in_proj", proj)
+                in_projs[m] = proj
+        self.in_embeds, self.in_projs = in_embeds, in_projs
         span_pos = {}
         for m in NONTEXT_MODALITIES:
             n = getattr(cfg, f"{m}_span_len")
@@ -151,17 +186,21 @@ class TealLM(nn.Module):
         return rows
 
     def nontext_table(self) -> Array:
-        """float32 [vocab.nontext_size, D]: specials, image rows, audio rows."""
+        """float32 [vocab.nontext_size, D]: specials, image rows, audio rows, input-only image rows, input-only audio
+        rows."""
         parts = [jnp.asarray(self.special_embed, jnp.float32)]
         parts += [self.nontext_rows(m) for m in NONTEXT_MODALITIES if m in self.embeds]
+        parts += [jnp.asarray(self.in_embeds[m], jnp.float32) for m in NONTEXT_MODALITIES if m in self.in_embeds]
         return jnp.concatenate(parts, axis=0)
 
-    def embed(self, tokens: Array, span_index: Array | None = None) -> Array:
+    def embed(self, tokens: Array, span_index: Array | None = None, features_image: Array | None = None,
+              features_audio: Array | None = None) -> Array:
         """tokens [B, T] unified ids -> [B, T, D] in the LM's compute dtype.
 
         span_index [B, T]: each token's index inside its image/audio span (see :func:`compute_span_index`);
         computed from ``tokens`` when None, which needs every span's opener inside ``tokens`` (one-token decode
-        steps pass it)."""
+        steps pass it). features_image / features_audio [B, T, in_dim]: the continuous inputs at the input-only ids
+        (``model.{m}_in_dim > 0``; None = no such ids in ``tokens``, e.g. a decode step)."""
         v = self.config.vocab
         t = v.text_size
         is_text = tokens < t
@@ -172,11 +211,21 @@ class TealLM(nn.Module):
             if span_index is None:
                 span_index = compute_span_index(v, tokens)
             for m, pos_table in self.span_pos.items():
-                lo, hi = (v.image_offset, v.audio_offset) if m == "image" else (v.audio_offset, v.used_size)
+                lo, hi = (v.image_offset, v.audio_offset) if m == "image" else (v.audio_offset, v.output_size)
                 inside = (tokens >= lo) & (tokens < hi)
+                if self.config.in_rows(m):  # the input-only ids of a span sit at the same span positions
+                    in_lo, in_hi = v.input_range(IMAGE if m == "image" else AUDIO)
+                    inside = inside | ((tokens >= in_lo) & (tokens < in_hi))
                 rows = jnp.take(jnp.asarray(pos_table, jnp.float32),
                                 jnp.clip(span_index, 0, pos_table.shape[0] - 1), axis=0)
                 other = other + jnp.where(inside[..., None], rows, 0.0)
+        for m, feats in (("image", features_image), ("audio", features_audio)):
+            if m in self.in_projs and feats is None and self.is_initializing():
+                self.in_projs[m](jnp.zeros((1, getattr(self.config, f"{m}_in_dim")), jnp.float32))  # its params
+            if m in self.in_projs and feats is not None:
+                lo, hi = v.input_range(IMAGE if m == "image" else AUDIO)
+                inside = (tokens >= lo) & (tokens < hi)
+                other = other + jnp.where(inside[..., None], self.in_projs[m](jnp.asarray(feats, jnp.float32)), 0.0)
         return jnp.where(is_text[..., None], text, other.astype(text.dtype))
 
     def expert_mask(self, tokens: Array) -> Array | None:
@@ -196,13 +245,16 @@ class TealLM(nn.Module):
                                axis=1)
         dtype = jnp.dtype(self.config.lm.dtype)
         other = jnp.einsum("btd,dn->btn", h.astype(dtype), head.astype(dtype)).astype(jnp.float32)
-        pad = jnp.full(h.shape[:2] + (v.size - v.used_size,), -jnp.inf, jnp.float32)
+        pad = jnp.full(h.shape[:2] + (v.size - v.output_size,), -jnp.inf, jnp.float32)  # input-only and padding
         return jnp.concatenate([text, other, pad], axis=-1)
 
     def __call__(self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None,
-                 span_index: Array | None = None) -> Array:
-        """tokens, positions, segment_ids, span_index: [B, T] -> logits [B, T, vocab.size]."""
-        h = self.lm.hidden(self.embed(tokens, span_index), positions, segment_ids, self.expert_mask(tokens))
+                 span_index: Array | None = None, features_image: Array | None = None,
+                 features_audio: Array | None = None) -> Array:
+        """tokens, positions, segment_ids, span_index: [B, T]; features_*: [B, T, in_dim] (see :meth:`embed`) ->
+        logits [B, T, vocab.size]."""
+        x = self.embed(tokens, span_index, features_image, features_audio)
+        h = self.lm.hidden(x, positions, segment_ids, self.expert_mask(tokens))
         return self.logits_from_hidden(h)
 
 

@@ -251,6 +251,15 @@ class AudioKMeansTokenizer(_KMeansTokenizer):
         frames = np.asarray([math.ceil(n / self.config.hop_length) for n in lengths], np.int32)
         return self._assign(codebook, feats)[..., None], frames
 
+    def encode_features(self, waveform, sample_rate: int, *,
+                        channels_last: bool = True) -> tuple[jax.Array, np.ndarray]:
+        """Waveform(s) -> (features ``float32 [batch, frames, feature_dim]``, real frames): what :meth:`encode`
+        quantises, unquantised (the continuous-feature baseline reads these). Needs no codebook."""
+        x, lengths = self.prepare(waveform, sample_rate, channels_last=channels_last)
+        feats, _ = self._features(self.encoder_params, jnp.asarray(x), jnp.asarray(lengths))
+        frames = np.asarray([math.ceil(n / self.config.hop_length) for n in lengths], np.int32)
+        return feats.astype(jnp.float32), frames
+
     def encode_files(self, paths: Sequence[str | os.PathLike]) -> tuple[jax.Array, np.ndarray]:
         """Reads WAV files (any PCM rate/channels) and encodes them as one ragged batch."""
         if not paths:
@@ -328,6 +337,14 @@ class ImageKMeansTokenizer(_KMeansTokenizer):
     def code_vectors(self) -> np.ndarray:
         """float32 ``[num_codes, D]``: the centres."""
         return self._need_codebook()
+
+    def encode_features(self, images) -> jax.Array:
+        """Images (as :meth:`encode`) -> features ``float32 [batch, h*w, feature_dim]`` (row-major cells): what
+        :meth:`encode` quantises, unquantised (the continuous-feature baseline). Needs no codebook."""
+        images = images if isinstance(images, jax.Array) else np.asarray(images)
+        check_pixels(images)
+        feats, _ = self._features(self.encoder_params, images, None)
+        return feats.astype(jnp.float32)
 
     def encode(self, images) -> jax.Array:
         """Images (``[batch, H, W(, C)]`` uint8 or float in [0, 1]) -> codes ``int32 [batch, *token_grid]``."""

@@ -119,6 +119,7 @@ class FrameKMeansTokenizer(_KMeansTokenizer):
     encode_files = AudioKMeansTokenizer.encode_files
     code_vectors = AudioKMeansTokenizer.code_vectors
     encode = AudioKMeansTokenizer.encode  # (codes int32 [batch, frames, 1], real frames)
+    encode_features = AudioKMeansTokenizer.encode_features  # (float32 [batch, frames, feature_dim], real frames)
 
     def __init__(self, config: FrameFeatureConfig, encoder_params: Any = None, codebook: np.ndarray | None = None):
         super().__init__(config, {} if encoder_params is None else encoder_params, codebook)
@@ -203,6 +204,7 @@ class LatentKMeansTokenizer(_KMeansTokenizer):
     encode_files = ImageTokenizer.encode_files  # the one file rule (read_image, crop/resize, mixed channels)
     code_vectors = ImageKMeansTokenizer.code_vectors
     encode = ImageKMeansTokenizer.encode  # codes int32 [batch, h, w] (token_grid)
+    encode_features = ImageKMeansTokenizer.encode_features  # float32 [batch, h*w, feature_dim]
     encoder_module = Encoder  # what computes the features (tests assert it is no judge)
 
     def __init__(self, config: LatentKMeansConfig, encoder_params: Any, codebook: np.ndarray | None = None,

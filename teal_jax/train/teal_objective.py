@@ -280,6 +280,12 @@ def _load_codebooks(cfg: teal_lib.TealConfig, model_cfg: ml_collections.ConfigDi
     return out
 
 
+def _features(batch) -> tuple[jax.Array | None, jax.Array | None]:
+    """The continuous input features of a batch (``features_image`` / ``features_audio`` ``[B, T + 1, dim]``, present
+    when the run feeds a modality as continuous features), cut to the model's inputs."""
+    return tuple(None if batch.get(k) is None else batch[k][:, :-1] for k in ("features_image", "features_audio"))
+
+
 class TealObjective(Objective):
     def __init__(self, config: ml_collections.ConfigDict, *, codebooks: dict[str, Any] | None = None):
         super().__init__(config)
@@ -374,8 +380,8 @@ class TealObjective(Objective):
         tokens = batch["tokens"]
         seg, pos = batch.get("segment_ids"), batch.get("positions")
         return lora.apply(self.model, self.lora, {"params": params["model"]}, tokens[:, :-1],
-                          None if pos is None else pos[:, :-1], None if seg is None else seg[:, :-1],
-                          rng=rng, lm_path=("lm",))
+                          None if pos is None else pos[:, :-1], None if seg is None else seg[:, :-1], None,
+                          *_features(batch), rng=rng, lm_path=("lm",))
 
     def _loss(self, params, batch, rng, z_loss):
         if not self.loss_chunk_size:
@@ -384,15 +390,16 @@ class TealObjective(Objective):
         seg, pos = batch.get("segment_ids"), batch.get("positions")
         variables = {"params": params["model"]}
 
-        def hidden(m, t, p, s):
-            return m.lm.hidden(m.embed(t), p, s, m.expert_mask(t))
+        def hidden(m, t, p, s, fi, fa):
+            return m.lm.hidden(m.embed(t, None, fi, fa), p, s, m.expert_mask(t))
 
         def logits(h):
             return lora.apply(self.model, self.lora, variables, h, method=teal_lib.TealLM.logits_from_hidden,
                               rng=rng, lm_path=("lm",))
 
         h = lora.apply(self.model, self.lora, variables, tokens[:, :-1], None if pos is None else pos[:, :-1],
-                       None if seg is None else seg[:, :-1], method=hidden, rng=rng, lm_path=("lm",))
+                       None if seg is None else seg[:, :-1], *_features(batch), method=hidden, rng=rng,
+                       lm_path=("lm",))
         stats = chunked_loss.chunked_token_stats(
             h, tokens[:, 1:], logits, lambda lg, tg: teal_token_stats(lg, tg, self.vocab, bool(z_loss)),
             self.loss_chunk_size)

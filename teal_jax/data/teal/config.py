@@ -76,6 +76,14 @@ def default_task_data_config() -> ml_collections.ConfigDict:
         lm_data_dir="",  # an LM data dir (holding lm_data.json); '' = the base LM run's data dir
         image_tokenizer="",  # workdir of an image_vq run; '' = no image tasks
         audio_tokenizer="",  # workdir of an audio_codec run; '' = no audio tasks
+        # Input-only tokenizers (docs/semantic_tokenizers.md): the workdir of a kmeans_tokenizer run whose codes
+        # (ids in model.vocab.{image,audio}_in_size) write the condition of caption / asr; '' = the output tokenizer
+        # above reads the condition too. *_in_features=True feeds that run's encoder features unquantised instead
+        # (the continuous-feature baseline; needs model.{image,audio}_in_dim).
+        image_in_tokenizer="",
+        audio_in_tokenizer="",
+        image_in_features=False,
+        audio_in_features=False,
         image_source=default_source_config("image"),
         audio_source=default_source_config("audio"),
         audio_seconds=1.0,  # every clip is one span of this length (longer clips are skipped)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from teal_jax import lineage, paths
@@ -111,7 +112,69 @@ def prepare_task_data(config, workdir: str | None, vocab: UnifiedVocab, *, verbo
         else:
             out[m] = pretokenize_audio(tok, source, tokens_dir, seconds=float(d.get("audio_seconds", 1.0)),
                                        data_dir=data_dir, batch_size=batch, verbose=verbose)
+        in_run = d.get(f"{m}_in_tokenizer") or ""
+        if in_run:
+            out[f"{m}_in"] = _prepare_input(vocab, m, in_run, bool(d.get(f"{m}_in_features", False)), source,
+                                            data_dir, tokens_dir, float(d.get("audio_seconds", 1.0)), batch,
+                                            verbose)
+    for m in templates_lib.SPAN_MODALITIES:
+        if out.get(f"{m}_in") is None and getattr(vocab, f"{m}_in_size"):
+            raise ValueError(f"config.model.vocab.{m}_in_size={getattr(vocab, f'{m}_in_size')} but "
+                             f"config.data.{m}_in_tokenizer is '' (or config.data.{m}_tokenizer is): the input-only "
+                             f"{m} ids would never be written")
     return out
+
+
+def input_sizes(manifest: Mapping[str, Any]) -> dict[str, int]:
+    """What an input-only token dataset needs of the vocabulary / model: ``{'ids', 'features'}`` (``ids``: the
+    k-means codes, or the span positions of features; ``features``: their width, 0 for codes)."""
+    tok = manifest["tokenizer"]
+    feats = int(tok.get("features", 0))
+    n = int(np.prod(manifest["code_shape"][:-1])) if feats else int(tok["codebook_size"])
+    return {"ids": n, "features": feats}
+
+
+def check_input_vocab(vocab: UnifiedVocab, model_cfg, modality: str, manifest: Mapping[str, Any],
+                      where: str) -> None:
+    """The vocabulary's input-only range (and ``model.{m}_in_dim`` for features) must match the input tokenizer."""
+    sizes = input_sizes(manifest)
+    have = getattr(vocab, f"{modality}_in_size")
+    what = "span positions of its features" if sizes["features"] else "codes"
+    if have != sizes["ids"]:
+        raise ValueError(f"config.model.vocab.{modality}_in_size={have} but the {modality} input tokenizer {where} "
+                         f"has {sizes['ids']} {what}")
+    dim = int((model_cfg.get(f"{modality}_in_dim", 0) if model_cfg is not None else 0) or 0)
+    if model_cfg is not None and dim != sizes["features"]:
+        raise ValueError(f"config.model.{modality}_in_dim={dim} but the {modality} input tokenizer {where} gives "
+                         f"{'features of width ' + str(sizes['features']) if sizes['features'] else 'codes'} "
+                         f"(config.data.{modality}_in_features)")
+
+
+def _prepare_input(vocab: UnifiedVocab, modality: str, run: str, features: bool, source: Mapping[str, Any],
+                   data_dir: str | None, tokens_dir: str, seconds: float, batch: int,
+                   verbose: bool) -> dict[str, Any]:
+    """Pre-tokenizes the source with the input-only tokenizer of ``run`` (a kmeans_tokenizer workdir), the same
+    records in the same order as the output tokenizer's dataset."""
+    from teal_jax.tokenizers import kmeans
+
+    field = f"config.data.{modality}_in_tokenizer"
+    if not paths.isdir(run):
+        raise ValueError(f"{field}={run!r}: no such directory (the workdir of a kmeans_tokenizer run)")
+    try:
+        tok = kmeans.from_checkpoint(run)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise ValueError(f"{field}={run!r}: cannot load the input tokenizer: {e}") from e
+    is_audio = hasattr(tok, "sample_rate")
+    if is_audio != (modality == "audio"):
+        raise ValueError(f"{field}={run!r} is an {'audio' if is_audio else 'image'} tokenizer, not {modality}")
+    if modality == "image":
+        manifest = pretokenize_images(tok, source, tokens_dir, data_dir=data_dir, batch_size=batch,
+                                      verbose=verbose, features=features)
+    else:
+        manifest = pretokenize_audio(tok, source, tokens_dir, seconds=seconds, data_dir=data_dir, batch_size=batch,
+                                     verbose=verbose, features=features)
+    check_input_vocab(vocab, None, modality, manifest, f"at {run}")
+    return manifest
 
 
 def make_task_stream(config, prepared: Mapping[str, Any], vocab: UnifiedVocab, split: str, *, batch_size: int,
@@ -128,6 +191,10 @@ def make_task_stream(config, prepared: Mapping[str, Any], vocab: UnifiedVocab, s
     weights = task_weights(d.get("tasks"))
     token_split = "train" if split == "train" else "test"
     sources: dict[str, Any] = {}
+    for m in MODALITY_TASKS:
+        if prepared.get(f"{m}_in") is not None and prepared.get(m) is not None:
+            check_input_vocab(vocab, config.model, m, prepared[f"{m}_in"], f"of {prepared[f'{m}_in']['dataset']}")
+            sources[f"{m}_in"] = token_source(prepared[f"{m}_in"], token_split)
     for m, group in MODALITY_TASKS.items():
         if prepared.get(m) is None:
             off = [t for t in group if weights.get(t, 0) > 0]
@@ -153,6 +220,8 @@ def make_task_stream(config, prepared: Mapping[str, Any], vocab: UnifiedVocab, s
     return TealTaskStream(
         vocab=vocab, text_tokenizer=TextTokenizer.load(prepared["text_tokenizer"]), tasks=weights, split=split,
         batch_size=batch_size, seq_len=int(d.seq_len), seed=seed, image=sources.get("image"),
-        audio=sources.get("audio"), lm_docs=lm_docs, cond_dropout=float(d.get("cond_dropout", 0.1)),
+        audio=sources.get("audio"), image_in=sources.get("image_in"), audio_in=sources.get("audio_in"),
+        in_features={m: bool(prepared[f"{m}_in"]["tokenizer"].get("features")) for m in MODALITY_TASKS
+                     if prepared.get(f"{m}_in") is not None}, lm_docs=lm_docs, cond_dropout=float(d.get("cond_dropout", 0.1)),
         process_index=process_index, process_count=process_count,
         loss_normalization=str(d.get("loss_normalization", "token")))

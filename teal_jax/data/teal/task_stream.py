@@ -22,7 +22,7 @@ from teal_jax.data.iterator import IndexedIterator
 from teal_jax.data.packing import pack_drawn_examples
 from teal_jax.data.teal.config import DROPPABLE_TASKS, LOSS_NORMALIZATIONS, TASKS, task_modality, task_weights
 from teal_jax.data.teal.sources import as_text
-from teal_jax.vocab import UnifiedVocab
+from teal_jax.vocab import AUDIO, IMAGE, UnifiedVocab
 
 
 @dataclasses.dataclass
@@ -64,6 +64,13 @@ class TealTaskStream(IndexedIterator):
     ``row``, ``segment``, ``task``, ``index`` (the record's position in its token split, i.e. ``source[index]``;
     for lm the document's position in its split), ``pair`` (reasoning) and ``dropped`` (condition dropout).
 
+    Input-only tokenizers (``image_in`` / ``audio_in``: token records of the same source in the same order, made by
+    an input-only tokenizer; ``in_features[m]``: they hold continuous features): the condition of ``caption`` /
+    ``asr`` is written with their ids (``vocab.input_to_unified``; for features the span positions ``0..n-1``) and
+    the batch gains ``features_image`` / ``features_audio`` float32 ``[batch_size, seq_len + 1, D]``: each
+    condition's features at its input ids, 0 elsewhere. Generation targets (t2i, tts, reasoning) keep the output
+    tokenizer's codes.
+
     Examples never exceed a row except lm documents, which are cut to the row (their prefix); any other example
     that cannot fit raises ValueError at construction.
     """
@@ -72,7 +79,8 @@ class TealTaskStream(IndexedIterator):
                  batch_size: int, seq_len: int, seed: int, image: Sequence[dict[str, Any]] | None = None,
                  audio: Sequence[dict[str, Any]] | None = None, lm_docs: Sequence[dict[str, Any]] | None = None,
                  cond_dropout: float = 0.1, process_index: int = 0, process_count: int = 1, max_tries: int = 4,
-                 loss_normalization: str = "token"):
+                 loss_normalization: str = "token", image_in: Sequence[dict[str, Any]] | None = None,
+                 audio_in: Sequence[dict[str, Any]] | None = None, in_features: Mapping[str, bool] | None = None):
         if split not in ("train", "eval"):
             raise ValueError(f"split={split!r}: choose 'train' or 'eval'")
         if not 0 <= process_index < process_count:
@@ -121,6 +129,12 @@ class TealTaskStream(IndexedIterator):
         for m, src in {"image": image, "audio": audio}.items():
             if src is not None and any(task_modality(t) == m for t in self.tasks):
                 self.records[m] = self._read(m, src)
+        # input-only records: the same records (checked by index), read on the condition side of caption / asr
+        self.in_records: dict[str, Sequence[dict[str, Any]]] = {}
+        self.in_features = {m: bool(f) for m, f in (in_features or {}).items()}
+        for m, src in {"image": image_in, "audio": audio_in}.items():
+            if src is not None and m in self.records:
+                self.in_records[m] = self._read_input(m, src)
         self.lm_docs = None
         if lm_docs is not None and "lm" in self.tasks:
             self.lm_docs = grain.MapDataset.source(lm_docs)[process_index::process_count]
@@ -161,6 +175,28 @@ class TealTaskStream(IndexedIterator):
                 self._meta(rec, labels, texts)
         return self._finish(modality, shard, indices, labels, texts)
 
+    def _read_input(self, modality: str, source: Sequence[dict[str, Any]]):
+        out = self.records[modality]
+        if len(source) <= int(out.indices[-1]):
+            raise ValueError(f"the {self.split} {modality} input-tokenizer records ({len(source)}) are not the output "
+                             f"tokenizer's records: rebuild both token datasets from the same source")
+        shard = grain.MapDataset.source(source)[self.process_index :: self.process_count]
+        getitems = getattr(source, "__getitems__", None)
+        for start in range(0, len(out.indices), 1024):
+            chunk = out.indices[start : start + 1024].tolist()
+            recs = getitems(chunk) if getitems is not None else [source[i] for i in chunk]
+            mine = np.asarray([int(r["index"]) for r in recs])
+            theirs = np.asarray([int(r["index"]) for r in (out.source[j] for j in range(start, start + len(chunk)))])
+            if not np.array_equal(mine, theirs):
+                bad = int(np.argmax(mine != theirs)) + start
+                raise ValueError(f"the {self.split} {modality} input-tokenizer record {int(out.indices[bad])} is not "
+                                 f"the output tokenizer's (source index {mine[bad - start]} vs {theirs[bad - start]}): "
+                                 "both token datasets must come from the same source and clip span")
+        first = np.asarray(shard[0]["codes"])
+        self._in_len = getattr(self, "_in_len", {})
+        self._in_len[modality] = first.shape[0] if self.in_features.get(modality) else first.size
+        return shard
+
     def _meta(self, rec: Mapping[str, Any], labels: list[int], texts: list[list[list[int]]]) -> None:
         labels.append(int(rec["label"]))
         text = as_text(rec["text"])
@@ -189,6 +225,30 @@ class TealTaskStream(IndexedIterator):
             return self.vocab.image_to_unified(codes.reshape(1, -1)).tolist()
         return self.vocab.audio_to_unified(codes).tolist()
 
+    def _input(self, modality: str, codes: np.ndarray, info: dict[str, Any]) -> list[int]:
+        """The condition ids of an input-only record; features are kept in ``info`` until the batch is packed."""
+        m = IMAGE if modality == "image" else AUDIO
+        if self.in_features.get(modality):
+            info["features"] = (modality, codes.astype(np.float32))
+            return self.vocab.input_to_unified(m, np.arange(codes.shape[0])).tolist()
+        return self.vocab.input_to_unified(m, codes.reshape(-1)).tolist()
+
+    def _fill_features(self, out: dict[str, np.ndarray]) -> None:
+        """``features_<m>`` of the packed batch: each condition's features at its input ids (its segment)."""
+        for m, on in self.in_features.items():
+            if not on or m not in self.in_records:
+                continue
+            dim = np.asarray(self.in_records[m][0]["codes"]).shape[-1]
+            out[f"features_{m}"] = np.zeros(out["tokens"].shape + (dim,), np.float32)
+        for d in self.last_draws:
+            if "features" not in d:
+                continue
+            m, feats = d.pop("features")
+            lo, hi = self.vocab.input_range(IMAGE if m == "image" else AUDIO)
+            row, toks = d["row"], out["tokens"][d["row"]]
+            where = np.nonzero((out["segment_ids"][row] == d["segment"]) & (toks >= lo) & (toks < hi))[0]
+            out[f"features_{m}"][row, where] = feats[toks[where] - lo]
+
     def _check_lengths(self) -> None:
         """Every possible example of every task fits a row (lm documents are cut instead)."""
         tpl = self.templates
@@ -198,6 +258,9 @@ class TealTaskStream(IndexedIterator):
             m = task_modality(task)
             fill = self.vocab.image_offset if m == "image" else self.vocab.audio_offset
             codes = [fill] * self._code_len[m]  # the span length is fixed; only the text varies
+            if m in self.in_records and task in templates_lib.CONDITION_TASKS:
+                lo = self.vocab.input_range(IMAGE if m == "image" else AUDIO)[0]
+                codes = [lo] * self._in_len[m]
             if task in templates_lib.REASONING_TASKS:
                 longest = max((q for _, q in self.questions[task]), key=len)
             else:
@@ -232,7 +295,10 @@ class TealTaskStream(IndexedIterator):
             lines = rec.texts[pos]
             text = lines[int(rng.integers(len(lines)))]
         info["index"] = int(rec.indices[pos])
-        codes = self._unified(m, rec.source[pos]["codes"])
+        if m in self.in_records and task in templates_lib.CONDITION_TASKS:
+            codes = self._input(m, np.asarray(self.in_records[m][pos]["codes"]), info)
+        else:
+            codes = self._unified(m, rec.source[pos]["codes"])
         toks, mask = tpl.span_example(task, text, codes, drop_condition=drop)
         return toks, mask, info
 
@@ -246,6 +312,8 @@ class TealTaskStream(IndexedIterator):
         out, self.last_draws = pack_drawn_examples(draw, self.batch_size, self.row, max_tries=self.max_tries,
                                                    example_weights=self.loss_normalization == "example")
         out["modality"] = self.vocab.modality_of(out["tokens"])
+        if self.in_features:
+            self._fill_features(out)
         return out
 
 

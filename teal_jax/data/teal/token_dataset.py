@@ -16,6 +16,11 @@ tokenization. Records (stored in source order)::
     image: codes int32 [h*w] (raw tokenizer codes, row-major), label int32 (-1 if none), text str, index int64
     audio: codes int32 [frames, levels] (raw codec codes),       label int32 (-1 if none), text str, index int64
 
+With ``features=True`` (the continuous-feature baseline, an input-only k-means tokenizer's encoder read before
+quantisation: ``encode_features``) ``codes`` holds float32 features ``[h*w, D]`` / ``[frames, D]`` instead. An input
+tokenizer's dataset is built from the same source in the same order as the output tokenizer's, so record ``i`` of
+both is the same image / clip (the task stream checks their ``index`` fields agree).
+
 ``text`` is the caption / transcript (digits: the digit word ``templates.DIGITS[label]``); a source with several
 captions per image (coco_captions) stores them all, one per line, and the stream draws one per example. ``index``
 is the record's position in its source split. Audio clips are made fixed-length before encoding
@@ -68,9 +73,11 @@ class TealTokensConfig(tfds.core.BuilderConfig):
     """One token dataset: ``generate(split)`` yields ``(key, record)``; ``code_shape`` is the codes' shape."""
 
     def __init__(self, *, name: str, modality: str, code_shape: tuple[int, ...],
-                 generate: Callable[[str], Iterator[tuple[int, dict[str, Any]]]], description: str):
+                 generate: Callable[[str], Iterator[tuple[int, dict[str, Any]]]], description: str,
+                 code_dtype=np.int32):
         super().__init__(name=name, description=description)
         self.modality, self.code_shape, self.generate = modality, tuple(code_shape), generate
+        self.code_dtype = code_dtype
 
 
 class TealTokens(tfds.core.GeneratorBasedBuilder):
@@ -85,7 +92,7 @@ class TealTokens(tfds.core.GeneratorBasedBuilder):
             builder=self,
             description=cfg.description,
             features=tfds.features.FeaturesDict({
-                "codes": tfds.features.Tensor(shape=cfg.code_shape, dtype=np.int32),
+                "codes": tfds.features.Tensor(shape=cfg.code_shape, dtype=cfg.code_dtype),
                 "label": np.int32,
                 "text": tfds.features.Text(),
                 "index": np.int64,
@@ -166,8 +173,9 @@ class _Progress:
 
 def pretokenize_images(tokenizer: Any, source: Mapping[str, Any], tokens_dir: str, *,
                        data_dir: str | None = None, sources: Mapping[str, Sequence] | None = None,
-                       batch_size: int = 32, verbose: bool = True) -> dict[str, Any]:
-    """Encodes every image of the source's train/test splits once; returns the manifest
+                       batch_size: int = 32, verbose: bool = True, features: bool = False) -> dict[str, Any]:
+    """Encodes every image of the source's train/test splits once (``features``: stores the tokenizer's
+    ``encode_features`` instead of its codes, see the module docstring); returns the manifest
     ``{'dataset', 'tfds_dir', 'modality', 'code_shape': [h*w], 'records': {split: n}, 'skipped', 'source',
     'tokenizer'}``. ``sources`` (``{'train': seq, 'test': seq}``) replaces opening the source (tests, in-memory
     data); ``data_dir`` is the default data dir of a 'digits' source."""
@@ -182,6 +190,8 @@ def pretokenize_images(tokenizer: Any, source: Mapping[str, Any], tokens_dir: st
     h, w = tokenizer.token_grid
     tok_info = {"fingerprint": tokenizer_fingerprint(tokenizer), "codebook_size": int(tokenizer.vocab_size),
                 "token_grid": [int(h), int(w)], "image_size": size}
+    if features:
+        tok_info["features"] = int(tokenizer.feature_dim)
     ident = sources_lib.source_identity(src, sources)
     name = "image_" + _digest({"format": FORMAT_VERSION, "modality": "image", "tokenizer": tok_info,
                                "source": ident})
@@ -216,25 +226,30 @@ def pretokenize_images(tokenizer: Any, source: Mapping[str, Any], tokens_dir: st
         for batch in _batched(items(), batch_size):
             images = np.zeros((batch_size, size, size, channels), np.uint8)  # fixed shape: the last batch padded
             images[: len(batch)] = np.stack([b[1] for b in batch])
-            codes = np.asarray(tokenizer.encode(images)).reshape(batch_size, -1)
+            if features:
+                codes = np.asarray(tokenizer.encode_features(images), np.float32)  # [batch, h*w, D]
+            else:
+                codes = np.asarray(tokenizer.encode(images)).reshape(batch_size, -1).astype(np.int32)
             for j, (k, _, label, text) in enumerate(batch):
-                yield k, {"codes": codes[j].astype(np.int32), "label": np.int32(label), "text": text,
-                          "index": np.int64(k % n)}
+                yield k, {"codes": codes[j], "label": np.int32(label), "text": text, "index": np.int64(k % n)}
             done += len(batch)
             progress.update(done)
         stats["records"][split], stats["skipped"][split] = done, 0
 
-    config = TealTokensConfig(name=name, modality="image", code_shape=(int(h) * int(w),), generate=generate,
-                              description=f"image codes of {ident}")
+    shape = (int(h) * int(w), int(tokenizer.feature_dim)) if features else (int(h) * int(w),)
+    config = TealTokensConfig(name=name, modality="image", code_shape=shape, generate=generate,
+                              description=f"image {'features' if features else 'codes'} of {ident}",
+                              code_dtype=np.float32 if features else np.int32)
     return _build(tokens_dir, config, stats, {"source": ident, "tokenizer": tok_info}, verbose)
 
 
 def pretokenize_audio(tokenizer: Any, source: Mapping[str, Any], tokens_dir: str, *, seconds: float,
                       data_dir: str | None = None, sources: Mapping[str, Sequence] | None = None,
-                      batch_size: int = 32, verbose: bool = True) -> dict[str, Any]:
+                      batch_size: int = 32, verbose: bool = True, features: bool = False) -> dict[str, Any]:
     """Encodes every clip that fits one span of ``seconds`` (``templates.audio_span``; longer clips are skipped and
     counted) of the source's train/test splits once. Returns the manifest (as :func:`pretokenize_images`, with
-    ``code_shape`` [frames, levels] and ``seconds``)."""
+    ``code_shape`` [frames, levels] and ``seconds``; ``features``: [frames, D] float32 features, see the module
+    docstring)."""
     from teal_jax.data.speech import RecordAdapter
 
     src = source_dict(source, "audio")
@@ -245,11 +260,14 @@ def pretokenize_audio(tokenizer: Any, source: Mapping[str, Any], tokens_dir: str
         sources = sources_lib.open_sources(src, "audio", data_dir=data_dir)
     tok_info = {"fingerprint": tokenizer_fingerprint(tokenizer), "codebook_size": int(tokenizer.codebook_size),
                 "num_levels": levels, "sample_rate": rate, "hop_length": hop}
+    if features:
+        tok_info["features"] = int(tokenizer.feature_dim)
     span = {"seconds": float(seconds), "frames": frames, "samples": samples}
     ident = sources_lib.source_identity(src, sources)
     name = "audio_" + _digest({"format": FORMAT_VERSION, "modality": "audio", "tokenizer": tok_info, "span": span,
                                "source": ident})
     stats: dict[str, Any] = {"records": {}, "skipped": {}}
+    shape = (frames, int(tokenizer.feature_dim)) if features else (frames, levels)
     source_rate = 16000 if src["kind"] == "spoken_words" else int(src["source_rate"])
     adapter = RecordAdapter(audio_key=src["audio_key"], text_key=None, label_key=None, source_rate=source_rate,
                             sample_rate=rate)
@@ -281,14 +299,13 @@ def pretokenize_audio(tokenizer: Any, source: Mapping[str, Any], tokens_dir: str
         for batch in _batched(items(), batch_size):
             clips = np.zeros((batch_size, samples), np.int16)  # fixed shape: the last batch padded with silence
             clips[: len(batch)] = np.stack([b[1] for b in batch])
-            codes, _ = tokenizer.encode(clips, rate)
-            codes = np.asarray(codes)
-            if codes.shape[1:] != (frames, levels):
-                raise ValueError(f"the audio tokenizer gave codes {codes.shape[1:]} for {samples} samples, "
-                                 f"expected ({frames}, {levels})")
+            codes, _ = (tokenizer.encode_features if features else tokenizer.encode)(clips, rate)
+            codes = np.asarray(codes, np.float32 if features else np.int32)
+            if codes.shape[1:] != shape:
+                raise ValueError(f"the audio tokenizer gave {codes.shape[1:]} for {samples} samples, "
+                                 f"expected {shape}")
             for j, (i, _, label, text) in enumerate(batch):
-                yield i, {"codes": codes[j].astype(np.int32), "label": np.int32(label), "text": text,
-                          "index": np.int64(i)}
+                yield i, {"codes": codes[j], "label": np.int32(label), "text": text, "index": np.int64(i)}
             kept += len(batch)
             done = kept + skipped[0]
             progress.update(done)
@@ -297,8 +314,9 @@ def pretokenize_audio(tokenizer: Any, source: Mapping[str, Any], tokens_dir: str
             log(verbose, f"audio tokens {split}: skipped {skipped[0]} of {n} clips longer than {seconds} s "
                 f"({samples} samples at {rate} Hz)")
 
-    config = TealTokensConfig(name=name, modality="audio", code_shape=(frames, levels), generate=generate,
-                              description=f"audio codes of {ident}, {seconds} s spans")
+    config = TealTokensConfig(name=name, modality="audio", code_shape=shape, generate=generate,
+                              description=f"audio {'features' if features else 'codes'} of {ident}, {seconds} s spans",
+                              code_dtype=np.float32 if features else np.int32)
     return _build(tokens_dir, config, stats, {"source": ident, "tokenizer": tok_info, "span": span}, verbose)
 
 
