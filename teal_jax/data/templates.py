@@ -42,7 +42,8 @@ from teal_jax.vocab import AUDIO, IMAGE, SPAN_MODALITIES, TASK_SPANS, UnifiedVoc
 # The task names and their span modalities are stated once, in teal_jax/vocab.py (TASK_SPANS); the layouts are here.
 TASKS = tuple(TASK_SPANS)
 SPAN_TASKS = tuple(t for t in TASKS if TASK_SPANS[t] != "text")  # caption t2i asr tts: an image/audio span each
-CONDITION_TASKS = ("caption", "asr")  # condition = an image/audio span (an input-only tokenizer's ids when there is one)
+# condition = an image/audio span (an input-only tokenizer's ids when there is one)
+CONDITION_TASKS = ("caption", "asr")
 GENERATION_TASKS = ("t2i", "tts")  # condition = text, target = a modality span: condition dropout applies
 # Reasoning tasks of the task stream: a t2i/tts example whose text is a sum question (see sum_question).
 REASONING_TASKS = {"reason_t2i": "t2i", "reason_tts": "tts"}  # task -> its layout

@@ -373,7 +373,7 @@ class TealModel:
                 top_p: float = 1.0, seed: int = 0) -> list[str]:
         """Captions images: uint8 [0, 255] or float [0, 1], shaped [H, W] (one grayscale image), [B, H, W]
         (grayscale batch) or [B, H, W, C] (C in 1, 3, 4) -> B strings. Greedy by default."""
-        tok = self._image()
+        self._image()
         x = np.asarray(images)
         if x.ndim == 2:
             x = x[None]

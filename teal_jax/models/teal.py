@@ -17,9 +17,9 @@ its own layout (an imported HF Llama drops in unchanged). Around it:
   row ``i`` is a learned position embedding, and ``{m}_in_proj(features)`` (a Dense ``in_dim -> embed_dim``) is
   added to it; the features come with the tokens (``features_image`` / ``features_audio`` ``[B, T, in_dim]``, zero
   elsewhere).
-- output: logits over the whole unified vocabulary = concat(LM text head logits, h @ [special | image | audio] head,
-  -inf for the input-only and padding ids). The text part is the LM's own ``logits_from_hidden``: for text-only inputs and an
-  untouched LM, the text logits are bitwise those of the original LM.
+- output: logits over the whole unified vocabulary = concat(LM text head logits,
+  h @ [special | image | audio] head, -inf for the input-only and padding ids). The text part is the LM's own
+  ``logits_from_hidden``: for text-only inputs and an untouched LM, the text logits are bitwise those of the original LM.
 
 Stage-2 bias tuning: build the inner LM with ``use_bias=True`` (zero-initialised biases on every linear layer), so
 the model is unchanged until the biases train.

@@ -221,7 +221,8 @@ def make_task_stream(config, prepared: Mapping[str, Any], vocab: UnifiedVocab, s
         vocab=vocab, text_tokenizer=TextTokenizer.load(prepared["text_tokenizer"]), tasks=weights, split=split,
         batch_size=batch_size, seq_len=int(d.seq_len), seed=seed, image=sources.get("image"),
         audio=sources.get("audio"), image_in=sources.get("image_in"), audio_in=sources.get("audio_in"),
-        in_features={m: bool(prepared[f"{m}_in"]["tokenizer"].get("features")) for m in MODALITY_TASKS
-                     if prepared.get(f"{m}_in") is not None}, lm_docs=lm_docs, cond_dropout=float(d.get("cond_dropout", 0.1)),
+        in_features={m: bool(prepared[f"{m}_in"]["tokenizer"].get("features"))
+                     for m in MODALITY_TASKS if prepared.get(f"{m}_in") is not None}, lm_docs=lm_docs,
+        cond_dropout=float(d.get("cond_dropout", 0.1)),
         process_index=process_index, process_count=process_count,
         loss_normalization=str(d.get("loss_normalization", "token")))
