@@ -19,7 +19,8 @@ its own layout (an imported HF Llama drops in unchanged). Around it:
   elsewhere).
 - output: logits over the whole unified vocabulary = concat(LM text head logits,
   h @ [special | image | audio] head, -inf for the input-only and padding ids). The text part is the LM's own
-  ``logits_from_hidden``: for text-only inputs and an untouched LM, the text logits are bitwise those of the original LM.
+  ``logits_from_hidden``: for text-only inputs and an untouched LM, the text logits are bitwise those of the
+  original LM.
 
 Stage-2 bias tuning: build the inner LM with ``use_bias=True`` (zero-initialised biases on every linear layer), so
 the model is unchanged until the biases train.
