@@ -21,7 +21,7 @@ LAYERS = {
     "inference": ("teal_jax.inference",),
     "evaluate": ("teal_jax.evaluate",),
     "train": ("teal_jax.train",),
-    "app": ("teal_jax.main", "teal_jax.demo", "teal_jax.demo_report", "teal_jax"),
+    "app": ("teal_jax.main", "teal_jax.demo", "teal_jax.demo_report", "teal_jax.demo_semantic", "teal_jax"),
 }
 RANK = {name: i for i, name in enumerate(LAYERS)}
 

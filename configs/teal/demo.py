@@ -22,6 +22,16 @@ Variants (``--config=configs/teal/demo.py:VARIANT``, comma-separated):
                 ablation where the LM itself adapts a little; unlike stage 1 and the experts it changes the text
                 behaviour (the report measures by how much).
   ``smoke``   : a few steps on the tiny data (CI runs the whole demo with it: ``teal_jax.demo --variant=quick``).
+
+Input tokenizers (docs/semantic_tokenizers.md; ``teal_jax.demo_semantic`` runs the comparison):
+  ``semantic``  : captions and transcripts read semantic codes: k-means over the image tokenizer's encoder latents
+                  (configs/image/digits_kmeans.py) and over MFCC frames (configs/audio/speech_kmeans.py) as separate
+                  input tokenizers with their own id ranges (``image_k=N``, ``audio_k=N`` codes, default 256); set
+                  ``data.image_in_tokenizer`` / ``data.audio_in_tokenizer`` to those k-means runs.
+  ``continuous``: the continuous-feature baseline: the same encoders' features, unquantised, through a learned
+                  projection at the condition's positions (LLaVA / LLaMA-Adapter style prefix), same k-means runs.
+  ``understanding``: only the understanding tasks (caption, asr) and their evaluations: the three-way comparison
+                  trains each input kind on the same tasks for the same steps.
 """
 
 import ml_collections
@@ -38,11 +48,15 @@ IMAGE_CODES, IMAGE_TOKENS = 64, 16
 AUDIO_CODES, AUDIO_LEVELS, AUDIO_SECONDS, AUDIO_FRAME_RATE = 64, 4, 1.0, 50
 AUDIO_FRAMES = int(AUDIO_SECONDS * AUDIO_FRAME_RATE)
 
-_VARIANTS = ("stage2", "codebook", "full", "expert", "lora", SMOKE)
+_VARIANTS = ("stage2", "codebook", "full", "expert", "lora", "semantic", "continuous", "understanding", SMOKE)
+# The semantic / continuous inputs: digits_kmeans.py's latents (VQGAN encoder output, 64 channels, 4 x 4 cells) and
+# speech_kmeans.py's MFCC frames (13 coefficients + deltas + delta-deltas, 5 frames stacked: 195 numbers, 50 per s).
+IMAGE_FEATURE_DIM, AUDIO_FEATURE_DIM = 64, 195
 
 
 def get_config(arg: str | None = None):
-    variants = parse_variants(arg, _VARIANTS, config="configs/teal/demo.py")
+    variants = parse_variants(arg, _VARIANTS, config="configs/teal/demo.py", keyed=("image_k", "audio_k"),
+                              exclusive=[("semantic", "continuous")])
     quick = SMOKE in variants
     c = base_config()
     c.objective = "teal"
@@ -62,7 +76,9 @@ def get_config(arg: str | None = None):
         audio_num_levels=AUDIO_LEVELS,
         audio_scheme="first_levels",  # one id per 10 ms frame: the coarsest RVQ level carries the words
         audio_keep_levels=1,
-        pad_multiple=128))
+        pad_multiple=128,
+        image_in_size=0,  # input-only ids (variants semantic / continuous)
+        audio_in_size=0))
     c.model.embedding_init = "codebook" if "codebook" in variants else "random"
     c.model.image_code_dim = 3 if "codebook" in variants else 0  # FSQ grid values (3 levels)
     c.model.audio_code_dim = 64 if "codebook" in variants else 0  # the codec's latent width (hidden_size)
@@ -96,6 +112,14 @@ def get_config(arg: str | None = None):
     # 1,541 training digits are few for 64-token codes: jittered copies (tokenized once) against memorising them.
     c.data.image_source.augment_copies = 1 if quick else 4
     c.data.seq_len = 128  # the longest example (1 s of speech + its transcript) is ~60 ids
+    c.model.image_in_dim = c.model.audio_in_dim = 0  # continuous input features' widths (variant continuous)
+    if "semantic" in variants:
+        c.model.vocab.image_in_size = int(variants.values.get("image_k", 256))
+        c.model.vocab.audio_in_size = int(variants.values.get("audio_k", 256))
+    if "continuous" in variants:  # the ids are span positions; the features come with the batch
+        c.model.vocab.image_in_size, c.model.vocab.audio_in_size = IMAGE_TOKENS, AUDIO_FRAMES
+        c.model.image_in_dim, c.model.audio_in_dim = IMAGE_FEATURE_DIM, AUDIO_FEATURE_DIM
+        c.data.image_in_features = c.data.audio_in_features = True
 
     # The demo's 30-minute budget on 2 CPU cores sets the step counts (docs/teal.md: measured stage wall times).
     c.train.steps = 12 if quick else 1000
@@ -125,6 +149,13 @@ def get_config(arg: str | None = None):
     c.sample = ml_collections.ConfigDict(dict(prompts=("",), max_new_tokens=64, temperature=0.7, top_k=0, top_p=0.9,
                                               seed=0, guidance_scale=1.0, task="text"))  # task: text|image|speech
     c.evals = demo_evals(quick)
+    if "understanding" in variants:
+        c.data.tasks = ml_collections.ConfigDict(dict(caption=1.0, t2i=0.0, asr=1.0, tts=0.0, lm=0.0, reason_t2i=0.0,
+                                                      reason_tts=0.0))
+        c.train.steps = 12 if quick else 600
+        c.train.eval_every = c.train.steps
+        c.train.checkpoint_every = c.train.steps
+        c.evals = ml_collections.ConfigDict({k: c.evals[k].to_dict() for k in ("caption", "asr")})
     return c
 
 

@@ -1,0 +1,207 @@
+"""The input-tokenizer comparison on the demo (docs/semantic_tokenizers.md): which tokens should a frozen LM read?
+
+  python -m teal_jax.demo_semantic --workdir=runs/demo     # after `python -m teal_jax.demo` (or its first 3 stages)
+
+Needs the demo's ``text_lm``, ``image_tokenizer`` and ``audio_codec`` stages. Then, under ``<workdir>/semantic/``,
+each step skipped when it has finished (re-running resumes):
+
+1. k-means input tokenizers (``teal_jax.train.kmeans_fit``): ``image_kmeans_<k>`` over the image tokenizer's
+   encoder latents (configs/image/digits_kmeans.py) and ``audio_kmeans_<k>`` over MFCC frames of the TEAL runs' own
+   speech (configs/audio/speech_kmeans.py on spoken words 'medium'), for every ``--audio_ks``.
+2. TEAL runs, frozen LM (stage 1), understanding tasks only (caption + asr), the same steps, batch and seed
+   (configs/teal/demo.py:understanding): ``reconstruction`` (the VQ / codec codes read the condition, as in the
+   demo), ``semantic_a<k>`` (the k-means codes as separate input tokenizers, image k = ``--image_k``),
+   ``continuous`` (the same encoders' features unquantised through a learned projection: the LLaVA /
+   LLaMA-Adapter-style baseline).
+3. The ``caption`` and ``asr`` evaluators on each run's final checkpoint; ``report.md`` and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+from typing import Any
+
+import ml_collections
+
+from teal_jax.demo_evaluate import _say
+
+_FLAGS_DEFINED = False
+
+
+def _config(module: str, arg: str | None) -> ml_collections.ConfigDict:
+    return importlib.import_module(module).get_config(arg)
+
+
+def _done(path: str) -> dict[str, Any] | None:
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    return None
+
+
+def _write(path: str, payload: dict[str, Any]) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def fit_kmeans(demo: str, out: str, modality: str, k: int) -> dict[str, Any]:
+    """Fits (or finds) one k-means input tokenizer -> its record ``{'workdir', 'k', 'usage', 'perplexity', ...}``."""
+    from teal_jax.train import kmeans_fit
+
+    name = f"{modality}_kmeans_{k}"
+    run = os.path.join(out, name)
+    done = _done(os.path.join(out, f"{name}.json"))
+    if done is not None:
+        return done
+    if modality == "image":
+        c = _config("configs.image.digits_kmeans", f"checkpoint={os.path.join(demo, 'image_tokenizer')},k={k}")
+        c.data.image_source.data_dir = os.path.join(demo, "data")
+    else:
+        c = _config("configs.audio.speech_kmeans", f"k={k}")
+        c.data.audio_source.data_dir = os.path.join(demo, "data")
+        c.data.audio_source.config = "medium"  # the TEAL runs' speech (configs/teal/demo.py)
+    _say(f"=== k-means {name}: {c.train.steps} steps -> {run}")
+    t0 = time.time()
+    _, metrics = kmeans_fit.fit_from_config(c, run, data_dir=os.path.join(demo, "data"))
+    last = metrics[-1] if metrics else {}
+    record = {"workdir": run, "k": k, "wall_s": round(time.time() - t0, 1),
+              **{m: float(last[m]) for m in ("usage", "total_usage", "perplexity", "inertia") if m in last}}
+    _write(os.path.join(out, f"{name}.json"), record)
+    return record
+
+
+def teal_config(demo: str, kind: str, *, image_in: str = "", audio_in: str = "", image_k: int = 256,
+                audio_k: int = 256, steps: int = 0) -> ml_collections.ConfigDict:
+    """configs/teal/demo.py:understanding with the demo's paths and the input kind ('reconstruction' | 'semantic' |
+    'continuous')."""
+    arg = "understanding" + {"reconstruction": "", "semantic": f",semantic,image_k={image_k},audio_k={audio_k}",
+                             "continuous": ",continuous"}[kind]
+    c = _config("configs.teal.demo", arg)
+    data_dir = os.path.join(demo, "data")
+    c.model.base_lm_workdir = os.path.join(demo, "text_lm")
+    c.data.image_tokenizer = os.path.join(demo, "image_tokenizer")
+    c.data.audio_tokenizer = os.path.join(demo, "audio_codec")
+    c.data.image_source.data_dir = data_dir
+    c.data.audio_source.data_dir = data_dir
+    c.data.tokens_dir = os.path.join(demo, "tokens")  # shared with the demo's runs: each dataset tokenized once
+    if kind != "reconstruction":
+        c.data.image_in_tokenizer, c.data.audio_in_tokenizer = image_in, audio_in
+    if steps:
+        c.train.steps = c.train.eval_every = c.train.checkpoint_every = int(steps)
+    return c
+
+
+def train_and_evaluate(name: str, config: ml_collections.ConfigDict, out: str) -> dict[str, Any]:
+    """Trains one TEAL run (resumable) and runs its caption and asr evaluators -> ``{'figures', 'wall_s', ...}``."""
+    import teal_jax
+    from teal_jax.evaluate import evaluators as evaluators_lib
+    from teal_jax.train import trainer
+
+    done_file = os.path.join(out, f"{name}.json")
+    done = _done(done_file)
+    if done is not None:
+        return done
+    run = os.path.join(out, name)
+    _say(f"=== {name}: {config.train.steps} steps -> {run}")
+    t0 = time.time()
+    metrics = trainer.train(config, run)
+    wall = round(time.time() - t0, 1)
+    t0 = time.time()
+    model = teal_jax.load(run)
+    results = evaluators_lib.run_evaluators(evaluators_lib.make_evaluators(model.run_config), model, workdir=run,
+                                            step=int(config.train.steps))
+    cap, asr = results["caption"], results["asr"]
+    record = {"run": run, "steps": int(config.train.steps), "train_wall_s": wall,
+              "eval_wall_s": round(time.time() - t0, 1),
+              "final_loss": float(metrics.get("loss", float("nan"))),
+              "figures": {"caption_accuracy": cap["accuracy"], "caption_forced_choice": cap.get("forced_choice"),
+                          "caption_exact_match": cap["exact_match"], "asr_wer": asr["wer"],
+                          "asr_exact_match": asr.get("exact_match")}}
+    _write(done_file, record)
+    _say(f"{name}: caption {cap['accuracy']:.3f} (forced choice {cap.get('forced_choice', float('nan')):.3f}), "
+         f"ASR WER {asr['wer']:.3f}")
+    return record
+
+
+def report(out: str, kmeans: dict[str, dict], runs: dict[str, dict]) -> str:
+    """``report.md``: the three-way comparison and the audio k ablation, from the recorded results."""
+    lines = ["# Input tokenizers on the demo: reconstruction vs semantic vs continuous", "",
+             "Frozen text LM (stage 1), understanding tasks only (caption + asr), same steps, batch and seed; held-out "
+             "digits (captioning, greedy; forced choice over the ten digit words) and held-out voices (ASR WER, "
+             "greedy). Written by `python -m teal_jax.demo_semantic`.", "",
+             "| run | condition read through | caption accuracy | caption forced choice | ASR WER | ASR exact match "
+             "| train s |", "|---|---|---|---|---|---|---|"]
+    how = {"reconstruction": "image VQ codes (64) / codec level-1 codes (64)",
+           "continuous": "encoder latents (64-d) / MFCC frames (195-d), projected"}
+    for name, r in runs.items():
+        f = r["figures"]
+        read = how.get(name) or f"k-means: image {name.split('_i')[-1].split('_')[0]} / audio {name.split('_a')[-1]}"
+        fc = "" if f.get("caption_forced_choice") is None else f"{f['caption_forced_choice']:.3f}"
+        em = "" if f.get("asr_exact_match") is None else f"{f['asr_exact_match']:.3f}"
+        lines.append(f"| {name} | {read} | {f['caption_accuracy']:.3f} | {fc} | {f['asr_wer']:.3f} | {em} | "
+                     f"{r['train_wall_s']:.0f} |")
+    lines += ["", "k-means fits (share of the k codes used over the whole fit; perplexity of the code distribution "
+              "in the fit's last batch):", "", "| tokenizer | k | codes used | perplexity | fit s |",
+              "|---|---|---|---|---|"]
+    for name, k in kmeans.items():
+        usage = f"{k['total_usage']:.3f}" if "total_usage" in k else ""
+        ppl = f"{k['perplexity']:.1f}" if "perplexity" in k else ""
+        lines.append(f"| {name} | {k['k']} | {usage} | {ppl} | {k.get('wall_s', 0):.0f} |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text)
+    _write(os.path.join(out, "results.json"), {"kmeans": kmeans, "runs": runs})
+    return text
+
+
+def run(demo: str, *, audio_ks: list[int], image_k: int = 256, steps: int = 0) -> str:
+    for stage in ("text_lm", "image_tokenizer", "audio_codec"):
+        if not os.path.isfile(os.path.join(demo, stage, "stage_result.json")):
+            raise RuntimeError(f"{demo}/{stage} is missing: run `python -m teal_jax.demo --workdir={demo} "
+                               "--stages=text_lm,image_tokenizer,audio_codec` first")
+    out = os.path.join(demo, "semantic")
+    os.makedirs(out, exist_ok=True)
+    kmeans = {f"image_kmeans_{image_k}": fit_kmeans(demo, out, "image", image_k)}
+    for k in audio_ks:
+        kmeans[f"audio_kmeans_{k}"] = fit_kmeans(demo, out, "audio", k)
+    image_in = kmeans[f"image_kmeans_{image_k}"]["workdir"]
+    base_k = 256 if 256 in audio_ks else audio_ks[0]
+    runs = {"reconstruction": train_and_evaluate("reconstruction", teal_config(demo, "reconstruction", steps=steps),
+                                                 out)}
+    for k in [base_k] + [k for k in audio_ks if k != base_k]:
+        name = f"semantic_i{image_k}_a{k}"
+        cfg = teal_config(demo, "semantic", image_in=image_in, audio_in=kmeans[f"audio_kmeans_{k}"]["workdir"],
+                          image_k=image_k, audio_k=k, steps=steps)
+        runs[name] = train_and_evaluate(name, cfg, out)
+        if k == base_k:
+            cfg = teal_config(demo, "continuous", image_in=image_in,
+                              audio_in=kmeans[f"audio_kmeans_{k}"]["workdir"], steps=steps)
+            runs["continuous"] = train_and_evaluate("continuous", cfg, out)
+    text = report(out, kmeans, runs)
+    _say(text)
+    return text
+
+
+def main(argv) -> None:
+    from absl import app, flags, logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    f = flags.FLAGS
+    run(os.path.abspath(f.workdir), audio_ks=[int(k) for k in f.audio_ks], image_k=int(f.image_k), steps=f.steps)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("workdir", "runs/demo", "The demo's run directory (its text_lm, image_tokenizer, "
+                        "audio_codec stages must have finished).")
+    flags.DEFINE_list("audio_ks", ["64", "256", "1024"], "Codes of the audio k-means tokenizers (the ablation).")
+    flags.DEFINE_integer("image_k", 256, "Codes of the image k-means tokenizer.")
+    flags.DEFINE_integer("steps", 0, "TEAL steps per run (0: configs/teal/demo.py:understanding's).")
+    app.run(main)
