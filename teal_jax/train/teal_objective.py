@@ -441,5 +441,5 @@ class TealObjective(Objective):
 
     def flops_per_example(self, batch) -> float:
         lm = self.teal_config.lm
-        head = 6.0 * lm.embed_dim * self.vocab.nontext_size  # the non-text output head (forward + backward)
+        head = 6.0 * lm.embed_dim * self.vocab.head_size  # the non-text output head (forward + backward)
         return self.seq_len * (lm.flops_per_token(self.seq_len) + head)
