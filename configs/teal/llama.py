@@ -160,7 +160,12 @@ def get_config(arg: str | None = None):
         audio_num_levels=codec.num_levels,  # 32: what the codec emits (and the token datasets store)
         audio_scheme="first_levels",
         audio_keep_levels=2,  # 150 ids/s (module docstring)
-        pad_multiple=128))
+        pad_multiple=128,
+        # TEAL's own input side (docs/semantic_tokenizers.md): k-means codes of Whisper / CLIP features as separate
+        # input tokenizers: set data.audio_in_tokenizer / image_in_tokenizer to the kmeans_fit runs and these to k.
+        image_in_size=0,
+        audio_in_size=0))
+    c.model.image_in_dim = c.model.audio_in_dim = 0  # > 0: continuous features of that width (the baseline)
     c.model.embedding_init = "random"
     c.model.image_code_dim = 0
     c.model.audio_code_dim = 0
