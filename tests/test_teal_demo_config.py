@@ -56,3 +56,27 @@ def test_demo_stage_configs(tmp_path):
     assert demo.STAGE_ORDER.index("teal_expert") < demo.STAGE_ORDER.index("teal_stage1")
     quick = demo.teal_expert_config("quick", w)
     assert quick.train.steps < 50 and quick.data.audio_source.config == "tiny"
+
+
+def test_input_tokenizer_variants_match_the_kmeans_configs():
+    """semantic / continuous (teal_jax.demo_semantic): the input-only sizes and feature widths are those of the
+    k-means tokenizers the comparison fits (MFCC frames of configs/audio/speech_kmeans.py, the latents of the demo
+    image tokenizer, digits_tiny:coarse), and understanding trains only caption + asr."""
+    from configs.audio import speech_kmeans
+    from teal_jax.models.vqgan import VQGANConfig
+    from teal_jax.tokenizers.semantic_demo import tokenizer_from_section
+
+    mfcc = tokenizer_from_section(speech_kmeans.get_config().tokenizer)
+    latent = VQGANConfig.from_config(digits_tiny.get_config("coarse").model).latent_channels
+    cont = TealConfig.from_config(demo_cfg.get_config("understanding,continuous"))
+    assert (cont.audio_in_dim, cont.image_in_dim) == (mfcc.feature_dim, latent) == (195, 64)
+    assert (cont.vocab.image_in_size, cont.vocab.audio_in_size) == (demo_cfg.IMAGE_TOKENS, demo_cfg.AUDIO_FRAMES)
+    sem = TealConfig.from_config(demo_cfg.get_config("semantic,audio_k=64,image_k=128"))
+    assert (sem.vocab.image_in_size, sem.vocab.audio_in_size, sem.audio_in_dim) == (128, 64, 0)
+    base = TealConfig.from_config(demo_cfg.get_config(None))
+    assert sem.vocab.output_size == base.vocab.output_size == base.vocab.used_size  # output ids unchanged
+    und = demo_cfg.get_config("understanding")
+    assert {t for t, w in und.data.tasks.items() if w > 0} == {"caption", "asr"}
+    assert sorted(und.evals.keys()) == ["asr", "caption"]
+    with pytest.raises(ValueError, match="semantic"):
+        demo_cfg.get_config("semantic,continuous")
