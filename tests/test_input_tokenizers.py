@@ -416,3 +416,28 @@ def test_stream_rejects_input_records_of_other_records():
         assert d["index"] % 2 == 1
         np.testing.assert_array_equal(_condition(batch, d),
                                       VOCAB_IN.input_to_unified(IMAGE, image_in[d["index"]]["codes"]))
+
+
+def test_loss_is_finite_with_input_ids_in_the_row():
+    """Input-only ids are targets of the position before them (loss mask 0 there) and have -inf logits: the loss and
+    its gradient must stay finite, and equal the loss of the same row with those targets' statistics at id 0."""
+    from teal_jax.train.teal_objective import teal_loss
+
+    v = VOCAB_IN
+    model = T.TealLM(T.TealConfig(_lm_config(), v))
+    lo, _ = v.input_range(IMAGE)
+    tokens = jnp.asarray([[1, v.boi, lo, lo + 3, lo + 9, v.eoi, 5, 6, 7]], jnp.int32)
+    mask = jnp.asarray([[0, 0, 0, 0, 0, 0, 0, 1, 1]], jnp.float32)
+    params = _init(model, jax.random.key(0), tokens[:, :-1])
+    batch = {"tokens": tokens, "loss_mask": mask}
+
+    def loss(p):
+        return teal_loss(model.apply({"params": p}, tokens[:, :-1]), batch, v)[0]
+
+    value, grads = jax.value_and_grad(loss)(params)
+    assert np.isfinite(float(value))
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    logits = model.apply({"params": params}, tokens[:, :-1])
+    lp = jax.nn.log_softmax(logits[0, -2:], -1)
+    want = -(lp[0, 6] + lp[1, 7]) / 2  # the two text targets, mean over the mask
+    np.testing.assert_allclose(float(value), float(want), rtol=1e-5)

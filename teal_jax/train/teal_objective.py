@@ -165,7 +165,10 @@ def match_lm_scale(params: Any, init_std: float) -> Any:
 # ---- loss --------------------------------------------------------------------------------------------------------
 def teal_token_stats(logits: jax.Array, targets: jax.Array, vocab: UnifiedVocab, z: bool = True) -> dict:
     """logits [B, T, V], targets [B, T] -> float32 [B, T] statistics (:func:`chunked_loss.token_stats` plus
-    ``text_ce``: the cross-entropy over the text rows only, clipped targets)."""
+    ``text_ce``: the cross-entropy over the text rows only, clipped targets). A target no model can emit (an
+    input-only id: the condition of caption / asr, never a loss position) has a -inf logit; its statistics are
+    taken at id 0 instead, so the masked-out positions stay finite (inf * 0 would be NaN)."""
+    targets = jnp.where(targets < vocab.output_size, targets, 0)
     stats = chunked_loss.token_stats(logits, targets, z)
     text_logits = logits[..., : vocab.text_size]
     safe_targets = jnp.clip(targets, 0, vocab.text_size - 1)
