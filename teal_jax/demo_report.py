@@ -384,6 +384,14 @@ def write_report(workdir: str, variant: str, stage_results: dict[str, dict], eva
         lines += [f"## {title}", "", f"![{title}]({rel})", ""]
     for title, rel in evaluation.get("samples", {}).items():
         lines.append(f"- {title}: `{rel}`")
+    semantic = os.path.join(workdir, "semantic", "results.json")
+    if os.path.isfile(semantic):  # python -m teal_jax.demo_semantic (docs/semantic_tokenizers.md)
+        from teal_jax.demo_semantic import comparison_lines
+
+        with open(semantic) as f:
+            lines += ["## Input tokenizers: reconstruction vs semantic vs continuous", "",
+                      "Frozen LM, caption + asr only, same steps (`python -m teal_jax.demo_semantic`; "
+                      "`semantic/report.md`):", "", *comparison_lines(json.load(f)), ""]
     notes = evaluation.get("notes", [])
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]

@@ -14,6 +14,11 @@ each step skipped when it has finished (re-running resumes):
    ``continuous`` (the same encoders' features unquantised through a learned projection: the LLaVA /
    LLaMA-Adapter-style baseline).
 3. The ``caption`` and ``asr`` evaluators on each run's final checkpoint; ``report.md`` and ``results.json``.
+   ``--seeds=0,1,2`` repeats the three-way comparison with other seeds (the runs' ``config.seed``: initialisation and
+   the task stream's draws; the k ablation runs seed 0) and reports the mean and spread.
+
+The demo's own ``report.md`` (``python -m teal_jax.demo``, its evaluate stage) shows this comparison when
+``<workdir>/semantic/results.json`` exists; this command re-renders it at the end when the demo has been evaluated.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ def fit_kmeans(demo: str, out: str, modality: str, k: int) -> dict[str, Any]:
 
 
 def teal_config(demo: str, kind: str, *, image_in: str = "", audio_in: str = "", image_k: int = 256,
-                audio_k: int = 256, steps: int = 0) -> ml_collections.ConfigDict:
+                audio_k: int = 256, steps: int = 0, seed: int = 0) -> ml_collections.ConfigDict:
     """configs/teal/demo.py:understanding with the demo's paths and the input kind ('reconstruction' | 'semantic' |
     'continuous')."""
     arg = "understanding" + {"reconstruction": "", "semantic": f",semantic,image_k={image_k},audio_k={audio_k}",
@@ -92,6 +97,7 @@ def teal_config(demo: str, kind: str, *, image_in: str = "", audio_in: str = "",
         c.data.image_in_tokenizer, c.data.audio_in_tokenizer = image_in, audio_in
     if steps:
         c.train.steps = c.train.eval_every = c.train.checkpoint_every = int(steps)
+    c.seed = int(seed)
     return c
 
 
@@ -115,7 +121,7 @@ def train_and_evaluate(name: str, config: ml_collections.ConfigDict, out: str) -
     results = evaluators_lib.run_evaluators(evaluators_lib.make_evaluators(model.run_config), model, workdir=run,
                                             step=int(config.train.steps))
     cap, asr = results["caption"], results["asr"]
-    record = {"run": run, "steps": int(config.train.steps), "train_wall_s": wall,
+    record = {"run": run, "steps": int(config.train.steps), "seed": int(config.seed), "train_wall_s": wall,
               "eval_wall_s": round(time.time() - t0, 1),
               "final_loss": float(metrics.get("loss", float("nan"))),
               "figures": {"caption_accuracy": cap["accuracy"], "caption_forced_choice": cap.get("forced_choice"),
@@ -127,38 +133,72 @@ def train_and_evaluate(name: str, config: ml_collections.ConfigDict, out: str) -
     return record
 
 
-def report(out: str, kmeans: dict[str, dict], runs: dict[str, dict]) -> str:
-    """``report.md``: the three-way comparison and the audio k ablation, from the recorded results."""
-    lines = ["# Input tokenizers on the demo: reconstruction vs semantic vs continuous", "",
-             "Frozen text LM (stage 1), understanding tasks only (caption + asr), same steps, batch and seed; held-out "
-             "digits (captioning, greedy; forced choice over the ten digit words) and held-out voices (ASR WER, "
-             "greedy). Written by `python -m teal_jax.demo_semantic`.", "",
-             "| run | condition read through | caption accuracy | caption forced choice | ASR WER | ASR exact match "
-             "| train s |", "|---|---|---|---|---|---|---|"]
-    how = {"reconstruction": "image VQ codes (64) / codec level-1 codes (64)",
-           "continuous": "encoder latents (64-d) / MFCC frames (195-d), projected"}
-    for name, r in runs.items():
-        f = r["figures"]
-        read = how.get(name) or f"k-means: image {name.split('_i')[-1].split('_')[0]} / audio {name.split('_a')[-1]}"
-        fc = "" if f.get("caption_forced_choice") is None else f"{f['caption_forced_choice']:.3f}"
-        em = "" if f.get("asr_exact_match") is None else f"{f['asr_exact_match']:.3f}"
-        lines.append(f"| {name} | {read} | {f['caption_accuracy']:.3f} | {fc} | {f['asr_wer']:.3f} | {em} | "
-                     f"{r['train_wall_s']:.0f} |")
-    lines += ["", "k-means fits (share of the k codes used over the whole fit; perplexity of the code distribution "
-              "in the fit's last batch):", "", "| tokenizer | k | codes used | perplexity | fit s |",
+FIGURE_KEYS = ("caption_accuracy", "caption_forced_choice", "asr_wer", "asr_exact_match")
+CONDITIONS = {"reconstruction": "image VQ codes (64) / codec level-1 codes (64)",
+              "semantic": "k-means codes: image {image_k} / audio {audio_k}",
+              "continuous": "encoder latents (64-d) / MFCC frames (195-d), projected"}
+
+
+def _group(name: str) -> str:
+    """Run name -> its condition (seeds collapsed): 'reconstruction_s1' -> 'reconstruction'."""
+    return name.rsplit("_s", 1)[0] if "_s" in name and name.rsplit("_s", 1)[1].isdigit() else name
+
+
+def comparison_lines(results: dict[str, Any]) -> list[str]:
+    """Markdown tables of a ``results.json`` (the demo report's section and ``report.md``): per condition the mean
+    (and the spread over seeds, min-max, when there are several) of each figure, then the k-means fits."""
+    import numpy as np
+
+    groups: dict[str, list[dict]] = {}
+    for name, r in results["runs"].items():
+        groups.setdefault(_group(name), []).append(r)
+    lines = ["| run | condition read through | seeds | caption accuracy | caption forced choice | ASR WER | "
+             "ASR exact match | train s |", "|---|---|---|---|---|---|---|---|"]
+    for name, rs in groups.items():
+        if name.startswith("semantic_i"):
+            image_k, audio_k = name[len("semantic_i"):].split("_a")
+            how = CONDITIONS["semantic"].format(image_k=image_k, audio_k=audio_k)
+        else:
+            how = CONDITIONS.get(name, name)
+        cells = []
+        for key in FIGURE_KEYS:
+            vals = np.asarray([r["figures"][key] for r in rs if r["figures"].get(key) is not None], float)
+            if not len(vals):
+                cells.append("")
+            elif len(vals) == 1:
+                cells.append(f"{vals[0]:.3f}")
+            else:
+                cells.append(f"{vals.mean():.3f} ({vals.min():.3f}-{vals.max():.3f})")
+        seeds = ",".join(str(r.get("seed", 0)) for r in rs)
+        wall = np.mean([r["train_wall_s"] for r in rs])
+        lines.append(f"| {name} | {how} | {seeds} | " + " | ".join(cells) + f" | {wall:.0f} |")
+    lines += ["", "k-means fits (share of the k codes used over the whole fit; perplexity of the code distribution in "
+              "the fit's last batch):", "", "| tokenizer | k | codes used | perplexity | fit s |",
               "|---|---|---|---|---|"]
-    for name, k in kmeans.items():
+    for name, k in results["kmeans"].items():
         usage = f"{k['total_usage']:.3f}" if "total_usage" in k else ""
         ppl = f"{k['perplexity']:.1f}" if "perplexity" in k else ""
         lines.append(f"| {name} | {k['k']} | {usage} | {ppl} | {k.get('wall_s', 0):.0f} |")
+    return lines
+
+
+def report(out: str, kmeans: dict[str, dict], runs: dict[str, dict]) -> str:
+    """``report.md`` and ``results.json``: the three-way comparison and the audio k ablation."""
+    results = {"kmeans": kmeans, "runs": runs}
+    steps = sorted({r["steps"] for r in runs.values()})
+    lines = ["# Input tokenizers on the demo: reconstruction vs semantic vs continuous", "",
+             f"Frozen text LM (stage 1), understanding tasks only (caption + asr), {'/'.join(map(str, steps))} steps "
+             "each, same batch; held-out digits (captioning: greedy generation; forced choice over the ten digit "
+             "words) and held-out voices (ASR WER, greedy). Written by `python -m teal_jax.demo_semantic`.", "",
+             *comparison_lines(results)]
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
-    _write(os.path.join(out, "results.json"), {"kmeans": kmeans, "runs": runs})
+    _write(os.path.join(out, "results.json"), results)
     return text
 
 
-def run(demo: str, *, audio_ks: list[int], image_k: int = 256, steps: int = 0) -> str:
+def run(demo: str, *, audio_ks: list[int], image_k: int = 256, steps: int = 0, seeds: tuple[int, ...] = (0,)) -> str:
     for stage in ("text_lm", "image_tokenizer", "audio_codec"):
         if not os.path.isfile(os.path.join(demo, stage, "stage_result.json")):
             raise RuntimeError(f"{demo}/{stage} is missing: run `python -m teal_jax.demo --workdir={demo} "
@@ -170,19 +210,27 @@ def run(demo: str, *, audio_ks: list[int], image_k: int = 256, steps: int = 0) -
         kmeans[f"audio_kmeans_{k}"] = fit_kmeans(demo, out, "audio", k)
     image_in = kmeans[f"image_kmeans_{image_k}"]["workdir"]
     base_k = 256 if 256 in audio_ks else audio_ks[0]
-    runs = {"reconstruction": train_and_evaluate("reconstruction", teal_config(demo, "reconstruction", steps=steps),
-                                                 out)}
-    for k in [base_k] + [k for k in audio_ks if k != base_k]:
-        name = f"semantic_i{image_k}_a{k}"
-        cfg = teal_config(demo, "semantic", image_in=image_in, audio_in=kmeans[f"audio_kmeans_{k}"]["workdir"],
-                          image_k=image_k, audio_k=k, steps=steps)
-        runs[name] = train_and_evaluate(name, cfg, out)
-        if k == base_k:
-            cfg = teal_config(demo, "continuous", image_in=image_in,
-                              audio_in=kmeans[f"audio_kmeans_{k}"]["workdir"], steps=steps)
-            runs["continuous"] = train_and_evaluate("continuous", cfg, out)
+    audio_in = {k: kmeans[f"audio_kmeans_{k}"]["workdir"] for k in audio_ks}
+    runs: dict[str, dict] = {}
+    for seed in seeds:
+        tag = "" if seed == 0 else f"_s{seed}"
+        for kind, name in (("reconstruction", "reconstruction"), ("semantic", f"semantic_i{image_k}_a{base_k}"),
+                           ("continuous", "continuous")):
+            cfg = teal_config(demo, kind, image_in=image_in, audio_in=audio_in[base_k], image_k=image_k,
+                              audio_k=base_k, steps=steps, seed=seed)
+            runs[name + tag] = train_and_evaluate(name + tag, cfg, out)
+    for k in audio_ks:  # the vocabulary-size ablation (seed 0)
+        if k != base_k:
+            name = f"semantic_i{image_k}_a{k}"
+            cfg = teal_config(demo, "semantic", image_in=image_in, audio_in=audio_in[k], image_k=image_k, audio_k=k,
+                              steps=steps)
+            runs[name] = train_and_evaluate(name, cfg, out)
     text = report(out, kmeans, runs)
     _say(text)
+    if os.path.isfile(os.path.join(demo, "evaluate", "results.json")):  # the demo's report gains the section
+        from teal_jax import demo_evaluate
+
+        demo_evaluate.evaluate_stage(demo, "default", {})
     return text
 
 
@@ -193,7 +241,8 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
-    run(os.path.abspath(f.workdir), audio_ks=[int(k) for k in f.audio_ks], image_k=int(f.image_k), steps=f.steps)
+    run(os.path.abspath(f.workdir), audio_ks=[int(k) for k in f.audio_ks], image_k=int(f.image_k), steps=f.steps,
+        seeds=tuple(int(s) for s in f.seeds))
 
 
 if __name__ == "__main__":
@@ -204,4 +253,5 @@ if __name__ == "__main__":
     flags.DEFINE_list("audio_ks", ["64", "256", "1024"], "Codes of the audio k-means tokenizers (the ablation).")
     flags.DEFINE_integer("image_k", 256, "Codes of the image k-means tokenizer.")
     flags.DEFINE_integer("steps", 0, "TEAL steps per run (0: configs/teal/demo.py:understanding's).")
+    flags.DEFINE_list("seeds", ["0"], "Seeds of the three-way comparison (each condition trains once per seed).")
     app.run(main)
