@@ -634,6 +634,118 @@ def test_trainer_runs_on_task_data_and_reuses_the_token_datasets(env, tmp_path, 
     assert all(d["index"] in test_idx for d in ev.last_draws if d["task"] in TC.IMAGE_TASKS)
 
 
+@pytest.fixture(scope="module")
+def input_runs(env):
+    """Fitted smoke k-means input tokenizers over the env's data: MFCC frames (8 codes) and the image tokenizer's
+    encoder latents (8 codes)."""
+    from configs.audio import speech_kmeans
+    from configs.image import digits_kmeans
+    from teal_jax.train import kmeans_fit
+
+    runs = {}
+    for m, c in (("audio", speech_kmeans.get_config("smoke")),
+                 ("image", digits_kmeans.get_config(f"smoke,checkpoint={env['image_run']}"))):
+        runs[m] = str(env["root"] / f"{m}_kmeans")
+        kmeans_fit.fit_from_config(c, runs[m], data_dir=env["data_dir"], log=lambda _: None)
+    return runs
+
+
+def _input_config(env, input_runs, features: bool):
+    from teal_jax.tokenizers import kmeans
+
+    c = _task_config(env, seq_len=80, tasks=dict(caption=1.0, asr=1.0, t2i=0.0, tts=0.0, lm=0.0, reason_t2i=0.0,
+                                                 reason_tts=0.0),
+                     image_in_tokenizer=input_runs["image"], audio_in_tokenizer=input_runs["audio"],
+                     image_in_features=features, audio_in_features=features)
+    c.model.vocab.audio_scheme, c.model.vocab.audio_keep_levels = "first_levels", 1
+    image, audio = kmeans.from_checkpoint(input_runs["image"]), kmeans.from_checkpoint(input_runs["audio"])
+    if features:  # span positions: 4 x 4 latent cells, 25 MFCC frames (hop 320) per 0.5 s
+        c.model.vocab.image_in_size = int(np.prod(image.token_grid))
+        c.model.vocab.audio_in_size = int(SECONDS * audio.frame_rate)
+        c.model.image_in_dim, c.model.audio_in_dim = image.feature_dim, audio.feature_dim
+    else:
+        c.model.vocab.image_in_size, c.model.vocab.audio_in_size = image.vocab_size, audio.vocab_size
+    return c
+
+
+@pytest.mark.parametrize("features", [False, True])
+def test_input_tokenizers_write_the_conditions(env, input_runs, tmp_path, features):
+    """data.{image,audio}_in_tokenizer (a kmeans_tokenizer run): the same records pre-tokenized by the input
+    tokenizer write every caption / asr condition (ids of the input-only ranges, never the output codes); with
+    *_in_features the batch carries the encoder's features at exactly those ids."""
+    from teal_jax.tokenizers import kmeans
+    from teal_jax.train import teal_objective as TO
+    from teal_jax.vocab import AUDIO, IMAGE
+
+    c = _input_config(env, input_runs, features)
+    obj = TO.TealObjective(c)
+    obj.prepare(str(tmp_path / "teal"))
+    v = obj.vocab
+    stream = obj.make_data("train", batch_size=4, process_index=0, process_count=1)
+    batch = next(stream)
+    toks = batch["tokens"]
+    out_codes = (toks >= v.image_offset) & (toks < v.output_size)
+    assert not out_codes.any()  # caption / asr only: every image/audio id is an input id
+    for m, modality in (("image", IMAGE), ("audio", AUDIO)):
+        lo, hi = v.input_range(modality)
+        inside = (toks >= lo) & (toks < hi)
+        assert inside.any() and not batch["loss_mask"][inside].any()
+        assert (batch["modality"][inside] == modality).all()
+        if not features:
+            assert f"features_{m}" not in batch
+            continue
+        feats = batch[f"features_{m}"]
+        assert feats.shape == toks.shape + (getattr(c.model, f"{m}_in_dim"),)
+        assert not feats[~inside].any() and np.abs(feats[inside]).sum(-1).min() > 0
+    # the stored conditions are the input tokenizer's own output on the same record
+    d = next(d for d in stream.last_draws if d["task"] == "caption")
+    img = TS.open_sources({"kind": "digits"}, "image", data_dir=env["data_dir"], image_size=16)["train"][d["index"]]
+    x = center_crop_resize(convert_channels(np.asarray(img["image"]), 1), 16)[None]
+    tok = kmeans.from_checkpoint(input_runs["image"])
+    seg = (batch["segment_ids"][d["row"]] == d["segment"])
+    row_ids = toks[d["row"]][seg]
+    lo, hi = v.input_range(IMAGE)
+    if features:
+        np.testing.assert_array_equal(row_ids[(row_ids >= lo) & (row_ids < hi)] - lo, np.arange(16))
+        got = batch["features_image"][d["row"]][seg][(row_ids >= lo) & (row_ids < hi)]
+        np.testing.assert_allclose(got, np.asarray(tok.encode_features(x))[0], rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(row_ids[(row_ids >= lo) & (row_ids < hi)] - lo,
+                                      np.asarray(tok.encode(x)).reshape(-1))
+
+
+def test_continuous_inputs_train_and_caption(env, input_runs, tmp_path, devices):
+    """The continuous-feature baseline end to end: two trainer steps (finite loss: input ids are masked targets
+    with -inf logits), then teal_jax.load -> caption / transcribe through the input tokenizer, whose features reach
+    the sampler's prefill (greedy captions equal the argmax of a full forward with the features)."""
+    import teal_jax
+    from teal_jax.train import trainer as trainer_lib
+
+    c = _input_config(env, input_runs, True)
+    c.train.steps, c.train.batch_size, c.train.log_every = 2, 8, 1
+    c.train.eval_every, c.train.checkpoint_every, c.train.async_checkpoints = 0, 1000, False
+    run = str(tmp_path / "teal")
+    with jax.default_prng_impl("rbg"):
+        metrics = trainer_lib.train(c, run, devices=jax.devices()[:1])
+    assert np.isfinite(metrics["loss"])
+    model = teal_jax.load(run)
+    assert set(model.in_tokenizers) == {"image", "audio"}
+    images = TS.open_sources({"kind": "digits"}, "image", data_dir=env["data_dir"], image_size=16)["test"]
+    x = np.stack([center_crop_resize(convert_channels(np.asarray(images[i]["image"]), 1), 16) for i in range(3)])
+    captions = model.caption(x, max_new_tokens=1)
+    ids, feats = model.condition_ids("image", x)
+    prompts, prefill = model.condition_prompts("caption", ids, feats)
+    logits = model.logits(np.asarray(prompts), features_image=np.stack(prefill["features_image"]))
+    first = np.argmax(logits[:, -1, : model.vocab.text_size], -1)
+    assert captions == [model.text_tokenizer.decode([int(t)]) if int(t) != model.text_tokenizer.eos_id else ""
+                        for t in first]
+    no_feats = model.logits(np.asarray(prompts))
+    t = model.vocab.text_size
+    assert np.abs(no_feats[:, -1, :t] - logits[:, -1, :t]).max() > 1e-4  # the features matter
+    clip = np.zeros(8000, np.float32)
+    assert len(model.transcribe([clip, clip], 16000, max_new_tokens=2)) == 2
+
+
 def test_no_tensorflow_was_imported():
     """Runs last: building, reading and streaming the token datasets never imported TensorFlow."""
     assert "tensorflow" not in sys.modules
