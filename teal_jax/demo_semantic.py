@@ -14,6 +14,9 @@ each step skipped when it has finished (re-running resumes):
    ``continuous`` (the same encoders' features unquantised through a learned projection: the LLaVA /
    LLaMA-Adapter-style baseline).
 3. The ``caption`` and ``asr`` evaluators on each run's final checkpoint; ``report.md`` and ``results.json``.
+4. A diagnostic beside them: linear probes (``teal_jax.evaluate.probe``) from each condition's tokens / features
+   to the digit label (held-out digits; spoken digits of held-out voices), so a gap between conditions can be
+   placed in the tokens (the probe fails too) or in the LM reading them (the probe succeeds).
    ``--seeds=0,1,2`` repeats the three-way comparison with other seeds (the runs' ``config.seed``: initialisation and
    the task stream's draws; the k ablation runs seed 0) and reports the mean and spread.
 
@@ -179,12 +182,47 @@ def comparison_lines(results: dict[str, Any]) -> list[str]:
         usage = f"{k['total_usage']:.3f}" if "total_usage" in k else ""
         ppl = f"{k['perplexity']:.1f}" if "perplexity" in k else ""
         lines.append(f"| {name} | {k['k']} | {usage} | {ppl} | {k.get('wall_s', 0):.0f} |")
+    probes = results.get("probes") or {}
+    if probes:
+        lines += ["", "Diagnostic: linear probes (logistic regression, `teal_jax/evaluate/probe.py`) from each "
+                  "condition's inputs to the digit, no LM involved (held-out digits; held-out voices' spoken digits):",
+                  "", "| condition | image probe accuracy | audio probe accuracy (spoken digits) | chance (image / "
+                  "audio) |", "|---|---|---|---|"]
+        for name, p in probes.items():
+            lines.append(f"| {name} | {p['image']['accuracy']:.3f} | {p['audio']['accuracy']:.3f} | "
+                         f"{p['image']['chance']:.3f} / {p['audio']['chance']:.3f} |")
     return lines
 
 
-def report(out: str, kmeans: dict[str, dict], runs: dict[str, dict]) -> str:
+def probe_condition(name: str, config: ml_collections.ConfigDict, out: str) -> dict[str, Any]:
+    """Linear probes of one condition's image and audio inputs (the token datasets its run trained on)."""
+    from teal_jax.data.teal.prepare import prepare_task_data
+    from teal_jax.data.teal.token_dataset import token_source
+    from teal_jax.evaluate import probe
+    from teal_jax.models.teal import TealConfig
+
+    done_file = os.path.join(out, f"probe_{name}.json")
+    done = _done(done_file)
+    if done is not None:
+        return done
+    vocab = TealConfig.from_config(config).vocab
+    prepared = prepare_task_data(config, None, vocab, verbose=False)
+    record: dict[str, Any] = {}
+    for m in ("image", "audio"):
+        manifest = prepared.get(f"{m}_in") or prepared[m]
+        tok = manifest["tokenizer"]
+        k = 0 if tok.get("features") else int(tok["codebook_size"])
+        keep = vocab.audio_levels_used if (m == "audio" and manifest is prepared[m]) else 0
+        record[m] = probe.probe_records(token_source(manifest, "train"), token_source(manifest, "test"),
+                                        num_codes=k, keep_levels=keep)
+    _write(done_file, record)
+    _say(f"probe {name}: image {record['image']['accuracy']:.3f}, audio {record['audio']['accuracy']:.3f}")
+    return record
+
+
+def report(out: str, kmeans: dict[str, dict], runs: dict[str, dict], probes: dict[str, dict] | None = None) -> str:
     """``report.md`` and ``results.json``: the three-way comparison and the audio k ablation."""
-    results = {"kmeans": kmeans, "runs": runs}
+    results = {"kmeans": kmeans, "runs": runs, "probes": probes or {}}
     steps = sorted({r["steps"] for r in runs.values()})
     lines = ["# Input tokenizers on the demo: reconstruction vs semantic vs continuous", "",
              f"Frozen text LM (stage 1), understanding tasks only (caption + asr), {'/'.join(map(str, steps))} steps "
@@ -225,7 +263,13 @@ def run(demo: str, *, audio_ks: list[int], image_k: int = 256, steps: int = 0, s
             cfg = teal_config(demo, "semantic", image_in=image_in, audio_in=audio_in[k], image_k=image_k, audio_k=k,
                               steps=steps)
             runs[name] = train_and_evaluate(name, cfg, out)
-    text = report(out, kmeans, runs)
+    probes = {}
+    for kind, name in (("reconstruction", "reconstruction"), ("semantic", f"semantic_i{image_k}_a{base_k}"),
+                       ("continuous", "continuous")):
+        cfg = teal_config(demo, kind, image_in=image_in, audio_in=audio_in[base_k], image_k=image_k, audio_k=base_k,
+                          steps=steps)
+        probes[name] = probe_condition(name, cfg, out)
+    text = report(out, kmeans, runs, probes)
     _say(text)
     if os.path.isfile(os.path.join(demo, "evaluate", "results.json")):  # the demo's report gains the section
         from teal_jax import demo_evaluate
