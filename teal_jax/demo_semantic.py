@@ -17,8 +17,8 @@ each step skipped when it has finished (re-running resumes):
 4. A diagnostic beside them: linear probes (``teal_jax.evaluate.probe``) from each condition's tokens / features
    to the digit label (held-out digits; spoken digits of held-out voices), so a gap between conditions can be
    placed in the tokens (the probe fails too) or in the LM reading them (the probe succeeds).
-   ``--seeds=0,1,2`` repeats the three-way comparison with other seeds (the runs' ``config.seed``: initialisation and
-   the task stream's draws; the k ablation runs seed 0) and reports the mean and spread.
+   ``--seeds=0,1,2`` repeats every run with other seeds (the runs' ``config.seed``: initialisation and the task
+   stream's draws) and reports the mean and spread.
 
 The demo's own ``report.md`` (``python -m teal_jax.demo``, its evaluate stage) shows this comparison when
 ``<workdir>/semantic/results.json`` exists; this command re-renders it at the end when the demo has been evaluated.
@@ -257,12 +257,14 @@ def run(demo: str, *, audio_ks: list[int], image_k: int = 256, steps: int = 0, s
             cfg = teal_config(demo, kind, image_in=image_in, audio_in=audio_in[base_k], image_k=image_k,
                               audio_k=base_k, steps=steps, seed=seed)
             runs[name + tag] = train_and_evaluate(name + tag, cfg, out)
-    for k in audio_ks:  # the vocabulary-size ablation (seed 0)
-        if k != base_k:
-            name = f"semantic_i{image_k}_a{k}"
-            cfg = teal_config(demo, "semantic", image_in=image_in, audio_in=audio_in[k], image_k=image_k, audio_k=k,
-                              steps=steps)
-            runs[name] = train_and_evaluate(name, cfg, out)
+    for seed in seeds:  # the vocabulary-size ablation of the audio k-means tokenizer
+        tag = "" if seed == 0 else f"_s{seed}"
+        for k in audio_ks:
+            if k != base_k:
+                name = f"semantic_i{image_k}_a{k}"
+                cfg = teal_config(demo, "semantic", image_in=image_in, audio_in=audio_in[k], image_k=image_k,
+                                  audio_k=k, steps=steps, seed=seed)
+                runs[name + tag] = train_and_evaluate(name + tag, cfg, out)
     probes = {}
     for kind, name in (("reconstruction", "reconstruction"), ("semantic", f"semantic_i{image_k}_a{base_k}"),
                        ("continuous", "continuous")):
