@@ -132,6 +132,7 @@ class TealTaskStream(IndexedIterator):
         # input-only records: the same records (checked by index), read on the condition side of caption / asr
         self.in_records: dict[str, Sequence[dict[str, Any]]] = {}
         self.in_features = {m: bool(f) for m, f in (in_features or {}).items()}
+        self._in_len: dict[str, int] = {}  # condition ids per input record
         for m, src in {"image": image_in, "audio": audio_in}.items():
             if src is not None and m in self.records:
                 self.in_records[m] = self._read_input(m, src)
@@ -176,6 +177,7 @@ class TealTaskStream(IndexedIterator):
         return self._finish(modality, shard, indices, labels, texts)
 
     def _read_input(self, modality: str, source: Sequence[dict[str, Any]]):
+        """This host's shard of the input-only records, after checking record i is the output records' record i."""
         out = self.records[modality]
         if len(source) <= int(out.indices[-1]):
             raise ValueError(f"the {self.split} {modality} input-tokenizer records ({len(source)}) are not the output "
@@ -193,7 +195,6 @@ class TealTaskStream(IndexedIterator):
                                  f"the output tokenizer's (source index {mine[bad - start]} vs {theirs[bad - start]}): "
                                  "both token datasets must come from the same source and clip span")
         first = np.asarray(shard[0]["codes"])
-        self._in_len = getattr(self, "_in_len", {})
         self._in_len[modality] = first.shape[0] if self.in_features.get(modality) else first.size
         return shard
 
