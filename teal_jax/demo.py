@@ -82,7 +82,9 @@ def audio_codec_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
     return c
 
 
-def _teal_config(variant: str, workdir: str, teal_variant: str) -> ml_collections.ConfigDict:
+def teal_config(variant: str, workdir: str, teal_variant: str) -> ml_collections.ConfigDict:
+    """configs/teal/demo.py:``teal_variant`` (quick variant: plus ``smoke``) with the demo's paths under ``workdir``:
+    base LM, tokenizers, data and the shared token dir."""
     arg = ",".join(v for v in (teal_variant, "smoke" if variant == "quick" else "") if v)
     c = _config("configs.teal.demo", arg)
     data_dir = os.path.join(workdir, "data")
@@ -96,7 +98,7 @@ def _teal_config(variant: str, workdir: str, teal_variant: str) -> ml_collection
 
 
 def teal_stage1_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
-    c = _teal_config(variant, workdir, "")
+    c = teal_config(variant, workdir, "")
     if variant != "quick":  # keep the checkpoint at the ablations' step count: the evaluate stage compares them
         c.train.checkpoint_every = ABLATION_STEPS
         c.train.keep_checkpoints = max(c.train.keep_checkpoints, -(-c.train.steps // ABLATION_STEPS))
@@ -104,11 +106,11 @@ def teal_stage1_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
 
 
 def teal_expert_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
-    return _teal_config(variant, workdir, "expert")
+    return teal_config(variant, workdir, "expert")
 
 
 def teal_stage2_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
-    c = _teal_config(variant, workdir, "stage2")
+    c = teal_config(variant, workdir, "stage2")
     c.model.base_lm_workdir = os.path.join(workdir, "teal_stage1")  # every TEAL parameter from stage 1
     return c
 
@@ -125,18 +127,18 @@ def _ablation_budget(c: ml_collections.ConfigDict, variant: str) -> ml_collectio
 
 
 def ablation_codebook_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
-    c = _teal_config(variant, workdir, "codebook")
+    c = teal_config(variant, workdir, "codebook")
     c.model.image_codebook = os.path.join(workdir, "codebooks", "image.npy")
     c.model.audio_codebook = os.path.join(workdir, "codebooks", "audio.npy")
     return _ablation_budget(c, variant)
 
 
 def ablation_full_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
-    return _ablation_budget(_teal_config(variant, workdir, "full"), variant)
+    return _ablation_budget(teal_config(variant, workdir, "full"), variant)
 
 
 def ablation_lora_config(variant: str, workdir: str) -> ml_collections.ConfigDict:
-    return _ablation_budget(_teal_config(variant, workdir, "lora"), variant)
+    return _ablation_budget(teal_config(variant, workdir, "lora"), variant)
 
 
 TRAIN_STAGES: dict[str, Callable[[str, str], ml_collections.ConfigDict]] = {

@@ -86,16 +86,11 @@ def teal_config(demo: str, kind: str, *, image_in: str = "", audio_in: str = "",
                 audio_k: int = 256, steps: int = 0, seed: int = 0) -> ml_collections.ConfigDict:
     """configs/teal/demo.py:understanding with the demo's paths and the input kind ('reconstruction' | 'semantic' |
     'continuous')."""
+    from teal_jax import demo as demo_lib
+
     arg = "understanding" + {"reconstruction": "", "semantic": f",semantic,image_k={image_k},audio_k={audio_k}",
                              "continuous": ",continuous"}[kind]
-    c = _config("configs.teal.demo", arg)
-    data_dir = os.path.join(demo, "data")
-    c.model.base_lm_workdir = os.path.join(demo, "text_lm")
-    c.data.image_tokenizer = os.path.join(demo, "image_tokenizer")
-    c.data.audio_tokenizer = os.path.join(demo, "audio_codec")
-    c.data.image_source.data_dir = data_dir
-    c.data.audio_source.data_dir = data_dir
-    c.data.tokens_dir = os.path.join(demo, "tokens")  # shared with the demo's runs: each dataset tokenized once
+    c = demo_lib.teal_config("default", demo, arg)  # the demo's paths; its token datasets are shared
     if kind != "reconstruction":
         c.data.image_in_tokenizer, c.data.audio_in_tokenizer = image_in, audio_in
     if steps:
