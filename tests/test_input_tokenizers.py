@@ -434,7 +434,7 @@ def test_loss_is_finite_with_input_ids_in_the_row():
     def loss(p):
         return teal_loss(model.apply({"params": p}, tokens[:, :-1]), batch, v)[0]
 
-    value, grads = jax.value_and_grad(loss)(params)
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
     assert np.isfinite(float(value))
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
     logits = model.apply({"params": params}, tokens[:, :-1])
