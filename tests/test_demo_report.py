@@ -153,7 +153,7 @@ def test_evaluate_run_chooses_guidance_on_validation_then_evaluates_held_out_wit
     assert info["guidance"] == given
 
 
-def test_report_leads_with_the_expert_run_then_strict_teal_then_settings_and_ablations(tmp_path):
+def _evaluation(tmp_path):
     expert = dict(MET, caption_accuracy=0.97, text_logits_bitwise_equal=True, guidance_image=2.0)
     stage1 = dict(MET, caption_accuracy=0.8, t2i_accuracy=0.7, tts_accuracy=0.2, text_logits_bitwise_equal=True)
     val = {"chosen": 2.0, "accuracy": {"1": 0.5, "2": 0.7, "3": 0.6}, "digit_accuracy": {"1": 0.6, "2": 0.8, "3": 0.7},
@@ -168,7 +168,12 @@ def test_report_leads_with_the_expert_run_then_strict_teal_then_settings_and_abl
         "timing": {"teal_expert": {"validation_s": 40.0, "generation_s": 30.0}},
         "grids": {"teal_expert": {"text-to-image, one row per prompted digit": "samples/teal_expert/t2i/t2i_grid.png"}},
         "wav_dirs": {"teal_expert": ["samples/teal_expert/tts"]}, "wall_s": 300.0}
-    text = open(R.write_report(str(tmp_path), "default", {}, evaluation)).read()
+    return evaluation
+
+
+def test_report_leads_with_the_expert_run_then_strict_teal_then_settings_and_ablations(tmp_path):
+    text = open(R.write_report(str(tmp_path), "default", {}, _evaluation(tmp_path))).read()
+    assert "## Input tokenizers" not in text  # no teal_jax.demo_semantic results
     order = [text.index(h) for h in ("## Main result: frozen LM + modality-expert attention", "## Strict TEAL",
                                      "## Sampling settings", "## Every TEAL run")]
     assert order == sorted(order)
@@ -244,3 +249,30 @@ def test_evaluate_stage_evaluates_the_finished_runs_in_order_and_ablations_borro
     assert "stage 1's checkpoint at step 5" in results["notes"][1]
     report = (tmp_path / "report.md").read_text()
     assert report.index("## Main result: frozen LM + modality-expert attention") < report.index("## Strict TEAL")
+
+
+def test_input_tokenizer_comparison_in_both_reports(tmp_path):
+    """teal_jax.demo_semantic's report: per condition the mean and min-max over seeds, the k-means fits, the probes;
+    the demo's report.md shows the same tables once semantic/results.json exists."""
+    from teal_jax import demo_semantic as S
+
+    def run(cap, wer, seed):
+        return {"steps": 600, "seed": seed, "train_wall_s": 100.0, "eval_wall_s": 5.0,
+                "figures": {"caption_accuracy": cap, "caption_forced_choice": cap, "caption_exact_match": cap,
+                            "asr_wer": wer, "asr_exact_match": 0.5}}
+
+    runs = {"reconstruction": run(0.8, 0.5, 0), "semantic_i256_a256": run(0.9, 0.4, 0),
+            "reconstruction_s1": run(0.7, 0.6, 1), "semantic_i256_a64": run(0.85, 0.45, 0)}
+    kmeans = {"audio_kmeans_64": {"k": 64, "total_usage": 1.0, "perplexity": 55.6, "wall_s": 12.0}}
+    probes = {"reconstruction": {m: {"accuracy": 0.95, "chance": 0.1} for m in ("image", "audio")}}
+    out = tmp_path / "semantic"
+    out.mkdir()
+    text = S.report(str(out), kmeans, runs, probes)
+    assert "| reconstruction | image VQ codes (64) / codec level-1 codes (64) | 0,1 | 0.750 (0.700-0.800) |" in text
+    assert "| 0.550 (0.500-0.600) |" in text  # WER mean and range over the two seeds
+    assert "| semantic_i256_a64 | k-means codes: image 256 / audio 64 | 0 | 0.850 |" in text
+    assert "| audio_kmeans_64 | 64 | 1.000 | 55.6 | 12 |" in text
+    assert "| reconstruction | 0.950 | 0.950 | 0.100 / 0.100 |" in text
+    demo_report = open(R.write_report(str(tmp_path), "default", {}, _evaluation(tmp_path))).read()
+    section = demo_report[demo_report.index("## Input tokenizers"):]
+    assert "| reconstruction | image VQ codes (64) / codec level-1 codes (64) | 0,1 | 0.750 (0.700-0.800) |" in section
