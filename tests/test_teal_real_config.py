@@ -377,6 +377,59 @@ def test_stage1_prepares_mock_coco_and_librispeech_and_keeps_the_llama_frozen(en
     assert obj2._base[0] == "teal" and _same_tree(obj2._base[1], p2["model"])
 
 
+@pytest.mark.slow  # ~1 min (a Whisper k-means fit on locally synthesised speech); CI covers the same data path at
+# demo scale (tests/test_teal_data.py::test_input_tokenizers_write_the_conditions)
+def test_real_config_reads_asr_conditions_through_a_whisper_kmeans_input_tokenizer(env, mocked_sources, tmp_path,
+                                                                                   devices):
+    """docs/semantic_tokenizers.md's real-scale recipe on a tiny random Whisper: fit its k-means tokenizer, point
+    configs/teal/llama.py at it (data.audio_in_tokenizer, model.vocab.audio_in_size): the asr conditions are the
+    Whisper k-means codes of the same librispeech records, the tts targets stay EnCodec codes, and training runs."""
+    from _hf_encoders import save_tiny_whisper
+
+    from configs.audio import whisper_kmeans
+    from teal_jax.tokenizers import kmeans
+    from teal_jax.train import kmeans_fit
+    from teal_jax.train import teal_objective as TO
+    from teal_jax.train import trainer as trainer_lib
+    from teal_jax.vocab import AUDIO
+
+    hf = str(tmp_path / "whisper")
+    save_tiny_whisper(hf)
+    kc = whisper_kmeans.get_config(f"smoke,checkpoint={hf}")
+    fit = str(tmp_path / "whisper_kmeans")
+    kmeans_fit.fit_from_config(kc, fit, data_dir=str(tmp_path / "speech"), log=lambda _: None)
+    c = _tiny(env)
+    c.data.audio_in_tokenizer = fit
+    c.model.vocab.audio_in_size = int(kc.tokenizer.num_codes)
+    workdir = str(tmp_path / "stage1")
+    obj = TO.TealObjective(c)
+    obj.prepare(workdir)
+    v = obj.vocab
+    assert obj._tasks["audio_in"]["records"] == obj._tasks["audio"]["records"]
+    stream = obj.make_data("train", batch_size=8, process_index=0, process_count=1)
+    batch = next(stream)
+    lo, hi = v.input_range(AUDIO)
+    tok = kmeans.from_checkpoint(fit)
+    libri = mocked_sources[("audio", "librispeech_decoded")]["train"]
+    adapter = speech.RecordAdapter(audio_key="speech", text_key=None, label_key=None, source_rate=16_000,
+                                   sample_rate=16_000)
+    _, samples = T.audio_span(AUDIO_SECONDS, tok.sample_rate, tok.config.hop_length)
+    seen = 0
+    for d in stream.last_draws:
+        row = batch["tokens"][d["row"]][batch["segment_ids"][d["row"]] == d["segment"]]
+        if d["task"] == "asr":
+            clip = T.fit_audio(adapter.map(libri[d["index"]])["audio"], samples)
+            want = np.asarray(tok.encode(clip[None], 16_000)[0]).reshape(-1)
+            np.testing.assert_array_equal(row[(row >= lo) & (row < hi)] - lo, want)
+            seen += 1
+        if d["task"] == "tts":
+            assert not ((row >= lo) & (row < hi)).any() and ((row >= v.audio_offset) & (row < v.output_size)).any()
+    assert seen
+    with jax.default_prng_impl("rbg"):
+        metrics = trainer_lib.train(c, workdir, devices=devices)
+    assert np.isfinite(metrics["loss"])
+
+
 def test_no_tensorflow_was_imported():
     """Runs last: mocking, reading, tokenizing and training never imported TensorFlow."""
     assert "tensorflow" not in sys.modules
