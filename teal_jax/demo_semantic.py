@@ -26,28 +26,16 @@ The demo's own ``report.md`` (``python -m teal_jax.demo``, its evaluate stage) s
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
+from teal_jax.demo import _config
 from teal_jax.demo_evaluate import _say
-
-_FLAGS_DEFINED = False
-
-
-def _config(module: str, arg: str | None) -> ml_collections.ConfigDict:
-    return importlib.import_module(module).get_config(arg)
-
-
-def _done(path: str) -> dict[str, Any] | None:
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    return None
 
 
 def _write(path: str, payload: dict[str, Any]) -> None:
@@ -56,30 +44,40 @@ def _write(path: str, payload: dict[str, Any]) -> None:
     os.replace(path + ".tmp", path)
 
 
+def _once(path: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The record of a finished step (``path``, JSON) or, the first time, ``compute()`` written there: what makes
+    re-running the command resume."""
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    record = compute()
+    _write(path, record)
+    return record
+
+
 def fit_kmeans(demo: str, out: str, modality: str, k: int) -> dict[str, Any]:
     """Fits (or finds) one k-means input tokenizer -> its record ``{'workdir', 'k', 'usage', 'perplexity', ...}``."""
     from teal_jax.train import kmeans_fit
 
     name = f"{modality}_kmeans_{k}"
     run = os.path.join(out, name)
-    done = _done(os.path.join(out, f"{name}.json"))
-    if done is not None:
-        return done
-    if modality == "image":
-        c = _config("configs.image.digits_kmeans", f"checkpoint={os.path.join(demo, 'image_tokenizer')},k={k}")
-        c.data.image_source.data_dir = os.path.join(demo, "data")
-    else:
-        c = _config("configs.audio.speech_kmeans", f"k={k}")
-        c.data.audio_source.data_dir = os.path.join(demo, "data")
-        c.data.audio_source.config = "medium"  # the TEAL runs' speech (configs/teal/demo.py)
-    _say(f"=== k-means {name}: {c.train.steps} steps -> {run}")
-    t0 = time.time()
-    _, metrics = kmeans_fit.fit_from_config(c, run, data_dir=os.path.join(demo, "data"))
-    last = metrics[-1] if metrics else {}
-    record = {"workdir": run, "k": k, "wall_s": round(time.time() - t0, 1),
-              **{m: float(last[m]) for m in ("usage", "total_usage", "perplexity", "inertia") if m in last}}
-    _write(os.path.join(out, f"{name}.json"), record)
-    return record
+
+    def fit() -> dict[str, Any]:
+        if modality == "image":
+            c = _config("configs.image.digits_kmeans", f"checkpoint={os.path.join(demo, 'image_tokenizer')},k={k}")
+            c.data.image_source.data_dir = os.path.join(demo, "data")
+        else:
+            c = _config("configs.audio.speech_kmeans", f"k={k}")
+            c.data.audio_source.data_dir = os.path.join(demo, "data")
+            c.data.audio_source.config = "medium"  # the TEAL runs' speech (configs/teal/demo.py)
+        _say(f"=== k-means {name}: {c.train.steps} steps -> {run}")
+        t0 = time.time()
+        _, metrics = kmeans_fit.fit_from_config(c, run, data_dir=os.path.join(demo, "data"))
+        last = metrics[-1] if metrics else {}
+        return {"workdir": run, "k": k, "wall_s": round(time.time() - t0, 1),
+                **{m: float(last[m]) for m in ("usage", "total_usage", "perplexity", "inertia") if m in last}}
+
+    return _once(os.path.join(out, f"{name}.json"), fit)
 
 
 def teal_config(demo: str, kind: str, *, image_in: str = "", audio_in: str = "", image_k: int = 256,
@@ -105,30 +103,27 @@ def train_and_evaluate(name: str, config: ml_collections.ConfigDict, out: str) -
     from teal_jax.evaluate import evaluators as evaluators_lib
     from teal_jax.train import trainer
 
-    done_file = os.path.join(out, f"{name}.json")
-    done = _done(done_file)
-    if done is not None:
-        return done
     run = os.path.join(out, name)
-    _say(f"=== {name}: {config.train.steps} steps -> {run}")
-    t0 = time.time()
-    metrics = trainer.train(config, run)
-    wall = round(time.time() - t0, 1)
-    t0 = time.time()
-    model = teal_jax.load(run)
-    results = evaluators_lib.run_evaluators(evaluators_lib.make_evaluators(model.run_config), model, workdir=run,
-                                            step=int(config.train.steps))
-    cap, asr = results["caption"], results["asr"]
-    record = {"run": run, "steps": int(config.train.steps), "seed": int(config.seed), "train_wall_s": wall,
-              "eval_wall_s": round(time.time() - t0, 1),
-              "final_loss": float(metrics.get("loss", float("nan"))),
-              "figures": {"caption_accuracy": cap["accuracy"], "caption_forced_choice": cap.get("forced_choice"),
-                          "caption_exact_match": cap["exact_match"], "asr_wer": asr["wer"],
-                          "asr_exact_match": asr.get("exact_match")}}
-    _write(done_file, record)
-    _say(f"{name}: caption {cap['accuracy']:.3f} (forced choice {cap.get('forced_choice', float('nan')):.3f}), "
-         f"ASR WER {asr['wer']:.3f}")
-    return record
+
+    def train_and_eval() -> dict[str, Any]:
+        _say(f"=== {name}: {config.train.steps} steps -> {run}")
+        t0 = time.time()
+        metrics = trainer.train(config, run)
+        wall = round(time.time() - t0, 1)
+        t0 = time.time()
+        model = teal_jax.load(run)
+        results = evaluators_lib.run_evaluators(evaluators_lib.make_evaluators(model.run_config), model,
+                                                workdir=run, step=int(config.train.steps))
+        cap, asr = results["caption"], results["asr"]
+        _say(f"{name}: caption {cap['accuracy']:.3f} (forced choice {cap.get('forced_choice', float('nan')):.3f}), "
+             f"ASR WER {asr['wer']:.3f}")
+        return {"run": run, "steps": int(config.train.steps), "seed": int(config.seed), "train_wall_s": wall,
+                "eval_wall_s": round(time.time() - t0, 1), "final_loss": float(metrics.get("loss", float("nan"))),
+                "figures": {"caption_accuracy": cap["accuracy"], "caption_forced_choice": cap.get("forced_choice"),
+                            "caption_exact_match": cap["exact_match"], "asr_wer": asr["wer"],
+                            "asr_exact_match": asr.get("exact_match")}}
+
+    return _once(os.path.join(out, f"{name}.json"), train_and_eval)
 
 
 FIGURE_KEYS = ("caption_accuracy", "caption_forced_choice", "asr_wer", "asr_exact_match")
@@ -196,23 +191,21 @@ def probe_condition(name: str, config: ml_collections.ConfigDict, out: str) -> d
     from teal_jax.evaluate import probe
     from teal_jax.models.teal import TealConfig
 
-    done_file = os.path.join(out, f"probe_{name}.json")
-    done = _done(done_file)
-    if done is not None:
-        return done
-    vocab = TealConfig.from_config(config).vocab
-    prepared = prepare_task_data(config, None, vocab, verbose=False)
-    record: dict[str, Any] = {}
-    for m in ("image", "audio"):
-        manifest = prepared.get(f"{m}_in") or prepared[m]
-        tok = manifest["tokenizer"]
-        k = 0 if tok.get("features") else int(tok["codebook_size"])
-        keep = vocab.audio_levels_used if (m == "audio" and manifest is prepared[m]) else 0
-        record[m] = probe.probe_records(token_source(manifest, "train"), token_source(manifest, "test"),
-                                        num_codes=k, keep_levels=keep)
-    _write(done_file, record)
-    _say(f"probe {name}: image {record['image']['accuracy']:.3f}, audio {record['audio']['accuracy']:.3f}")
-    return record
+    def probes() -> dict[str, Any]:
+        vocab = TealConfig.from_config(config).vocab
+        prepared = prepare_task_data(config, None, vocab, verbose=False)
+        record: dict[str, Any] = {}
+        for m in ("image", "audio"):
+            manifest = prepared.get(f"{m}_in") or prepared[m]
+            tok = manifest["tokenizer"]
+            k = 0 if tok.get("features") else int(tok["codebook_size"])
+            keep = vocab.audio_levels_used if (m == "audio" and manifest is prepared[m]) else 0
+            record[m] = probe.probe_records(token_source(manifest, "train"), token_source(manifest, "test"),
+                                            num_codes=k, keep_levels=keep)
+        _say(f"probe {name}: image {record['image']['accuracy']:.3f}, audio {record['audio']['accuracy']:.3f}")
+        return record
+
+    return _once(os.path.join(out, f"probe_{name}.json"), probes)
 
 
 def report(out: str, kmeans: dict[str, dict], runs: dict[str, dict], probes: dict[str, dict] | None = None) -> str:
@@ -244,28 +237,22 @@ def run(demo: str, *, audio_ks: list[int], image_k: int = 256, steps: int = 0, s
     image_in = kmeans[f"image_kmeans_{image_k}"]["workdir"]
     base_k = 256 if 256 in audio_ks else audio_ks[0]
     audio_in = {k: kmeans[f"audio_kmeans_{k}"]["workdir"] for k in audio_ks}
+    # (run name, input kind, audio k): the three-way comparison, then the audio vocabulary-size ablation
+    comparison = [("reconstruction", "reconstruction", base_k), (f"semantic_i{image_k}_a{base_k}", "semantic", base_k),
+                  ("continuous", "continuous", base_k)]
+    ablation = [(f"semantic_i{image_k}_a{k}", "semantic", k) for k in audio_ks if k != base_k]
+
+    def config(kind: str, k: int, seed: int = 0) -> ml_collections.ConfigDict:
+        return teal_config(demo, kind, image_in=image_in, audio_in=audio_in[k], image_k=image_k, audio_k=k,
+                           steps=steps, seed=seed)
+
     runs: dict[str, dict] = {}
-    for seed in seeds:
-        tag = "" if seed == 0 else f"_s{seed}"
-        for kind, name in (("reconstruction", "reconstruction"), ("semantic", f"semantic_i{image_k}_a{base_k}"),
-                           ("continuous", "continuous")):
-            cfg = teal_config(demo, kind, image_in=image_in, audio_in=audio_in[base_k], image_k=image_k,
-                              audio_k=base_k, steps=steps, seed=seed)
-            runs[name + tag] = train_and_evaluate(name + tag, cfg, out)
-    for seed in seeds:  # the vocabulary-size ablation of the audio k-means tokenizer
-        tag = "" if seed == 0 else f"_s{seed}"
-        for k in audio_ks:
-            if k != base_k:
-                name = f"semantic_i{image_k}_a{k}"
-                cfg = teal_config(demo, "semantic", image_in=image_in, audio_in=audio_in[k], image_k=image_k,
-                                  audio_k=k, steps=steps, seed=seed)
-                runs[name + tag] = train_and_evaluate(name + tag, cfg, out)
-    probes = {}
-    for kind, name in (("reconstruction", "reconstruction"), ("semantic", f"semantic_i{image_k}_a{base_k}"),
-                       ("continuous", "continuous")):
-        cfg = teal_config(demo, kind, image_in=image_in, audio_in=audio_in[base_k], image_k=image_k, audio_k=base_k,
-                          steps=steps)
-        probes[name] = probe_condition(name, cfg, out)
+    for group in (comparison, ablation):
+        for seed in seeds:
+            tag = "" if seed == 0 else f"_s{seed}"
+            for name, kind, k in group:
+                runs[name + tag] = train_and_evaluate(name + tag, config(kind, k, seed), out)
+    probes = {name: probe_condition(name, config(kind, k), out) for name, kind, k in comparison}
     text = report(out, kmeans, runs, probes)
     _say(text)
     if os.path.isfile(os.path.join(demo, "evaluate", "results.json")):  # the demo's report gains the section

@@ -163,16 +163,22 @@ class UnifiedVocab:
     def used_size(self) -> int:
         return self.audio_in_offset + self.audio_in_size
 
-    def input_range(self, modality: int) -> tuple[int, int]:
-        """[start, stop) of the input ids of ``modality`` (IMAGE or AUDIO): its input-only range when it has
-        one, else its output range (one tokenizer reads and writes)."""
+    @staticmethod
+    def _span_modality(modality: int | str) -> int:
+        """IMAGE / AUDIO from the id or its name ('image' / 'audio'); anything else raises ValueError."""
+        m = MODALITY_NAMES.index(modality) if modality in SPAN_MODALITIES else modality
+        if m not in (IMAGE, AUDIO):
+            raise ValueError(f"modality={modality!r} must be IMAGE ({IMAGE}) / 'image' or AUDIO ({AUDIO}) / 'audio'")
+        return m
+
+    def input_range(self, modality: int | str) -> tuple[int, int]:
+        """[start, stop) of the input ids of ``modality`` (IMAGE / 'image' or AUDIO / 'audio'): its input-only range
+        when it has one, else its output range (one tokenizer reads and writes)."""
+        modality = self._span_modality(modality)
         if modality == IMAGE:
             return ((self.image_in_offset, self.audio_in_offset) if self.image_in_size
                     else (self.image_offset, self.audio_offset))
-        if modality == AUDIO:
-            return (self.audio_in_offset, self.used_size) if self.audio_in_size else (self.audio_offset,
-                                                                                      self.output_size)
-        raise ValueError(f"input_range: modality={modality!r} must be IMAGE ({IMAGE}) or AUDIO ({AUDIO})")
+        return (self.audio_in_offset, self.used_size) if self.audio_in_size else (self.audio_offset, self.output_size)
 
     @property
     def size(self) -> int:
@@ -349,10 +355,11 @@ class UnifiedVocab:
         return ((a - self.audio_offset) // self.audio_codebook_size).astype(np.int32)
 
     # ---- input-only ids ----------------------------------------------------------------------------------------
-    def input_to_unified(self, modality: int, codes: Any) -> np.ndarray:
-        """Codes of the input-only tokenizer of ``modality`` (IMAGE / AUDIO), int ``[..., n]`` (already flat: image
-        cells row-major, audio frames in order) in [0, size of its range) -> unified ids int32 ``[..., n]``. For
-        continuous features the codes are the span positions ``arange(n)``."""
+    def input_to_unified(self, modality: int | str, codes: Any) -> np.ndarray:
+        """Codes of the input-only tokenizer of ``modality`` (IMAGE / 'image', AUDIO / 'audio'), int ``[..., n]``
+        (already flat: image cells row-major, audio frames in order) in [0, size of its range) -> unified ids int32
+        ``[..., n]``. For continuous features the codes are the span positions ``arange(n)``."""
+        modality = self._span_modality(modality)
         if (modality == IMAGE and not self.image_in_size) or (modality == AUDIO and not self.audio_in_size):
             raise ValueError(f"input_to_unified: the vocabulary has no input-only "
                              f"{MODALITY_NAMES[modality]} range (vocab.{MODALITY_NAMES[modality]}_in_size=0)")

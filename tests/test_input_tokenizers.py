@@ -77,6 +77,9 @@ def test_input_ranges_layout_modality_and_masks():
     assert v.input_range(AUDIO) == (out_end + IMAGE_IN, out_end + IMAGE_IN + AUDIO_IN)
     with pytest.raises(ValueError):
         v.input_range(TEXT)
+    assert v.input_range("image") == v.input_range(IMAGE) and v.input_range("audio") == v.input_range(AUDIO)
+    with pytest.raises(ValueError, match="'image'"):
+        v.input_range("text")
 
     # expected modality of every id, written range by range
     want = np.full(v.size, PADDING, np.int32)

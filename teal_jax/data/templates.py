@@ -37,7 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from teal_jax.vocab import AUDIO, IMAGE, SPAN_MODALITIES, TASK_SPANS, UnifiedVocab
+from teal_jax.vocab import SPAN_MODALITIES, TASK_SPANS, UnifiedVocab
 
 # The task names and their span modalities are stated once, in teal_jax/vocab.py (TASK_SPANS); the layouts are here.
 TASKS = tuple(TASK_SPANS)
@@ -119,7 +119,7 @@ class Templates:
         lo, hi = {"text": (0, v.text_size), "image": (v.image_offset, v.audio_offset),
                   "audio": (v.audio_offset, v.output_size)}[modality]
         if condition and modality != "text":
-            lo, hi = v.input_range(IMAGE if modality == "image" else AUDIO)
+            lo, hi = v.input_range(modality)
         bad = [i for i in ids if not lo <= i < hi]
         if bad:
             raise ValueError(f"{what}: {modality} ids must be in [{lo}, {hi}), got {bad[:5]}")

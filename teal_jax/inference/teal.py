@@ -335,7 +335,6 @@ class TealModel:
         continuous features float32 [B, n, D] or None). The input-only tokenizer writes it when the model has
         one; else the output tokenizer."""
         tok = self.in_tokenizers.get(modality)
-        m = vocab_lib.IMAGE if modality == "image" else vocab_lib.AUDIO
         if tok is None:
             if modality == "image":
                 return self.vocab.image_to_unified(np.asarray(self._image().encode(x))), None
@@ -345,10 +344,10 @@ class TealModel:
                      else tok.encode_features(x, self._audio().sample_rate)[0])
             feats = np.asarray(feats, np.float32)
             positions = np.broadcast_to(np.arange(feats.shape[1]), feats.shape[:2])
-            return self.vocab.input_to_unified(m, positions), feats
+            return self.vocab.input_to_unified(modality, positions), feats
         codes = tok.encode(x) if modality == "image" else tok.encode(x, self._audio().sample_rate)[0]
         codes = np.asarray(codes)
-        return self.vocab.input_to_unified(m, codes.reshape(codes.shape[0], -1)), None
+        return self.vocab.input_to_unified(modality, codes.reshape(codes.shape[0], -1)), None
 
     def condition_prompts(self, task: str, ids: np.ndarray,
                           feats: np.ndarray | None) -> tuple[list[list[int]], dict[str, list[np.ndarray]] | None]:
@@ -358,7 +357,7 @@ class TealModel:
         if feats is None:
             return prompts, None
         m = "image" if task == "caption" else "audio"
-        lo, hi = self.vocab.input_range(vocab_lib.IMAGE if m == "image" else vocab_lib.AUDIO)
+        lo, hi = self.vocab.input_range(m)
         arrays = []
         for p, f in zip(prompts, feats, strict=True):
             t = np.asarray(p)

@@ -39,7 +39,7 @@ import numpy as np
 from flax import linen as nn
 
 from teal_jax.models.transformer import TransformerConfig, TransformerLM
-from teal_jax.vocab import AUDIO, IMAGE, SPAN_MODALITIES, UnifiedVocab
+from teal_jax.vocab import SPAN_MODALITIES, UnifiedVocab
 
 Array = jax.Array
 EMBEDDING_INITS = ("random", "codebook")
@@ -215,7 +215,7 @@ class TealLM(nn.Module):
                 lo, hi = (v.image_offset, v.audio_offset) if m == "image" else (v.audio_offset, v.output_size)
                 inside = (tokens >= lo) & (tokens < hi)
                 if self.config.in_rows(m):  # the input-only ids of a span sit at the same span positions
-                    in_lo, in_hi = v.input_range(IMAGE if m == "image" else AUDIO)
+                    in_lo, in_hi = v.input_range(m)
                     inside = inside | ((tokens >= in_lo) & (tokens < in_hi))
                 rows = jnp.take(jnp.asarray(pos_table, jnp.float32),
                                 jnp.clip(span_index, 0, pos_table.shape[0] - 1), axis=0)
@@ -224,7 +224,7 @@ class TealLM(nn.Module):
             if m in self.in_projs and feats is None and self.is_initializing():
                 self.in_projs[m](jnp.zeros((1, getattr(self.config, f"{m}_in_dim")), jnp.float32))  # its params
             if m in self.in_projs and feats is not None:
-                lo, hi = v.input_range(IMAGE if m == "image" else AUDIO)
+                lo, hi = v.input_range(m)
                 inside = (tokens >= lo) & (tokens < hi)
                 other = other + jnp.where(inside[..., None], self.in_projs[m](jnp.asarray(feats, jnp.float32)), 0.0)
         return jnp.where(is_text[..., None], text, other.astype(text.dtype))

@@ -246,9 +246,7 @@ class AudioKMeansTokenizer(_KMeansTokenizer):
     def encode(self, waveform, sample_rate: int, *, channels_last: bool = True) -> tuple[jax.Array, np.ndarray]:
         """Waveform(s) (as :meth:`AudioTokenizer.encode`) -> (codes ``int32 [batch, frames, 1]``, real frames)."""
         codebook = self._need_codebook()
-        x, lengths = self.prepare(waveform, sample_rate, channels_last=channels_last)
-        feats, _ = self._features(self.encoder_params, jnp.asarray(x), jnp.asarray(lengths))
-        frames = np.asarray([math.ceil(n / self.config.hop_length) for n in lengths], np.int32)
+        feats, frames = self.encode_features(waveform, sample_rate, channels_last=channels_last)
         return self._assign(codebook, feats)[..., None], frames
 
     def encode_features(self, waveform, sample_rate: int, *,
@@ -349,9 +347,7 @@ class ImageKMeansTokenizer(_KMeansTokenizer):
     def encode(self, images) -> jax.Array:
         """Images (``[batch, H, W(, C)]`` uint8 or float in [0, 1]) -> codes ``int32 [batch, *token_grid]``."""
         codebook = self._need_codebook()
-        images = images if isinstance(images, jax.Array) else np.asarray(images)
-        check_pixels(images)
-        feats, _ = self._features(self.encoder_params, images, None)
+        feats = self.encode_features(images)
         return self._assign(codebook, feats).reshape(feats.shape[0], *self.token_grid)
 
 

@@ -22,7 +22,7 @@ from teal_jax.data.iterator import IndexedIterator
 from teal_jax.data.packing import pack_drawn_examples
 from teal_jax.data.teal.config import DROPPABLE_TASKS, LOSS_NORMALIZATIONS, TASKS, task_modality, task_weights
 from teal_jax.data.teal.sources import as_text
-from teal_jax.vocab import AUDIO, IMAGE, UnifiedVocab
+from teal_jax.vocab import UnifiedVocab
 
 
 @dataclasses.dataclass
@@ -132,7 +132,7 @@ class TealTaskStream(IndexedIterator):
         # input-only records: the same records (checked by index), read on the condition side of caption / asr
         self.in_records: dict[str, Sequence[dict[str, Any]]] = {}
         self.in_features = {m: bool(f) for m, f in (in_features or {}).items()}
-        self._in_len: dict[str, int] = {}  # condition ids per input record
+        self._in_shape: dict[str, tuple[int, ...]] = {}  # of an input record's codes: [n] / [n, 1] / features [n, D]
         for m, src in {"image": image_in, "audio": audio_in}.items():
             if src is not None and m in self.records:
                 self.in_records[m] = self._read_input(m, src)
@@ -194,9 +194,13 @@ class TealTaskStream(IndexedIterator):
                 raise ValueError(f"the {self.split} {modality} input-tokenizer record {int(out.indices[bad])} is not "
                                  f"the output tokenizer's (source index {mine[bad - start]} vs {theirs[bad - start]}): "
                                  "both token datasets must come from the same source and clip span")
-        first = np.asarray(shard[0]["codes"])
-        self._in_len[modality] = first.shape[0] if self.in_features.get(modality) else first.size
+        self._in_shape[modality] = np.asarray(shard[0]["codes"]).shape
         return shard
+
+    def _in_len(self, modality: str) -> int:
+        """Condition ids of one input record: a feature per position, else one id per code."""
+        shape = self._in_shape[modality]
+        return shape[0] if self.in_features.get(modality) else int(np.prod(shape))
 
     def _meta(self, rec: Mapping[str, Any], labels: list[int], texts: list[list[list[int]]]) -> None:
         labels.append(int(rec["label"]))
@@ -228,24 +232,22 @@ class TealTaskStream(IndexedIterator):
 
     def _input(self, modality: str, codes: np.ndarray, info: dict[str, Any]) -> list[int]:
         """The condition ids of an input-only record; features are kept in ``info`` until the batch is packed."""
-        m = IMAGE if modality == "image" else AUDIO
         if self.in_features.get(modality):
             info["features"] = (modality, codes.astype(np.float32))
-            return self.vocab.input_to_unified(m, np.arange(codes.shape[0])).tolist()
-        return self.vocab.input_to_unified(m, codes.reshape(-1)).tolist()
+            return self.vocab.input_to_unified(modality, np.arange(codes.shape[0])).tolist()
+        return self.vocab.input_to_unified(modality, codes.reshape(-1)).tolist()
 
     def _fill_features(self, out: dict[str, np.ndarray]) -> None:
         """``features_<m>`` of the packed batch: each condition's features at its input ids (its segment)."""
         for m, on in self.in_features.items():
             if not on or m not in self.in_records:
                 continue
-            dim = np.asarray(self.in_records[m][0]["codes"]).shape[-1]
-            out[f"features_{m}"] = np.zeros(out["tokens"].shape + (dim,), np.float32)
+            out[f"features_{m}"] = np.zeros(out["tokens"].shape + self._in_shape[m][-1:], np.float32)
         for d in self.last_draws:
             if "features" not in d:
                 continue
             m, feats = d.pop("features")
-            lo, hi = self.vocab.input_range(IMAGE if m == "image" else AUDIO)
+            lo, hi = self.vocab.input_range(m)
             row, toks = d["row"], out["tokens"][d["row"]]
             where = np.nonzero((out["segment_ids"][row] == d["segment"]) & (toks >= lo) & (toks < hi))[0]
             out[f"features_{m}"][row, where] = feats[toks[where] - lo]
@@ -260,8 +262,7 @@ class TealTaskStream(IndexedIterator):
             fill = self.vocab.image_offset if m == "image" else self.vocab.audio_offset
             codes = [fill] * self._code_len[m]  # the span length is fixed; only the text varies
             if m in self.in_records and task in templates_lib.CONDITION_TASKS:
-                lo = self.vocab.input_range(IMAGE if m == "image" else AUDIO)[0]
-                codes = [lo] * self._in_len[m]
+                codes = [self.vocab.input_range(m)[0]] * self._in_len(m)
             if task in templates_lib.REASONING_TASKS:
                 longest = max((q for _, q in self.questions[task]), key=len)
             else:
